@@ -1,0 +1,372 @@
+//! The backend: opening, the two kinds of transaction, commits, sizes, closing.
+
+use std::collections::HashMap;
+use std::fs::TryLockError;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::batch_tx::{BatchTx, Writer};
+use super::commit::{Committer, Durability};
+use super::read_tx::{ReadTx, View};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::index::catalog::Catalog;
+use crate::log::format::{DecodeStop, Op};
+use crate::log::manifest;
+use crate::log::recovery::{self, OpenOptions};
+use crate::log::segment::Segment;
+use crate::log::writer::{LogWriter, WriterConfig};
+use crate::vfs::{OpenMode, VfsFile};
+
+const LOCK_NAME: &str = "LOCK";
+
+/// The storage engine: a directory holding an append-only log, and in memory, an index of it.
+///
+/// `Backend` is `Send + Sync`: share it by reference or in an `Arc`. One [`BatchTx`] writes at
+/// a time; any number of [`ReadTx`] read consistent snapshots without ever waiting for it.
+///
+/// ```
+/// let (db, _dir) = logtree::Backend::open_temp()?;
+/// let mut tx = db.batch_tx();
+/// tx.create_bucket("key")?;
+/// tx.put("key", "foo", "bar")?;
+/// drop(tx); // visible now, durable within batch_interval
+/// assert_eq!(db.read_tx().get("key", "foo")?, Some(b"bar".to_vec()));
+/// db.force_commit()?; // durable now
+/// db.close()?;
+/// # Ok::<(), logtree::Error>(())
+/// ```
+pub struct Backend {
+    config: Config,
+    /// The published view; swapped (never changed) by the writer.
+    view: RwLock<Arc<View>>,
+    writer: Mutex<Writer>,
+    /// A token of the thread holding the writer lock (0: none), to refuse a second
+    /// `batch_tx()` on the same thread instead of deadlocking.
+    writer_thread: AtomicUsize,
+    /// `None` when read-only.
+    durability: Option<Arc<Durability>>,
+    committer: Option<Committer>,
+    /// Holds the directory's lock for as long as the backend lives.
+    _lock: Box<dyn VfsFile>,
+    /// What opening found.
+    recovery: RecoveryStats,
+    closed: bool,
+}
+
+/// What [`Backend::open`] found in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// Complete transactions replayed.
+    pub transactions: u64,
+    /// Bytes of torn tail found after the last complete transaction (cut off unless the
+    /// backend is read-only).
+    pub torn_bytes: u64,
+}
+
+/// Figures about a backend, for monitoring and for `logtree stats`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Number of buckets.
+    pub buckets: usize,
+    /// Number of keys in all buckets.
+    pub keys: u64,
+    /// [`Backend::size`].
+    pub size: u64,
+    /// [`Backend::size_in_use`].
+    pub size_in_use: u64,
+    /// Number of log segments.
+    pub segments: usize,
+    /// Sequence number of the last transaction written (visible).
+    pub written_seq: u64,
+    /// Sequence number of the last transaction made durable.
+    pub durable_seq: u64,
+    /// Approximate bytes of memory the index takes.
+    pub index_bytes: u64,
+}
+
+fn thread_token() -> usize {
+    thread_local!(static TOKEN: u8 = const { 0 });
+    TOKEN.with(|t| t as *const u8 as usize)
+}
+
+impl Backend {
+    /// Opens the database in `config.path`, creating it if missing (unless read-only), and
+    /// recovers it: every complete transaction in the log is replayed into the index, a torn
+    /// tail is cut off, and damage anywhere else is [`Error::Corruption`] (nothing is deleted).
+    pub fn open(config: Config) -> Result<Backend> {
+        config.validate()?;
+        let dir = config.path.clone();
+        let vfs = config.vfs.clone();
+        if !config.read_only {
+            vfs.create_dir_all(&dir).map_err(|e| Error::io("create database directory", Some(dir.clone()), e))?;
+        }
+        let lock = lock_dir(&config)?;
+
+        let mut catalog = Catalog::default();
+        let mut names: HashMap<u32, Arc<[u8]>> = HashMap::new();
+        let opts = OpenOptions {
+            dir: &dir,
+            vfs: &vfs,
+            read_only: config.read_only,
+            sync: config.sync,
+            segment_size: config.segment_size,
+        };
+        let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, &mut names, ops))?;
+
+        let last_seq = rec.next_seq - 1;
+        let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        let active = rec.segments.last().cloned().expect("a log has a segment");
+        let view = View { catalog: catalog.clone(), segments: Arc::new(rec.segments.clone()), seq: last_seq };
+        let segments = view.segments.clone();
+        let (log, durability, committer) = if config.read_only {
+            (None, None, None)
+        } else {
+            let wcfg = WriterConfig {
+                dir: dir.clone(),
+                vfs: vfs.clone(),
+                sync: config.sync,
+                segment_size: config.segment_size,
+            };
+            let log = LogWriter::new(wcfg, rec.segments, rec.next_seq, next_segment_id);
+            let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit));
+            let committer = Committer::start(dur.clone(), config.batch_interval)?;
+            (Some(log), Some(dur), Some(committer))
+        };
+        Ok(Backend {
+            view: RwLock::new(Arc::new(view)),
+            writer: Mutex::new(Writer { log, catalog, segments }),
+            writer_thread: AtomicUsize::new(0),
+            durability,
+            committer,
+            _lock: lock,
+            recovery: RecoveryStats { transactions: rec.transactions, torn_bytes: rec.torn_bytes },
+            closed: false,
+            config,
+        })
+    }
+
+    /// Opens a new database with default settings in a new temporary directory, which is
+    /// removed when the returned `TempDir` is dropped (as etcd's `NewDefaultTmpBackend`).
+    pub fn open_temp() -> Result<(Backend, tempfile::TempDir)> {
+        let dir = tempfile::Builder::new()
+            .prefix("logtree-")
+            .tempdir()
+            .map_err(|e| Error::io("create temporary directory", None, e))?;
+        let backend = Backend::open(Config::new(dir.path()))?;
+        Ok((backend, dir))
+    }
+
+    /// Begins the write transaction, waiting while another is alive. Readers are never
+    /// blocked by it.
+    ///
+    /// Asking for a second `BatchTx` on a thread that already holds one would deadlock; instead
+    /// the second one is returned unusable: every call on it returns [`Error::TxUnusable`].
+    pub fn batch_tx(&self) -> BatchTx<'_> {
+        let me = thread_token();
+        if self.writer_thread.load(Ordering::Acquire) == me {
+            return BatchTx::unusable(self, "this thread already holds a BatchTx; end it first");
+        }
+        // A panic while holding the writer rolls its transaction back (see BatchTx's Drop), so
+        // the state behind a poisoned mutex is consistent.
+        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.writer_thread.store(me, Ordering::Release);
+        BatchTx::new(self, guard)
+    }
+
+    /// A consistent snapshot of everything written so far (durable or not). O(1); never waits
+    /// for the writer.
+    pub fn read_tx(&self) -> ReadTx {
+        ReadTx::new(self.current_view())
+    }
+
+    /// Makes every transaction that has ended durable, then returns.
+    pub fn force_commit(&self) -> Result<()> {
+        self.sync_written()
+    }
+
+    /// Bytes of all the engine's files on disk (the log's segments and the manifest).
+    pub fn size(&self) -> u64 {
+        let view = self.current_view();
+        let segments: u64 = view.segments.iter().map(|s| s.len()).sum();
+        segments + manifest::encode(&vec![0; view.segments.len()]).len() as u64
+    }
+
+    /// Bytes of the records that are still live — each bucket's creation and the latest put of
+    /// every key — which is what a defrag would keep. `size() - size_in_use()` is garbage
+    /// (overwritten and deleted records) plus framing.
+    pub fn size_in_use(&self) -> u64 {
+        self.current_view().catalog.live_bytes()
+    }
+
+    /// Figures about the backend.
+    pub fn stats(&self) -> Stats {
+        let view = self.current_view();
+        let (written_seq, durable_seq) = match &self.durability {
+            Some(d) => (d.written_seq(), d.durable_seq()),
+            None => (view.seq, view.seq),
+        };
+        Stats {
+            buckets: view.catalog.len(),
+            keys: view.catalog.key_count(),
+            size: self.size(),
+            size_in_use: view.catalog.live_bytes(),
+            segments: view.segments.len(),
+            written_seq,
+            durable_seq,
+            index_bytes: view.catalog.iter().map(|b| b.tree.heap_bytes() as u64).sum(),
+        }
+    }
+
+    /// What opening found in the log.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery
+    }
+
+    /// The configuration the backend was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Commits what is pending and closes. Dropping a `Backend` does the same, but can only
+    /// ignore a failure; `close` reports it.
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if let Some(mut c) = self.committer.take() {
+            c.stop();
+        }
+        match &self.durability {
+            Some(d) => d.sync_written(),
+            None => Ok(()),
+        }
+    }
+
+    // ----- for the transactions -----
+
+    pub(crate) fn current_view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn published_catalog(&self) -> Catalog {
+        self.current_view().catalog.clone()
+    }
+
+    pub(crate) fn publish(&self, view: View) {
+        let view = Arc::new(view);
+        // The old view is dropped outside the lock: freeing a large tree must not hold readers.
+        let old = std::mem::replace(&mut *self.view.write().unwrap_or_else(|e| e.into_inner()), view);
+        drop(old);
+    }
+
+    pub(crate) fn release_writer(&self) {
+        self.writer_thread.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match &self.durability {
+            Some(d) => d.check(),
+            None => Err(Error::ReadOnly),
+        }
+    }
+
+    pub(crate) fn poison(&self, e: &Error) {
+        if let Some(d) = &self.durability {
+            d.poison(e);
+        }
+    }
+
+    /// Records a written transaction; true if the batch limit is reached.
+    pub(crate) fn wrote(&self, seq: u64, ops: u64, active: &Arc<Segment>) -> bool {
+        self.durability.as_ref().is_some_and(|d| d.wrote(seq, ops, active))
+    }
+
+    pub(crate) fn sync_to(&self, seq: u64) -> Result<()> {
+        match &self.durability {
+            Some(d) => d.sync_to(seq),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn sync_written(&self) -> Result<()> {
+        match &self.durability {
+            Some(d) => d.sync_written(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("path", &self.config.path).finish_non_exhaustive()
+    }
+}
+
+/// Takes the directory's lock: exclusive for a writer, shared for a read-only open.
+fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
+    let path: PathBuf = config.path.join(LOCK_NAME);
+    let vfs = &config.vfs;
+    let file = if config.read_only {
+        vfs.open(&path, OpenMode::Read)
+    } else {
+        match vfs.open(&path, OpenMode::CreateNew) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => vfs.open(&path, OpenMode::ReadWrite),
+            other => other,
+        }
+    }
+    .map_err(|e| Error::io("open lock file", Some(path.clone()), e))?;
+    let r = if config.read_only { file.as_file().try_lock_shared() } else { file.as_file().try_lock() };
+    match r {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::Locked { path: config.path.clone() }),
+        Err(TryLockError::Error(e)) => Err(Error::io("lock database directory", Some(path), e)),
+    }
+}
+
+/// Applies one recovered transaction to the catalog being rebuilt.
+fn replay(
+    catalog: &mut Catalog,
+    names: &mut HashMap<u32, Arc<[u8]>>,
+    ops: &[Op<'_>],
+) -> std::result::Result<(), DecodeStop> {
+    for op in ops {
+        match *op {
+            Op::CreateBucket { bucket, name } => {
+                if names.contains_key(&bucket) || !catalog.create(name, bucket) {
+                    return Err(DecodeStop::Rejected("a bucket is created twice"));
+                }
+                names.insert(bucket, catalog.get(name).map(|b| b.name.clone()).unwrap_or_default());
+            }
+            Op::DeleteBucket { bucket } => {
+                let name = names.remove(&bucket).ok_or(DecodeStop::Rejected("deletes an unknown bucket"))?;
+                catalog.remove(&name);
+            }
+            Op::Put { bucket, key, value } => {
+                let name = names.get(&bucket).ok_or(DecodeStop::Rejected("puts into an unknown bucket"))?;
+                catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.put(key, value);
+            }
+            Op::Delete { bucket, key } => {
+                let name = names.get(&bucket).ok_or(DecodeStop::Rejected("deletes from an unknown bucket"))?;
+                catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.delete(key);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The write transaction.
+//!
+//! One `BatchTx` exists at a time (it holds the writer lock). It edits the writer's own
+//! catalog — copy-on-write trees, so nodes a reader still shares are copied, others are changed
+//! in place — and appends its operations to the log writer's frame. When it ends (dropped or
+//! committed) its frame is written and the new catalog is published: every `ReadTx` taken
+//! after that sees it, before it is durable, as in etcd. `commit` additionally waits until it
+//! is durable. Durability otherwise comes from the group committer (see `commit.rs`).
+//!
+//! Atomicity: a transaction is one `FRAME_TX_END`-terminated frame sequence in the log;
+//! recovery applies all of it or none. A transaction that fails (an I/O error) or is rolled
+//! back is not published, and the writer's catalog is reset to the published one.
+
+use std::sync::MutexGuard;
+
+use super::backend::Backend;
+use super::read_tx::{Reader, Values, View, read_methods};
+use crate::error::{Error, Result};
+use crate::index::ValueRef;
+use crate::index::catalog::Catalog;
+use crate::log::writer::{LogWriter, SegmentSet, find_segment};
+use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
+
+/// The writer's state, behind the writer lock.
+pub(crate) struct Writer {
+    /// `None` when the backend is read-only.
+    pub log: Option<LogWriter>,
+    /// The working catalog: equal to the published one between transactions.
+    pub catalog: Catalog,
+    /// The segments values lie in, for a read-only backend (which has no log writer).
+    pub segments: SegmentSet,
+}
+
+impl Values for Writer {
+    fn value(&self, v: ValueRef) -> Option<&[u8]> {
+        match &self.log {
+            Some(log) => log.resolve(v),
+            None => find_segment(&self.segments, v.seg)?.bytes(v.off as u64, v.len as usize),
+        }
+    }
+}
+
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::KeyTooLarge { len: key.len(), max: MAX_KEY_LEN });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+    }
+    Ok(())
+}
+
+/// The write transaction: see the module documentation and [`Backend::batch_tx`].
+///
+/// ```
+/// let (db, _dir) = logtree::Backend::open_temp()?;
+/// let mut tx = db.batch_tx();
+/// tx.create_bucket("users")?;
+/// tx.put("users", "alice", "admin")?;
+/// assert_eq!(tx.get("users", "alice")?, Some(b"admin".to_vec())); // sees its own writes
+/// tx.commit()?; // visible and durable
+/// assert_eq!(db.read_tx().get("users", "alice")?, Some(b"admin".to_vec()));
+/// # Ok::<(), logtree::Error>(())
+/// ```
+pub struct BatchTx<'a> {
+    backend: &'a Backend,
+    /// `None` only for a transaction handed out unusable (see [`Backend::batch_tx`]) or after
+    /// it has ended.
+    guard: Option<MutexGuard<'a, Writer>>,
+    /// Operations written by this transaction.
+    ops: u64,
+    /// An I/O error hit this transaction: it will be rolled back, not published.
+    failed: bool,
+    unusable: Option<&'static str>,
+}
+
+impl<'a> BatchTx<'a> {
+    pub(crate) fn new(backend: &'a Backend, guard: MutexGuard<'a, Writer>) -> BatchTx<'a> {
+        BatchTx { backend, guard: Some(guard), ops: 0, failed: false, unusable: None }
+    }
+
+    pub(crate) fn unusable(backend: &'a Backend, why: &'static str) -> BatchTx<'a> {
+        BatchTx { backend, guard: None, ops: 0, failed: false, unusable: Some(why) }
+    }
+
+    fn writer(&self) -> Result<&Writer> {
+        match &self.guard {
+            Some(g) => Ok(g),
+            None => Err(Error::TxUnusable(self.unusable.unwrap_or("the transaction has ended").into())),
+        }
+    }
+
+    /// The writer, if this transaction may write.
+    fn writable(&mut self) -> Result<&mut Writer> {
+        if self.failed {
+            return Err(Error::TxUnusable("an earlier write of this transaction failed".into()));
+        }
+        self.backend.check_writable()?;
+        match &mut self.guard {
+            Some(g) if g.log.is_some() => Ok(g),
+            Some(_) => Err(Error::ReadOnly),
+            None => Err(Error::TxUnusable(self.unusable.unwrap_or("the transaction has ended").into())),
+        }
+    }
+
+    /// An I/O error while writing: nothing more can be promised, so the engine stops writing.
+    fn fail(&mut self, e: Error) -> Error {
+        self.failed = true;
+        self.backend.poison(&e);
+        e
+    }
+
+    pub(crate) fn reader(&self) -> Reader<'_> {
+        match self.writer() {
+            Ok(w) => Reader { catalog: &w.catalog, values: w },
+            // An unusable transaction reads as an empty database rather than panicking; its
+            // write methods report why it is unusable.
+            Err(_) => Reader { catalog: &EMPTY_CATALOG, values: &NoValues },
+        }
+    }
+
+    read_methods!();
+
+    /// Creates a bucket; does nothing if it exists.
+    pub fn create_bucket(&mut self, name: impl AsRef<[u8]>) -> Result<()> {
+        let name = name.as_ref();
+        check_key(name)?;
+        let w = self.writable()?;
+        if w.catalog.get(name).is_some() {
+            return Ok(());
+        }
+        let id = w.catalog.unused_id();
+        let r = w.log.as_mut().map_or(Err(Error::ReadOnly), |log| log.create_bucket(id, name));
+        match r {
+            Ok(()) => {
+                w.catalog.create(name, id);
+                self.ops += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Deletes a bucket and every key in it; does nothing if it does not exist.
+    pub fn delete_bucket(&mut self, name: impl AsRef<[u8]>) -> Result<()> {
+        let name = name.as_ref();
+        let w = self.writable()?;
+        let Some(id) = w.catalog.get(name).map(|b| b.id) else { return Ok(()) };
+        let r = w.log.as_mut().map_or(Err(Error::ReadOnly), |log| log.delete_bucket(id));
+        match r {
+            Ok(()) => {
+                w.catalog.remove(name);
+                self.ops += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Sets `key` in `bucket` to `value`. The bucket must exist.
+    pub fn put(&mut self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (bucket, key, value) = (bucket.as_ref(), key.as_ref(), value.as_ref());
+        check_key(key)?;
+        check_value(value)?;
+        let w = self.writable()?;
+        let Writer { log, catalog, .. } = w;
+        let b = catalog.get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
+        let r = log.as_mut().map_or(Err(Error::ReadOnly), |log| log.put(b.id, key, value));
+        match r {
+            Ok(v) => {
+                b.put(key, v);
+                self.ops += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The same as [`put`](Self::put); the name says the caller writes ascending keys (as
+    /// etcd's `UnsafeSeqPut`). The index fills its nodes fully on ascending inserts whichever
+    /// is called, so the hint costs nothing and changes nothing but readability.
+    pub fn seq_put(&mut self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.put(bucket, key, value)
+    }
+
+    /// Removes `key` from `bucket`; does nothing if it is missing. The bucket must exist.
+    pub fn delete(&mut self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Result<()> {
+        let (bucket, key) = (bucket.as_ref(), key.as_ref());
+        check_key(key)?;
+        let w = self.writable()?;
+        let Writer { log, catalog, .. } = w;
+        let b = catalog.get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
+        if b.tree.get(key).is_none() {
+            return Ok(());
+        }
+        let r = log.as_mut().map_or(Err(Error::ReadOnly), |log| log.delete(b.id, key));
+        match r {
+            Ok(()) => {
+                b.delete(key);
+                self.ops += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Ends the transaction and returns once every write so far — this transaction's and
+    /// every earlier one's — is durable.
+    pub fn commit(mut self) -> Result<()> {
+        if let Some(why) = self.unusable {
+            return Err(Error::TxUnusable(why.into()));
+        }
+        self.end(true)?;
+        self.backend.sync_written()
+    }
+
+    /// Ends the transaction without applying any of its writes.
+    pub fn rollback(mut self) {
+        self.end(false).ok();
+    }
+
+    /// Writes and publishes (or, if `keep` is false or a write failed, discards) the
+    /// transaction, and releases the writer lock.
+    fn end(&mut self, keep: bool) -> Result<()> {
+        let Some(mut guard) = self.guard.take() else { return Ok(()) };
+        let w = &mut *guard;
+        let mut result = Ok(());
+        let mut limit_reached = None;
+        if let Some(log) = w.log.as_mut() {
+            if keep && !self.failed {
+                match log.commit_tx() {
+                    Ok(Some(seq)) => {
+                        let view = View { catalog: w.catalog.clone(), segments: log.segments().clone(), seq };
+                        self.backend.publish(view);
+                        if self.backend.wrote(seq, self.ops, log.active()) {
+                            limit_reached = Some(seq);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.backend.poison(&e);
+                        result = Err(e);
+                        self.failed = true;
+                    }
+                }
+            }
+            if !keep || self.failed {
+                log.abort_tx();
+                w.catalog = self.backend.published_catalog();
+            }
+        }
+        self.backend.release_writer();
+        drop(guard);
+        if let Some(seq) = limit_reached {
+            // As etcd's Unlock: the transaction that reaches the batch limit commits inline,
+            // after releasing the writer so that the next transaction may start meanwhile.
+            result = self.backend.sync_to(seq);
+        }
+        result
+    }
+}
+
+impl Drop for BatchTx<'_> {
+    fn drop(&mut self) {
+        // A transaction abandoned by a panic is rolled back: its writes may be half done.
+        let keep = !std::thread::panicking();
+        // Errors here have nowhere to go but the poison flag, which the next write reports.
+        let _ = self.end(keep);
+    }
+}
+
+static EMPTY_CATALOG: Catalog = Catalog::EMPTY;
+
+struct NoValues;
+impl Values for NoValues {
+    fn value(&self, _: ValueRef) -> Option<&[u8]> {
+        None
+    }
+}

@@ -1,0 +1,12 @@
+//! The backend, in etcd's shape: [`Backend`] (opening, sizes, commits), [`BatchTx`] (the one
+//! writer), [`ReadTx`] (snapshots), and the group committer.
+
+#[allow(clippy::module_inception)]
+mod backend;
+mod batch_tx;
+mod commit;
+mod read_tx;
+
+pub use backend::{Backend, RecoveryStats, Stats};
+pub use batch_tx::BatchTx;
+pub use read_tx::{Iter, ReadTx};

@@ -1,0 +1,239 @@
+//! Reading: the published [`View`], the read-only transaction [`ReadTx`], and the read
+//! operations that `ReadTx` and `BatchTx` share.
+//!
+//! A `View` is immutable once published: a catalog of copy-on-write trees plus the list of
+//! segments their values lie in. A `ReadTx` is one `Arc<View>`, so taking it is O(1) and it
+//! never waits for the writer, and everything it can reach stays alive and mapped for as long
+//! as it lives — whatever the writer, a segment roll-over or a defrag does meanwhile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::index::catalog::{Bucket, Catalog};
+use crate::index::{self, ValueRef};
+use crate::log::segment::segment_file_name;
+use crate::log::writer::{SegmentSet, find_segment};
+
+/// One published state of the database.
+#[derive(Debug)]
+pub(crate) struct View {
+    pub catalog: Catalog,
+    pub segments: SegmentSet,
+    /// Sequence number of the last transaction this view includes (0 for none).
+    pub seq: u64,
+}
+
+/// Where the bytes of a value can be found.
+pub(crate) trait Values {
+    fn value(&self, v: ValueRef) -> Option<&[u8]>;
+}
+
+impl Values for View {
+    fn value(&self, v: ValueRef) -> Option<&[u8]> {
+        find_segment(&self.segments, v.seg)?.bytes(v.off as u64, v.len as usize)
+    }
+}
+
+fn dangling(v: ValueRef) -> Error {
+    Error::corruption(
+        PathBuf::from(segment_file_name(v.seg)),
+        v.off as u64,
+        "the index points outside the log (an engine bug: please report it)",
+    )
+}
+
+/// The read operations, over a catalog and a source of values.
+#[derive(Clone, Copy)]
+pub(crate) struct Reader<'a> {
+    pub catalog: &'a Catalog,
+    pub values: &'a dyn Values,
+}
+
+impl<'a> Reader<'a> {
+    fn bucket(&self, name: &[u8]) -> Result<&'a Bucket> {
+        self.catalog.get(name).ok_or_else(|| Error::BucketNotFound { bucket: name.to_vec() })
+    }
+
+    pub fn value(&self, v: ValueRef) -> Result<&'a [u8]> {
+        self.values.value(v).ok_or_else(|| dangling(v))
+    }
+
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<&'a [u8]>> {
+        if key.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        match self.bucket(bucket)?.tree.get(key) {
+            Some(v) => self.value(v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn scan(&self, bucket: &[u8], start: &[u8], end: Option<&[u8]>) -> Result<Iter<'a>> {
+        let tree = &self.bucket(bucket)?.tree;
+        Ok(Iter { inner: tree.range(start, end), reader: *self })
+    }
+
+    pub fn range(&self, bucket: &[u8], start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if end.is_empty() {
+            let b = self.bucket(bucket)?;
+            return match b.tree.get(start).filter(|_| !start.is_empty()) {
+                Some(v) => Ok(vec![(start.to_vec(), self.value(v)?.to_vec())]),
+                None => Ok(Vec::new()),
+            };
+        }
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        self.scan(bucket, start, Some(end))?.take(limit).map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect()
+    }
+
+    pub fn for_each(&self, bucket: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        for kv in self.scan(bucket, &[], None)? {
+            let (k, v) = kv?;
+            f(k, v)?;
+        }
+        Ok(())
+    }
+
+    pub fn buckets(&self) -> Vec<Vec<u8>> {
+        self.catalog.iter().map(|b| b.name.to_vec()).collect()
+    }
+
+    pub fn bucket_len(&self, bucket: &[u8]) -> Result<usize> {
+        Ok(self.bucket(bucket)?.tree.len())
+    }
+}
+
+/// Ascending (key, value) pairs of one bucket, borrowed from the transaction's view: no copy.
+/// Yields an error only if the index and the log disagree, which is an engine bug.
+pub struct Iter<'a> {
+    inner: index::Iter<'a>,
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Result<(&'a [u8], &'a [u8])>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, v) = self.inner.next()?;
+        Some(self.reader.value(v).map(|v| (k, v)))
+    }
+}
+
+/// The read methods shared by [`ReadTx`] and [`crate::BatchTx`]; each type provides
+/// `fn reader(&self) -> Reader<'_>`.
+macro_rules! read_methods {
+    () => {
+        /// The value of `key` in `bucket`, copied out.
+        pub fn get(&self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> $crate::Result<Option<Vec<u8>>> {
+            Ok(self.reader().get(bucket.as_ref(), key.as_ref())?.map(<[u8]>::to_vec))
+        }
+
+        /// The value of `key` in `bucket`, borrowed from the log's memory map: no copy.
+        pub fn get_ref(&self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> $crate::Result<Option<&[u8]>> {
+            self.reader().get(bucket.as_ref(), key.as_ref())
+        }
+
+        /// The pairs with keys in `[start, end)`, ascending, at most `limit` of them
+        /// (0 = no limit). An empty `end` means the single key `start` (as etcd's
+        /// `UnsafeRange`).
+        pub fn range(
+            &self,
+            bucket: impl AsRef<[u8]>,
+            start: impl AsRef<[u8]>,
+            end: impl AsRef<[u8]>,
+            limit: usize,
+        ) -> $crate::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.reader().range(bucket.as_ref(), start.as_ref(), end.as_ref(), limit)
+        }
+
+        /// Iterates the pairs with keys in `[start, end)` (`None`: to the bucket's end),
+        /// ascending, borrowing keys and values: the zero-copy form of `range`.
+        pub fn scan(
+            &self,
+            bucket: impl AsRef<[u8]>,
+            start: impl AsRef<[u8]>,
+            end: Option<&[u8]>,
+        ) -> $crate::Result<$crate::backend::Iter<'_>> {
+            self.reader().scan(bucket.as_ref(), start.as_ref(), end)
+        }
+
+        /// Calls `f` for every pair of `bucket`, ascending; an `Err` from `f` stops the walk
+        /// and is returned.
+        pub fn for_each(
+            &self,
+            bucket: impl AsRef<[u8]>,
+            f: impl FnMut(&[u8], &[u8]) -> $crate::Result<()>,
+        ) -> $crate::Result<()> {
+            self.reader().for_each(bucket.as_ref(), f)
+        }
+
+        /// The names of all buckets, ascending.
+        pub fn buckets(&self) -> Vec<Vec<u8>> {
+            self.reader().buckets()
+        }
+
+        /// Whether `bucket` exists.
+        pub fn has_bucket(&self, bucket: impl AsRef<[u8]>) -> bool {
+            self.reader().catalog.get(bucket.as_ref()).is_some()
+        }
+
+        /// The number of keys in `bucket`.
+        pub fn bucket_len(&self, bucket: impl AsRef<[u8]>) -> $crate::Result<usize> {
+            self.reader().bucket_len(bucket.as_ref())
+        }
+    };
+}
+pub(crate) use read_methods;
+
+/// A consistent, read-only snapshot of the database.
+///
+/// Taking one is O(1) and never waits for the writer; it sees every `BatchTx` that ended
+/// before it was taken (durable or not) and nothing after, however long it lives. It is
+/// `Send + Sync` and owns what it reads, so it may outlive nothing but itself: the segments it
+/// reads stay mapped until it is dropped.
+///
+/// ```
+/// let (db, _dir) = logtree::Backend::open_temp()?;
+/// let mut tx = db.batch_tx();
+/// tx.create_bucket("b")?;
+/// tx.put("b", "k", "v1")?;
+/// drop(tx);
+/// let old = db.read_tx();
+/// let mut tx = db.batch_tx();
+/// tx.put("b", "k", "v2")?;
+/// drop(tx);
+/// assert_eq!(old.get("b", "k")?, Some(b"v1".to_vec()));
+/// assert_eq!(db.read_tx().get("b", "k")?, Some(b"v2".to_vec()));
+/// # Ok::<(), logtree::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ReadTx {
+    view: Arc<View>,
+}
+
+impl ReadTx {
+    pub(crate) fn new(view: Arc<View>) -> ReadTx {
+        ReadTx { view }
+    }
+
+    pub(crate) fn reader(&self) -> Reader<'_> {
+        Reader { catalog: &self.view.catalog, values: self.view.as_ref() }
+    }
+
+    pub(crate) fn view(&self) -> &Arc<View> {
+        &self.view
+    }
+
+    /// Sequence number of the last transaction this snapshot includes (0 for none). Strictly
+    /// increasing with every `BatchTx` that writes something.
+    pub fn seq(&self) -> u64 {
+        self.view.seq
+    }
+
+    read_methods!();
+}
+
+impl std::fmt::Debug for ReadTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadTx").field("seq", &self.view.seq).finish()
+    }
+}

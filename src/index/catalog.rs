@@ -1,0 +1,141 @@
+//! The buckets: name → (id, key index, live bytes).
+//!
+//! A catalog is a small sorted vector of buckets, each owning a copy-on-write [`BTree`].
+//! Cloning it costs one reference-count increment per bucket (names are `Arc<[u8]>`, trees
+//! share their nodes), which is what publishing a transaction's result to readers costs.
+//!
+//! Buckets have numeric ids so that log records need not repeat names. An id is unique among
+//! the buckets that exist at one moment; a deleted bucket's id may be given again later, which
+//! is safe because the log is replayed in order.
+
+use std::sync::Arc;
+
+use super::{BTree, ValueRef};
+use crate::log::format::{create_bucket_len, put_len};
+
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub name: Arc<[u8]>,
+    pub id: u32,
+    pub tree: BTree,
+    /// Bytes of the records a defrag would keep for this bucket: its create-bucket record and
+    /// the put record of every live key. Kept exact through overwrites and deletes.
+    pub live_bytes: u64,
+}
+
+impl Bucket {
+    fn new(name: &[u8], id: u32) -> Bucket {
+        Bucket { name: name.into(), id, tree: BTree::new(), live_bytes: create_bucket_len(name.len()) as u64 }
+    }
+
+    /// Points `key` at a new value; returns the old one.
+    pub fn put(&mut self, key: &[u8], value: ValueRef) -> Option<ValueRef> {
+        let old = self.tree.insert(key, value);
+        self.live_bytes += put_len(key.len(), value.len as usize) as u64;
+        if let Some(o) = old {
+            self.live_bytes -= put_len(key.len(), o.len as usize) as u64;
+        }
+        old
+    }
+
+    /// Removes `key`; returns its value if it was there.
+    pub fn delete(&mut self, key: &[u8]) -> Option<ValueRef> {
+        let old = self.tree.remove(key);
+        if let Some(o) = old {
+            self.live_bytes -= put_len(key.len(), o.len as usize) as u64;
+        }
+        old
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Sorted by name.
+    buckets: Vec<Bucket>,
+}
+
+impl Catalog {
+    pub const EMPTY: Catalog = Catalog { buckets: Vec::new() };
+
+    pub fn get(&self, name: &[u8]) -> Option<&Bucket> {
+        self.position(name).ok().map(|i| &self.buckets[i])
+    }
+
+    pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut Bucket> {
+        self.position(name).ok().map(|i| &mut self.buckets[i])
+    }
+
+    fn position(&self, name: &[u8]) -> Result<usize, usize> {
+        self.buckets.binary_search_by(|b| b.name.as_ref().cmp(name))
+    }
+
+    /// Creates a bucket with the given id. False (and no change) if the name exists.
+    pub fn create(&mut self, name: &[u8], id: u32) -> bool {
+        match self.position(name) {
+            Ok(_) => false,
+            Err(i) => {
+                self.buckets.insert(i, Bucket::new(name, id));
+                true
+            }
+        }
+    }
+
+    /// An id no current bucket has.
+    pub fn unused_id(&self) -> u32 {
+        self.buckets.iter().map(|b| b.id).max().map_or(1, |m| m + 1)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<Bucket> {
+        self.position(name).ok().map(|i| self.buckets.remove(i))
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Bucket> {
+        self.buckets.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.buckets.iter().map(|b| b.live_bytes).sum()
+    }
+
+    pub fn key_count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.tree.len() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(len: u32) -> ValueRef {
+        ValueRef { seg: 1, off: 0, len }
+    }
+
+    #[test]
+    fn live_bytes_follow_overwrites_and_deletes() {
+        let mut c = Catalog::default();
+        assert!(c.create(b"b", 1));
+        assert!(!c.create(b"b", 2));
+        let base = c.live_bytes();
+        assert_eq!(base, create_bucket_len(1) as u64);
+        let b = c.get_mut(b"b").unwrap();
+        b.put(b"k", v(10));
+        b.put(b"k", v(3));
+        assert_eq!(c.live_bytes(), base + put_len(1, 3) as u64);
+        c.get_mut(b"b").unwrap().delete(b"k");
+        c.get_mut(b"b").unwrap().delete(b"k");
+        assert_eq!(c.live_bytes(), base);
+        assert!(c.create(b"a", c.unused_id()));
+        assert_eq!(c.iter().map(|b| b.name.to_vec()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(c.get(b"a").unwrap().id, 2);
+        assert!(c.remove(b"b").is_some());
+        assert!(c.get(b"b").is_none());
+    }
+}

@@ -1,0 +1,57 @@
+//! # logtree
+//!
+//! An embedded storage engine with batched transactions, in the shape of etcd's backend
+//! (`server/storage/backend` over bbolt), built on an append-only log of CRC32-framed records
+//! read through memory maps, and an in-memory copy-on-write B-tree index.
+//!
+//! - [`Backend`] opens a directory and recovers it; [`Backend::batch_tx`] gives the one writer,
+//!   [`Backend::read_tx`] an O(1) snapshot that never waits for it.
+//! - Writes become visible when their [`BatchTx`] ends and durable by group commit: every
+//!   [`Config::batch_interval`], as soon as [`Config::batch_limit`] operations are pending, or
+//!   on request ([`BatchTx::commit`], [`Backend::force_commit`], [`Backend::close`]).
+//! - After a crash, [`Backend::open`] recovers exactly a prefix of the transactions, including
+//!   every one that a commit acknowledged. Damage is reported as [`Error::Corruption`], never
+//!   silently skipped.
+//!
+//! ```
+//! use logtree::{Backend, Config};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Backend::open(Config::new(dir.path()))?;
+//! let mut tx = db.batch_tx();
+//! tx.create_bucket("key")?;
+//! tx.put("key", "a", "1")?;
+//! tx.put("key", "b", "2")?;
+//! tx.commit()?;
+//!
+//! let rtx = db.read_tx();
+//! assert_eq!(rtx.range("key", "a", "c", 0)?.len(), 2);
+//! db.close()?;
+//!
+//! let db = Backend::open(Config::new(dir.path()))?; // recovered from the log
+//! assert_eq!(db.read_tx().get("key", "b")?, Some(b"2".to_vec()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! DESIGN.md in the repository describes the on-disk format byte by byte, the commit pipeline,
+//! recovery and the concurrency model.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+mod config;
+mod error;
+mod index;
+mod log;
+pub mod vfs;
+
+pub use backend::{Backend, BatchTx, ReadTx, RecoveryStats, Stats};
+pub use config::{
+    Config, DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_LIMIT, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
+};
+pub use error::{Error, Result};
+
+/// The longest key (and bucket name) accepted: 32 KiB, as bbolt's `MaxKeySize`.
+pub const MAX_KEY_LEN: usize = 32 << 10;
+/// The longest value accepted: 256 MiB.
+pub const MAX_VALUE_LEN: usize = 256 << 20;

@@ -1,0 +1,209 @@
+//! Appending transactions to the log.
+//!
+//! The writer builds the current transaction's frame in memory. Because there is one writer,
+//! it knows where that frame will land on disk (the active segment's end) before writing it,
+//! so every put can tell the index the final place of its value at once; until the frame is
+//! written, [`LogWriter::resolve`] serves those places from the buffer (a `BatchTx` reads its
+//! own writes). The frame is written with one `pwrite` when the transaction ends, or earlier
+//! as a `FRAME_TX_PART` when it grows past [`CHUNK_TARGET`] or would cross the segment's
+//! capacity. Durability (fdatasync) is not the writer's business: see `backend::commit`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::format::{self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN};
+use super::manifest;
+use super::segment::Segment;
+use crate::error::Result;
+use crate::index::ValueRef;
+use crate::vfs::Vfs;
+
+/// The log's segments in order (ids ascending), as one immutable, shareable list. A reader
+/// holds one so that every segment its view points into stays mapped.
+pub type SegmentSet = Arc<Vec<Arc<Segment>>>;
+
+/// The segment with `id` in `set`.
+pub fn find_segment(set: &[Arc<Segment>], id: u32) -> Option<&Arc<Segment>> {
+    // Few segments, and the last is the usual target.
+    match set.last() {
+        Some(s) if s.id == id => Some(s),
+        _ => set.binary_search_by_key(&id, |s| s.id).ok().map(|i| &set[i]),
+    }
+}
+
+/// Settings that do not change while the writer lives.
+pub struct WriterConfig {
+    pub dir: PathBuf,
+    pub vfs: Arc<dyn Vfs>,
+    pub sync: bool,
+    pub segment_size: u64,
+}
+
+pub struct LogWriter {
+    cfg: WriterConfig,
+    segments: SegmentSet,
+    next_seq: u64,
+    next_segment_id: u32,
+    /// The frame being built: `FRAME_HEADER_LEN` bytes of header to fill in, the kind byte,
+    /// then operations. Empty when no transaction has written an operation yet.
+    buf: Vec<u8>,
+    /// File offset in the active segment where `buf` will be written.
+    buf_off: u64,
+    /// Some `FRAME_TX_PART` frames of the current transaction are already on disk.
+    parts_written: bool,
+}
+
+impl LogWriter {
+    pub fn new(cfg: WriterConfig, segments: Vec<Arc<Segment>>, next_seq: u64, next_segment_id: u32) -> LogWriter {
+        assert!(!segments.is_empty(), "a log has at least one segment");
+        LogWriter {
+            cfg,
+            segments: Arc::new(segments),
+            next_seq,
+            next_segment_id,
+            buf: Vec::new(),
+            buf_off: 0,
+            parts_written: false,
+        }
+    }
+
+    pub fn segments(&self) -> &SegmentSet {
+        &self.segments
+    }
+
+    pub fn active(&self) -> &Arc<Segment> {
+        self.segments.last().expect("a log has at least one segment")
+    }
+
+    /// The sequence number of the last transaction written (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn config(&self) -> &WriterConfig {
+        &self.cfg
+    }
+
+    /// True while the current transaction has written nothing.
+    pub fn tx_is_empty(&self) -> bool {
+        self.buf.len() <= FRAME_HEADER_LEN + 1 && !self.parts_written
+    }
+
+    /// Makes room for an operation of `op_len` bytes in the current frame, flushing a part or
+    /// rolling over to a new segment as needed.
+    fn reserve(&mut self, op_len: usize) -> Result<()> {
+        if self.buf.is_empty() {
+            self.start_frame();
+        }
+        let has_ops = self.buf.len() > FRAME_HEADER_LEN + 1;
+        let fits = |w: &LogWriter| w.buf_off + (w.buf.len() + op_len) as u64 <= w.active().capacity();
+        if has_ops && (self.buf.len() + op_len > CHUNK_TARGET || !fits(self)) {
+            self.write_frame(FRAME_TX_PART)?;
+            self.parts_written = true;
+            self.start_frame();
+        }
+        if !fits(self) {
+            self.roll_over(op_len)?;
+            self.start_frame();
+        }
+        Ok(())
+    }
+
+    fn start_frame(&mut self) {
+        self.buf.clear();
+        self.buf.resize(FRAME_HEADER_LEN, 0);
+        self.buf.push(FRAME_TX_END);
+        self.buf_off = self.active().len();
+    }
+
+    fn write_frame(&mut self, kind: u8) -> Result<()> {
+        self.buf[FRAME_HEADER_LEN] = kind;
+        format::seal_frame(&mut self.buf, self.next_seq);
+        self.active().append(&self.buf, self.buf_off)
+    }
+
+    /// Seals the active segment (fdatasync, so that recovery may treat any damage in it as
+    /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
+    fn roll_over(&mut self, op_len: usize) -> Result<()> {
+        self.active().sync()?;
+        let need = SEGMENT_HEADER_LEN + (FRAME_HEADER_LEN + 1 + op_len) as u64;
+        let capacity = self.cfg.segment_size.max(need);
+        let id = self.next_segment_id;
+        let seg = Arc::new(Segment::create(&self.cfg.dir, &self.cfg.vfs, id, capacity, self.cfg.sync)?);
+        let mut list: Vec<Arc<Segment>> = self.segments.as_ref().clone();
+        list.push(seg);
+        let ids: Vec<u32> = list.iter().map(|s| s.id).collect();
+        manifest::write(&self.cfg.dir, &self.cfg.vfs, &ids, self.cfg.sync)?;
+        self.next_segment_id = id + 1;
+        self.segments = Arc::new(list);
+        Ok(())
+    }
+
+    fn here(&self, at_in_buf: usize, len: usize) -> ValueRef {
+        ValueRef { seg: self.active().id, off: (self.buf_off + at_in_buf as u64) as u32, len: len as u32 }
+    }
+
+    /// Adds a put to the current transaction; returns where its value will lie.
+    pub fn put(&mut self, bucket: u32, key: &[u8], value: &[u8]) -> Result<ValueRef> {
+        self.reserve(format::put_len(key.len(), value.len()))?;
+        let at = format::encode_put(&mut self.buf, bucket, key, value);
+        Ok(self.here(at, value.len()))
+    }
+
+    pub fn delete(&mut self, bucket: u32, key: &[u8]) -> Result<()> {
+        self.reserve(format::KEYED_FIXED + key.len())?;
+        format::encode_delete(&mut self.buf, bucket, key);
+        Ok(())
+    }
+
+    pub fn create_bucket(&mut self, bucket: u32, name: &[u8]) -> Result<()> {
+        self.reserve(format::create_bucket_len(name.len()))?;
+        format::encode_create_bucket(&mut self.buf, bucket, name);
+        Ok(())
+    }
+
+    pub fn delete_bucket(&mut self, bucket: u32) -> Result<()> {
+        self.reserve(format::DELETE_BUCKET_LEN)?;
+        format::encode_delete_bucket(&mut self.buf, bucket);
+        Ok(())
+    }
+
+    /// Writes the transaction's final frame. Returns its sequence number, or `None` if the
+    /// transaction wrote nothing (then no number is used).
+    pub fn commit_tx(&mut self) -> Result<Option<u64>> {
+        if self.tx_is_empty() {
+            self.buf.clear();
+            return Ok(None);
+        }
+        let r = self.write_frame(FRAME_TX_END);
+        self.buf.clear();
+        self.parts_written = false;
+        r?;
+        self.next_seq += 1;
+        Ok(Some(self.next_seq - 1))
+    }
+
+    /// Drops the current transaction. If parts of it reached the disk, its sequence number is
+    /// consumed so that recovery sees those parts as abandoned, not continued.
+    pub fn abort_tx(&mut self) {
+        if self.parts_written {
+            self.next_seq += 1;
+        }
+        self.buf.clear();
+        self.parts_written = false;
+    }
+
+    /// The bytes of a value, including one of the current, unwritten frame.
+    pub fn resolve(&self, v: ValueRef) -> Option<&[u8]> {
+        let active = self.active();
+        if !self.buf.is_empty() && v.seg == active.id && v.off as u64 >= self.buf_off {
+            let start = (v.off as u64 - self.buf_off) as usize;
+            return self.buf.get(start..start.checked_add(v.len as usize)?);
+        }
+        find_segment(&self.segments, v.seg)?.bytes(v.off as u64, v.len as usize)
+    }
+}

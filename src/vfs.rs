@@ -1,0 +1,113 @@
+//! The file-system seam.
+//!
+//! Every call by which the engine changes what is on disk — creating a file, writing at an
+//! offset, changing a length, `fdatasync`, renaming, removing, syncing a directory — goes
+//! through a [`Vfs`]. The real implementation, [`StdVfs`], is a thin layer over `std::fs`.
+//! Tests substitute one that injects `ENOSPC`/`EIO` on the N-th call, or that remembers what
+//! each file held at its last `sync_data` so that a simulated power cut can roll the files back
+//! to it: a SIGKILL test cannot catch a missing fsync (the page cache survives the process),
+//! but that can.
+//!
+//! Reads do not go through the seam: the engine reads segments through memory maps of the
+//! real file ([`VfsFile::as_file`]), since that is where its speed comes from. A test
+//! implementation must therefore keep the real files' bytes equal to what it reports.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// How [`Vfs::open`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read an existing file.
+    Read,
+    /// Read and write an existing file.
+    ReadWrite,
+    /// Create a new file for reading and writing; fails if it exists.
+    CreateNew,
+}
+
+/// A file opened through a [`Vfs`].
+pub trait VfsFile: Send + Sync + fmt::Debug {
+    /// Writes all of `buf` at `offset` (pwrite), extending the file if needed.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes the file's data durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's current length.
+    fn len(&self) -> io::Result<u64>;
+    /// The real file, for memory maps and locks. Never write through it.
+    fn as_file(&self) -> &File;
+}
+
+/// A file system as the engine sees it. See the module documentation.
+pub trait Vfs: Send + Sync + fmt::Debug {
+    /// Opens `path` as `mode` says.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// The paths of the entries in a directory, in no particular order.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+}
+
+/// The real file system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdVfs;
+
+/// A file of [`StdVfs`].
+#[derive(Debug)]
+pub struct StdFile(File);
+
+impl VfsFile for StdFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.0, buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn as_file(&self) -> &File {
+        &self.0
+    }
+}
+
+impl Vfs for StdVfs {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
+        let mut o = OpenOptions::new();
+        match mode {
+            OpenMode::Read => o.read(true),
+            OpenMode::ReadWrite => o.read(true).write(true),
+            OpenMode::CreateNew => o.read(true).write(true).create_new(true),
+        };
+        Ok(Box::new(StdFile(o.open(path)?)))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect()
+    }
+}
