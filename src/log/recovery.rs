@@ -180,11 +180,7 @@ fn scan<'a>(
         let data = seg.written();
         let mut off = SEGMENT_HEADER_LEN as usize;
         while off < data.len() {
-            let frame = format::parse_frame(&data[off..]).filter(|f| {
-                let continues = pending.as_ref().is_some_and(|p| p.seq == f.seq);
-                continues || expected.is_none_or(|e| e == f.seq)
-            });
-            let Some(frame) = frame else {
+            let Some(frame) = format::parse_frame(&data[off..]) else {
                 if si != last {
                     return Err(Error::corruption(
                         &seg.path,
@@ -202,6 +198,16 @@ fn scan<'a>(
                 }
                 break 'segments; // a torn tail
             };
+            // A frame that verifies but does not follow is no torn write: frames or segments
+            // are missing or out of place.
+            let continues = pending.as_ref().is_some_and(|p| p.seq == frame.seq);
+            if !continues && expected.is_some_and(|e| e != frame.seq) {
+                return Err(Error::corruption(
+                    &seg.path,
+                    off as u64,
+                    format!("transaction {} found where {} was expected", frame.seq, expected.unwrap_or(0)),
+                ));
+            }
             if let Some(p) = &pending
                 && p.seq != frame.seq
             {
