@@ -38,7 +38,7 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// Truncates or extends the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's current length.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// The real file, for memory maps and locks. Never write through it.
     fn as_file(&self) -> &File;
 }
@@ -77,7 +77,7 @@ impl VfsFile for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn as_file(&self) -> &File {

@@ -82,12 +82,6 @@ impl Durability {
         st.written_ops - st.durable_ops >= self.batch_limit
     }
 
-    /// Operations written but not yet durable.
-    pub fn pending_ops(&self) -> u64 {
-        let st = self.lock();
-        st.written_ops - st.durable_ops
-    }
-
     pub fn written_seq(&self) -> u64 {
         self.lock().written_seq
     }

@@ -219,10 +219,6 @@ impl ReadTx {
         Reader { catalog: &self.view.catalog, values: self.view.as_ref() }
     }
 
-    pub(crate) fn view(&self) -> &Arc<View> {
-        &self.view
-    }
-
     /// Sequence number of the last transaction this snapshot includes (0 for none). Strictly
     /// increasing with every `BatchTx` that writes something.
     pub fn seq(&self) -> u64 {

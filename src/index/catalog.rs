@@ -97,10 +97,6 @@ impl Catalog {
         self.buckets.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-
     pub fn live_bytes(&self) -> u64 {
         self.buckets.iter().map(|b| b.live_bytes).sum()
     }

@@ -16,8 +16,6 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const KIND_SEGMENT: u32 = 1;
 /// `kind` field of the manifest's header.
 pub const KIND_MANIFEST: u32 = 2;
-/// `kind` field of a snapshot image's header.
-pub const KIND_SNAPSHOT: u32 = 3;
 
 /// Size of a segment header: magic (8), version (4), kind (4), segment id (8), reserved (4),
 /// CRC32 of the 28 bytes before it (4).

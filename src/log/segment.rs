@@ -99,7 +99,7 @@ impl Segment {
     ) -> Result<Segment> {
         let mode = if read_only { OpenMode::Read } else { OpenMode::ReadWrite };
         let file = vfs.open(&path, mode).map_err(|e| Error::io("open segment", Some(path.clone()), e))?;
-        let len = file.len().map_err(|e| Error::io("stat segment", Some(path.clone()), e))?;
+        let len = file.size().map_err(|e| Error::io("stat segment", Some(path.clone()), e))?;
         if len < SEGMENT_HEADER_LEN {
             return Err(Error::corruption(&path, 0, format!("segment is {len} bytes, shorter than its header")));
         }

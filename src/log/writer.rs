@@ -75,19 +75,6 @@ impl LogWriter {
         self.segments.last().expect("a log has at least one segment")
     }
 
-    /// The sequence number of the last transaction written (0 if none).
-    pub fn last_seq(&self) -> u64 {
-        self.next_seq - 1
-    }
-
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    pub fn config(&self) -> &WriterConfig {
-        &self.cfg
-    }
-
     /// True while the current transaction has written nothing.
     pub fn tx_is_empty(&self) -> bool {
         self.buf.len() <= FRAME_HEADER_LEN + 1 && !self.parts_written
