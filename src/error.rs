@@ -82,6 +82,11 @@ pub enum Error {
     Closed,
     /// The configuration is unusable; the text says which field and why.
     InvalidConfig(String),
+    /// The target directory of a restore is not empty; restore never overwrites.
+    NotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
     /// The transaction can no longer be used (e.g. the same thread asked for a second
     /// `BatchTx` while holding one, which would otherwise deadlock).
     TxUnusable(String),
@@ -139,6 +144,9 @@ impl fmt::Display for Error {
             }
             Error::Closed => write!(f, "the database is closed"),
             Error::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
+            Error::NotEmpty { path } => {
+                write!(f, "{} is not empty; restore needs an empty or missing directory", path.display())
+            }
             Error::TxUnusable(why) => write!(f, "transaction unusable: {why}"),
         }
     }

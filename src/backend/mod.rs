@@ -5,8 +5,11 @@
 mod backend;
 mod batch_tx;
 mod commit;
+mod hash;
 mod read_tx;
+mod snapshot;
 
 pub use backend::{Backend, RecoveryStats, Stats};
 pub use batch_tx::BatchTx;
 pub use read_tx::{Iter, ReadTx};
+pub use snapshot::{Snapshot, SnapshotInfo, inspect as inspect_snapshot, restore};

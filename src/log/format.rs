@@ -16,6 +16,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const KIND_SEGMENT: u32 = 1;
 /// `kind` field of the manifest's header.
 pub const KIND_MANIFEST: u32 = 2;
+/// `kind` field of a snapshot image's header (whose id field holds the snapshot's seq).
+pub const KIND_SNAPSHOT: u32 = 3;
 
 /// Size of a segment header: magic (8), version (4), kind (4), segment id (8), reserved (4),
 /// CRC32 of the 28 bytes before it (4).
@@ -57,12 +59,12 @@ pub const KEYED_FIXED: usize = 9;
 pub const DELETE_BUCKET_LEN: usize = 5;
 
 /// Encoded size of a put: what `size_in_use` charges for a live key.
-pub fn put_len(key_len: usize, value_len: usize) -> usize {
+pub const fn put_len(key_len: usize, value_len: usize) -> usize {
     PUT_FIXED + key_len + value_len
 }
 
 /// Encoded size of a create-bucket: what `size_in_use` charges for a bucket.
-pub fn create_bucket_len(name_len: usize) -> usize {
+pub const fn create_bucket_len(name_len: usize) -> usize {
     KEYED_FIXED + name_len
 }
 
