@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::batch_tx::{BatchTx, Writer};
 use super::commit::{Committer, Durability};
@@ -16,7 +16,7 @@ use crate::log::format::{DecodeStop, Op};
 use crate::log::manifest;
 use crate::log::recovery::{self, OpenOptions};
 use crate::log::segment::Segment;
-use crate::log::writer::{LogWriter, WriterConfig};
+use crate::log::writer::{LogPos, LogWriter, WriterConfig};
 use crate::vfs::{OpenMode, VfsFile};
 
 const LOCK_NAME: &str = "LOCK";
@@ -48,6 +48,10 @@ pub struct Backend {
     /// `None` when read-only.
     durability: Option<Arc<Durability>>,
     committer: Option<Committer>,
+    /// The log writer's settings (with the shared segment-id allocator), for defrag.
+    writer_config: Option<WriterConfig>,
+    /// One defrag at a time.
+    defrag_lock: Mutex<()>,
     /// Holds the directory's lock for as long as the backend lives.
     _lock: Box<dyn VfsFile>,
     /// What opening found.
@@ -118,8 +122,10 @@ impl Backend {
         let last_seq = rec.next_seq - 1;
         let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0) + 1;
         let active = rec.segments.last().cloned().expect("a log has a segment");
-        let view = View { catalog: catalog.clone(), segments: Arc::new(rec.segments.clone()), seq: last_seq };
-        let segments = view.segments.clone();
+        let end = LogPos { seg: active.id, off: active.len() };
+        let view = View { catalog: catalog.clone(), segments: Arc::new(rec.segments.clone()), seq: last_seq, end };
+        // Only a read-only backend, which has no log writer, reads values through this list.
+        let segments = if config.read_only { view.segments.clone() } else { Arc::new(Vec::new()) };
         let (log, durability, committer) = if config.read_only {
             (None, None, None)
         } else {
@@ -128,18 +134,23 @@ impl Backend {
                 vfs: vfs.clone(),
                 sync: config.sync,
                 segment_size: config.segment_size,
+                segment_ids: Arc::new(AtomicU32::new(next_segment_id)),
+                in_manifest: true,
             };
-            let log = LogWriter::new(wcfg, rec.segments, rec.next_seq, next_segment_id);
+            let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq);
             let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit));
             let committer = Committer::start(dur.clone(), config.batch_interval)?;
             (Some(log), Some(dur), Some(committer))
         };
+        let writer_config = log.as_ref().map(|l| l.config().clone());
         Ok(Backend {
             view: RwLock::new(Arc::new(view)),
             writer: Mutex::new(Writer { log, catalog, segments }),
             writer_thread: AtomicUsize::new(0),
             durability,
             committer,
+            writer_config,
+            defrag_lock: Mutex::new(()),
             _lock: lock,
             recovery: RecoveryStats { transactions: rec.transactions, torn_bytes: rec.torn_bytes },
             closed: false,
@@ -164,14 +175,12 @@ impl Backend {
     /// Asking for a second `BatchTx` on a thread that already holds one would deadlock; instead
     /// the second one is returned unusable: every call on it returns [`Error::TxUnusable`].
     pub fn batch_tx(&self) -> BatchTx<'_> {
-        let me = thread_token();
-        if self.writer_thread.load(Ordering::Acquire) == me {
+        if self.holds_writer_on_this_thread() {
             return BatchTx::unusable(self, "this thread already holds a BatchTx; end it first");
         }
         // A panic while holding the writer rolls its transaction back (see BatchTx's Drop), so
         // the state behind a poisoned mutex is consistent.
-        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.writer_thread.store(me, Ordering::Release);
+        let guard = self.lock_writer();
         BatchTx::new(self, guard)
     }
 
@@ -266,6 +275,34 @@ impl Backend {
         // The old view is dropped outside the lock: freeing a large tree must not hold readers.
         let old = std::mem::replace(&mut *self.view.write().unwrap_or_else(|e| e.into_inner()), view);
         drop(old);
+    }
+
+    /// Takes the writer lock, recording this thread as its holder.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the writer rolls its transaction back (see BatchTx's Drop), so
+        // the state behind a poisoned mutex is consistent.
+        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.writer_thread.store(thread_token(), Ordering::Release);
+        guard
+    }
+
+    pub(crate) fn holds_writer_on_this_thread(&self) -> bool {
+        self.writer_thread.load(Ordering::Acquire) == thread_token()
+    }
+
+    pub(crate) fn writer_config(&self) -> Option<&WriterConfig> {
+        self.writer_config.as_ref()
+    }
+
+    pub(crate) fn defrag_lock(&self) -> &Mutex<()> {
+        &self.defrag_lock
+    }
+
+    /// A defrag switched the log: everything up to `seq` is durable in `active`'s log.
+    pub(crate) fn switched(&self, active: &Arc<Segment>, seq: u64) {
+        if let Some(d) = &self.durability {
+            d.switched(active, seq);
+        }
     }
 
     pub(crate) fn release_writer(&self) {

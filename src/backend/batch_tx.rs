@@ -237,7 +237,8 @@ impl<'a> BatchTx<'a> {
             if keep && !self.failed {
                 match log.commit_tx() {
                     Ok(Some(seq)) => {
-                        let view = View { catalog: w.catalog.clone(), segments: log.segments().clone(), seq };
+                        let view =
+                            View { catalog: w.catalog.clone(), segments: log.segments().clone(), seq, end: log.end() };
                         self.backend.publish(view);
                         if self.backend.wrote(seq, self.ops, log.active()) {
                             limit_reached = Some(seq);
@@ -252,7 +253,10 @@ impl<'a> BatchTx<'a> {
                 }
             }
             if !keep || self.failed {
-                log.abort_tx();
+                if let Err(e) = log.abort_tx() {
+                    self.backend.poison(&e);
+                    result = Err(e);
+                }
                 w.catalog = self.backend.published_catalog();
             }
         }

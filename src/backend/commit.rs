@@ -90,6 +90,17 @@ impl Durability {
         self.lock().durable_seq
     }
 
+    /// A defrag replaced the log: every transaction up to `seq` is durable in the new log,
+    /// whose active segment is `active`.
+    pub fn switched(&self, active: &Arc<Segment>, seq: u64) {
+        let mut st = self.lock();
+        st.active = active.clone();
+        st.written_seq = seq;
+        st.durable_seq = seq;
+        st.durable_ops = st.written_ops;
+        self.cond.notify_all();
+    }
+
     /// Refuses writes from now on; the first cause is kept.
     pub fn poison(&self, cause: &Error) {
         let mut st = self.lock();

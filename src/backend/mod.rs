@@ -5,11 +5,13 @@
 mod backend;
 mod batch_tx;
 mod commit;
+mod defrag;
 mod hash;
 mod read_tx;
 mod snapshot;
 
 pub use backend::{Backend, RecoveryStats, Stats};
 pub use batch_tx::BatchTx;
+pub use defrag::DefragStats;
 pub use read_tx::{Iter, ReadTx};
 pub use snapshot::{Snapshot, SnapshotInfo, inspect as inspect_snapshot, restore};

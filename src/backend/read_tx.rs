@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::index::catalog::{Bucket, Catalog};
 use crate::index::{self, ValueRef};
 use crate::log::segment::segment_file_name;
-use crate::log::writer::{SegmentSet, find_segment};
+use crate::log::writer::{LogPos, SegmentSet, find_segment};
 
 /// One published state of the database.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub(crate) struct View {
     pub segments: SegmentSet,
     /// Sequence number of the last transaction this view includes (0 for none).
     pub seq: u64,
+    /// Where in the log that transaction ends (a defrag replays what lies after it).
+    pub end: LogPos,
 }
 
 /// Where the bytes of a value can be found.

@@ -80,6 +80,11 @@ impl Catalog {
         }
     }
 
+    /// The bucket with id `id` (a linear scan: buckets are few).
+    pub fn get_by_id_mut(&mut self, id: u32) -> Option<&mut Bucket> {
+        self.buckets.iter_mut().find(|b| b.id == id)
+    }
+
     /// An id no current bucket has.
     pub fn unused_id(&self) -> u32 {
         self.buckets.iter().map(|b| b.id).max().map_or(1, |m| m + 1)

@@ -1,9 +1,68 @@
-//! TEMPORARY stand-in (BTreeMap) until the copy-on-write B-tree lands.
-use std::collections::BTreeMap;
-use std::sync::Arc;
+//! In-memory index: an ordered map from byte-string keys to [`ValueRef`]s
+//! (where a value lives in the log), stored as a copy-on-write B-tree.
+//!
+//! # Sharing rule (why snapshots are cheap and safe)
+//!
+//! Nodes are reference counted (`Arc`) and a node reachable from more than
+//! one [`BTree`] is never modified. Cloning a tree clones only the root
+//! pointer, so a reader's snapshot costs O(1) and stays frozen. The writer
+//! reaches every node it changes through `Arc::make_mut`: if a snapshot
+//! still shares the node, the writer gets a private copy whose children are
+//! still shared; if nobody else holds it, it is edited in place. A write
+//! therefore copies at most one root-to-leaf path, and only while snapshots
+//! are alive.
+//!
+//! # Shape invariants
+//!
+//! * All leaves are at the same depth; a tree with no keys has no root.
+//! * Keys within a node are strictly ascending (`[u8]` order).
+//! * Separators: an inner node with children `c[0..n]` holds separators
+//!   `s[0..n-1]` and every key under `c[i]` satisfies `s[i-1] <= key < s[i]`.
+//!   Separators are the shortest byte strings that separate the two sides of
+//!   a leaf split, not full keys, so inner nodes stay small.
+//! * Fill: leaves hold 1..=[`MAX_LEAF_ENTRIES`] entries, inner nodes
+//!   2..=[`MAX_CHILDREN`] children, and a node's key bytes stay within
+//!   [`MAX_NODE_KEY_BYTES`] unless that is impossible (a single huge key, or
+//!   at most two huge separators); see `node.rs`.
+//!
+//! # Memory layout
+//!
+//! Keys of a node are packed into one byte arena with 8 bytes of metadata
+//! each (end offset, plus a 4-byte "head" used to search without touching
+//! the arena), and leaf values live in a parallel array, so a key costs its
+//! own length plus 20 bytes in its leaf plus a small share of node overhead.
+//! Vectors grow by ~1/8 instead of doubling and split-off nodes are sized
+//! exactly, to keep slack low. Lookups are memory-latency bound, so the
+//! layout is chosen to minimise dependent cache misses per node (see
+//! `node::Keys`).
+//!
+//! Keys may be any byte string (including empty). The engine limits them to
+//! 32 KiB; longer keys still work (a node then holds just that key) but keys
+//! approaching 1 GiB would overflow the `u32` arena offsets, which panics.
 
 pub mod catalog;
+mod node;
+#[cfg(test)]
+mod tests;
 
+use std::fmt;
+use std::iter::FusedIterator;
+use std::sync::Arc;
+
+use node::{Inner, Leaf, Node};
+
+/// Maximum entries in a leaf. Wide nodes keep the tree shallow (4 levels
+/// for tens of millions of keys), so a lookup touches few cache lines.
+pub const MAX_LEAF_ENTRIES: usize = 64;
+/// Maximum children of an inner node.
+pub const MAX_CHILDREN: usize = 64;
+/// A node whose packed key bytes exceed this is split even if it has fewer
+/// entries than the count limit, so huge keys do not make huge nodes (which
+/// would make every copy-on-write path copy expensive).
+pub const MAX_NODE_KEY_BYTES: usize = 16 * 1024;
+
+/// Location of a value in the log. Kept at 12 bytes because one is stored
+/// per key in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ValueRef {
     pub seg: u32,
@@ -11,55 +70,262 @@ pub struct ValueRef {
     pub len: u32,
 }
 
-#[derive(Clone, Default, Debug)]
+const _: () = assert!(std::mem::size_of::<ValueRef>() == 12);
+
+/// A copy-on-write B-tree map from byte strings to [`ValueRef`].
+///
+/// `Clone` is O(1) and yields an independent snapshot: later changes to
+/// either tree are invisible to the other (see the module docs for how).
+#[derive(Clone, Default)]
 pub struct BTree {
-    m: Arc<BTreeMap<Vec<u8>, ValueRef>>,
+    root: Option<Arc<Node>>,
+    len: usize,
 }
+
+impl fmt::Debug for BTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BTree").field("len", &self.len).finish()
+    }
+}
+
 impl BTree {
     pub fn new() -> BTree {
         BTree::default()
     }
+
     pub fn len(&self) -> usize {
-        self.m.len()
+        self.len
     }
+
     pub fn is_empty(&self) -> bool {
-        self.m.is_empty()
+        self.len == 0
     }
+
     pub fn get(&self, key: &[u8]) -> Option<ValueRef> {
-        self.m.get(key).copied()
-    }
-    pub fn insert(&mut self, key: &[u8], value: ValueRef) -> Option<ValueRef> {
-        Arc::make_mut(&mut self.m).insert(key.to_vec(), value)
-    }
-    pub fn remove(&mut self, key: &[u8]) -> Option<ValueRef> {
-        Arc::make_mut(&mut self.m).remove(key)
-    }
-    pub fn range<'a>(&'a self, start: &[u8], end: Option<&[u8]>) -> Iter<'a> {
-        use std::ops::Bound::*;
-        let e = match end {
-            Some(e) => Excluded(e.to_vec()),
-            None => Unbounded,
-        };
-        if let Some(en) = end {
-            if en <= start {
-                return Iter { it: None };
+        let mut node = self.root.as_deref()?;
+        loop {
+            match node {
+                Node::Inner(inner) => node = &inner.children[inner.child_index(key)],
+                Node::Leaf(leaf) => return leaf.get(key),
             }
         }
-        Iter { it: Some(self.m.range::<Vec<u8>, _>((Included(start.to_vec()), e))) }
     }
+
+    /// Inserts or overwrites; returns the previous value.
+    pub fn insert(&mut self, key: &[u8], value: ValueRef) -> Option<ValueRef> {
+        let Some(root) = self.root.as_mut() else {
+            self.root = Some(Arc::new(Node::Leaf(Leaf::single(key, value))));
+            self.len = 1;
+            return None;
+        };
+        let mut pieces = Vec::new();
+        let old = node::insert(root, key, value, &mut pieces);
+        if !pieces.is_empty()
+            && let Some(root) = self.root.take()
+        {
+            self.root = Some(node::grow_root(root, pieces));
+        }
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes `key`; returns the removed value.
+    pub fn remove(&mut self, key: &[u8]) -> Option<ValueRef> {
+        // A miss must not copy nodes shared with snapshots, so look first
+        // (read-only) and only then walk the path with `make_mut`.
+        self.get(key)?;
+        let root = self.root.as_mut()?;
+        let mut pieces = Vec::new();
+        let old = node::remove(root, key, &mut pieces);
+        if !pieces.is_empty()
+            && let Some(root) = self.root.take()
+        {
+            self.root = Some(node::grow_root(root, pieces));
+        }
+        self.collapse_root();
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// Drops an empty root leaf and root inner nodes with a single child,
+    /// so the height shrinks as the tree empties and an empty tree has no
+    /// nodes at all.
+    fn collapse_root(&mut self) {
+        while let Some(root) = &self.root {
+            match &**root {
+                Node::Leaf(l) if l.len() == 0 => self.root = None,
+                Node::Inner(i) if i.children.len() == 1 => {
+                    let child = Arc::clone(&i.children[0]);
+                    self.root = Some(child);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Ascending iterator over keys in `[start, end)`; `end = None` means
+    /// unbounded. `start >= end` yields nothing.
+    pub fn range<'a>(&'a self, start: &[u8], end: Option<&[u8]>) -> Iter<'a> {
+        let mut it = Iter { stack: Vec::new(), leaf: None, idx: 0, end: None };
+        let Some(root) = self.root.as_deref() else {
+            return it;
+        };
+        if let Some(e) = end
+            && start >= e
+        {
+            return it;
+        }
+        // The end is turned into a position (leaf, index of the first key
+        // >= end) up front, so iteration compares a pointer and an index per
+        // item instead of keys, and `Iter` need not borrow `end`.
+        if let Some(e) = end {
+            it.end = seek_end(root, e);
+        }
+        it.stack.reserve(8);
+        let mut node = root;
+        loop {
+            match node {
+                Node::Inner(inner) => {
+                    let c = inner.child_index(start);
+                    it.stack.push((inner, c));
+                    node = &inner.children[c];
+                }
+                Node::Leaf(leaf) => {
+                    it.leaf = Some(leaf);
+                    it.idx = leaf.lower_bound(start);
+                    return it;
+                }
+            }
+        }
+    }
+
+    /// All entries, ascending.
     pub fn iter(&self) -> Iter<'_> {
         self.range(&[], None)
     }
+
+    /// Approximate heap bytes of the nodes reachable from this tree
+    /// (allocated capacities plus `Arc` headers; allocator overhead and
+    /// sharing with other trees are not accounted for).
     pub fn heap_bytes(&self) -> usize {
-        self.m.len() * 64
+        self.root.as_deref().map_or(0, Node::heap_bytes)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        match self.root.as_deref() {
+            None => assert_eq!(self.len, 0, "no root but len != 0"),
+            Some(root) => {
+                let mut leaf_depth = None;
+                let n = node::check_node(root, None, None, true, 0, &mut leaf_depth);
+                assert_eq!(n, self.len, "len does not match entry count");
+                assert!(n > 0, "root exists but tree has no entries");
+            }
+        }
     }
 }
-pub struct Iter<'a> {
-    it: Option<std::collections::btree_map::Range<'a, Vec<u8>, ValueRef>>,
+
+/// Position of the first key `>= end` as (leaf, index), normalised so the
+/// index is inside the leaf; `None` if every key is `< end`.
+///
+/// Normalising matters: a start and an end falling in the same gap between
+/// two leaves must map to the same position, or the iterator could walk past
+/// the end position without ever seeing it.
+fn seek_end<'a>(root: &'a Node, end: &[u8]) -> Option<(&'a Leaf, usize)> {
+    let mut node = root;
+    let mut next_subtree: Option<&'a Node> = None;
+    loop {
+        match node {
+            Node::Inner(inner) => {
+                let c = inner.child_index(end);
+                if let Some(n) = inner.children.get(c + 1) {
+                    next_subtree = Some(n);
+                }
+                node = &inner.children[c];
+            }
+            Node::Leaf(leaf) => {
+                let i = leaf.lower_bound(end);
+                if i < leaf.len() {
+                    return Some((leaf, i));
+                }
+                return next_subtree.map(|n| (node::leftmost_leaf(n), 0));
+            }
+        }
+    }
 }
+
+impl<'a> IntoIterator for &'a BTree {
+    type Item = (&'a [u8], ValueRef);
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// Ascending iterator over a [`BTree`] (or a snapshot of one). Borrows the
+/// tree; allocates only its small path stack when created.
+pub struct Iter<'a> {
+    /// Inner nodes on the path to `leaf`, with the index of the child being
+    /// visited in each.
+    stack: Vec<(&'a Inner, usize)>,
+    /// Current leaf; `None` once exhausted.
+    leaf: Option<&'a Leaf>,
+    idx: usize,
+    /// Stop position (see `seek_end`); `None` = run to the end of the tree.
+    end: Option<(&'a Leaf, usize)>,
+}
+
+impl<'a> Iter<'a> {
+    /// Moves to the leaf after the current one, or `None` at the end.
+    fn next_leaf(&mut self) -> Option<&'a Leaf> {
+        loop {
+            let top = self.stack.last_mut()?;
+            let inner: &'a Inner = top.0;
+            if top.1 + 1 < inner.children.len() {
+                top.1 += 1;
+                let mut node: &'a Node = &inner.children[top.1];
+                loop {
+                    match node {
+                        Node::Leaf(l) => return Some(l),
+                        Node::Inner(i) => {
+                            self.stack.push((i, 0));
+                            node = &i.children[0];
+                        }
+                    }
+                }
+            }
+            self.stack.pop();
+        }
+    }
+}
+
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a [u8], ValueRef);
+
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        self.it.as_mut()?.next().map(|(k, v)| (k.as_slice(), *v))
+        loop {
+            let leaf = self.leaf?;
+            if let Some((end_leaf, end_idx)) = self.end
+                && std::ptr::eq(leaf, end_leaf)
+                && self.idx >= end_idx
+            {
+                self.leaf = None;
+                return None;
+            }
+            if self.idx < leaf.len() {
+                let i = self.idx;
+                self.idx += 1;
+                return Some((leaf.keys.get(i), leaf.vals[i]));
+            }
+            self.leaf = self.next_leaf();
+            self.idx = 0;
+        }
     }
 }
+
+impl FusedIterator for Iter<'_> {}

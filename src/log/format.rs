@@ -34,6 +34,10 @@ pub const FRAME_TX_END: u8 = 1;
 /// boundary is written as several frames; recovery applies none of them unless the last
 /// (`FRAME_TX_END`) one is intact.
 pub const FRAME_TX_PART: u8 = 2;
+/// The first payload byte of a frame that holds nothing else: the transaction with this
+/// sequence number, some of whose `FRAME_TX_PART` frames may precede, was abandoned (rolled back
+/// after its parts were written). Recovery drops those parts and expects the next number.
+pub const FRAME_TX_ABORT: u8 = 3;
 
 /// A transaction's frame is cut into parts of about this many bytes, so that a huge BatchTx
 /// does not hold its whole encoding in memory.
@@ -160,7 +164,12 @@ pub fn parse_frame(b: &[u8]) -> Option<Frame<'_>> {
         return None;
     }
     let payload = &whole[FRAME_HEADER_LEN..];
-    if payload[0] != FRAME_TX_END && payload[0] != FRAME_TX_PART {
+    let kind_ok = match payload[0] {
+        FRAME_TX_END | FRAME_TX_PART => true,
+        FRAME_TX_ABORT => payload.len() == 1,
+        _ => false,
+    };
+    if !kind_ok {
         return None;
     }
     Some(Frame { seq: read_u64(b, 8)?, payload, total_len: total })

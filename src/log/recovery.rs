@@ -13,14 +13,16 @@
 //!   `FRAME_TX_PART` frames, if the log ends before the final one, are a tail too.
 //!
 //! Transactions carry consecutive sequence numbers; a frame with a wrong number is corruption.
-//! (A transaction abandoned after some of its parts were written consumed its number: the next
-//! transaction's number is one higher, and the abandoned parts are skipped.)
+//! A transaction rolled back after some of its parts were written is closed by a
+//! `FRAME_TX_ABORT` frame with its number: its parts are dropped and the next number follows.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, DecodeStop, FRAME_HEADER_LEN, FRAME_TX_END, FRAME_TX_PART, Op, SEGMENT_HEADER_LEN};
+use super::format::{
+    self, DecodeStop, FRAME_HEADER_LEN, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, Op, SEGMENT_HEADER_LEN,
+};
 use super::manifest;
 use super::segment::{Segment, parse_segment_file_name};
 use crate::error::{Error, Result};
@@ -200,26 +202,31 @@ fn scan<'a>(
             };
             // A frame that verifies but does not follow is no torn write: frames or segments
             // are missing or out of place.
-            let continues = pending.as_ref().is_some_and(|p| p.seq == frame.seq);
-            if !continues && expected.is_some_and(|e| e != frame.seq) {
+            let in_order = match &pending {
+                Some(p) => p.seq == frame.seq,
+                None => expected.is_none_or(|e| e == frame.seq),
+            };
+            if !in_order {
+                let want = pending.as_ref().map(|p| p.seq).or(expected).unwrap_or(0);
                 return Err(Error::corruption(
                     &seg.path,
                     off as u64,
-                    format!("transaction {} found where {} was expected", frame.seq, expected.unwrap_or(0)),
+                    format!("transaction {} found where {want} was expected", frame.seq),
                 ));
             }
-            if let Some(p) = &pending
-                && p.seq != frame.seq
-            {
-                // Its final frame never came: abandoned (its writer failed). Skip its parts.
+            expected = Some(frame.seq + 1);
+            if frame.payload[0] == FRAME_TX_ABORT {
+                // Rolled back after some parts were written: drop them.
                 pending = None;
+                off += frame.total_len;
+                valid_end = (si, off as u64);
+                continue;
             }
             let ops_at = (off + FRAME_HEADER_LEN + 1) as u64;
             let body = &frame.payload[1..];
             let p = pending.get_or_insert_with(|| Pending { seq: frame.seq, parts: Vec::new() });
             p.parts.push((si, ops_at, body));
             off += frame.total_len;
-            expected = Some(frame.seq + 1);
             if frame.payload[0] == FRAME_TX_PART {
                 continue;
             }

@@ -10,8 +10,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::format::{self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN};
+use super::format::{
+    self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN,
+};
 use super::manifest;
 use super::segment::Segment;
 use crate::error::Result;
@@ -31,19 +34,32 @@ pub fn find_segment(set: &[Arc<Segment>], id: u32) -> Option<&Arc<Segment>> {
     }
 }
 
-/// Settings that do not change while the writer lives.
+/// A place in the log: a segment and an offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPos {
+    pub seg: u32,
+    pub off: u64,
+}
+
+/// Settings of a writer.
+#[derive(Clone)]
 pub struct WriterConfig {
     pub dir: PathBuf,
     pub vfs: Arc<dyn Vfs>,
     pub sync: bool,
     pub segment_size: u64,
+    /// The next unused segment id, shared by every writer of the directory (the log's and a
+    /// defrag's), so that ids never collide and stay ascending in log order.
+    pub segment_ids: Arc<AtomicU32>,
+    /// Whether a roll-over lists the new segment in the manifest. False for a defrag's writer,
+    /// whose segments join the log only when the defrag switches over.
+    pub in_manifest: bool,
 }
 
 pub struct LogWriter {
     cfg: WriterConfig,
     segments: SegmentSet,
     next_seq: u64,
-    next_segment_id: u32,
     /// The frame being built: `FRAME_HEADER_LEN` bytes of header to fill in, the kind byte,
     /// then operations. Empty when no transaction has written an operation yet.
     buf: Vec<u8>,
@@ -54,17 +70,9 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn new(cfg: WriterConfig, segments: Vec<Arc<Segment>>, next_seq: u64, next_segment_id: u32) -> LogWriter {
+    pub fn new(cfg: WriterConfig, segments: Vec<Arc<Segment>>, next_seq: u64) -> LogWriter {
         assert!(!segments.is_empty(), "a log has at least one segment");
-        LogWriter {
-            cfg,
-            segments: Arc::new(segments),
-            next_seq,
-            next_segment_id,
-            buf: Vec::new(),
-            buf_off: 0,
-            parts_written: false,
-        }
+        LogWriter { cfg, segments: Arc::new(segments), next_seq, buf: Vec::new(), buf_off: 0, parts_written: false }
     }
 
     pub fn segments(&self) -> &SegmentSet {
@@ -73,6 +81,39 @@ impl LogWriter {
 
     pub fn active(&self) -> &Arc<Segment> {
         self.segments.last().expect("a log has at least one segment")
+    }
+
+    /// The end of the last transaction written.
+    pub fn end(&self) -> LogPos {
+        let a = self.active();
+        LogPos { seg: a.id, off: a.len() }
+    }
+
+    /// The sequence number the next transaction gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Sets the next transaction's sequence number (a defrag replaying transactions keeps
+    /// their numbers). Only between transactions.
+    pub fn set_next_seq(&mut self, seq: u64) {
+        debug_assert!(self.tx_is_empty());
+        self.next_seq = seq;
+    }
+
+    pub fn config(&self) -> &WriterConfig {
+        &self.cfg
+    }
+
+    /// See [`WriterConfig::in_manifest`].
+    pub fn set_in_manifest(&mut self, yes: bool) {
+        self.cfg.in_manifest = yes;
+    }
+
+    /// Creates a segment with a fresh id and the given capacity, not listed anywhere yet.
+    pub fn create_segment(cfg: &WriterConfig, capacity: u64) -> Result<Segment> {
+        let id = cfg.segment_ids.fetch_add(1, Ordering::Relaxed);
+        Segment::create(&cfg.dir, &cfg.vfs, id, capacity, cfg.sync)
     }
 
     /// True while the current transaction has written nothing.
@@ -119,13 +160,16 @@ impl LogWriter {
         self.active().sync()?;
         let need = SEGMENT_HEADER_LEN + (FRAME_HEADER_LEN + 1 + op_len) as u64;
         let capacity = self.cfg.segment_size.max(need);
-        let id = self.next_segment_id;
-        let seg = Arc::new(Segment::create(&self.cfg.dir, &self.cfg.vfs, id, capacity, self.cfg.sync)?);
+        let seg = Arc::new(LogWriter::create_segment(&self.cfg, capacity)?);
         let mut list: Vec<Arc<Segment>> = self.segments.as_ref().clone();
-        list.push(seg);
-        let ids: Vec<u32> = list.iter().map(|s| s.id).collect();
-        manifest::write(&self.cfg.dir, &self.cfg.vfs, &ids, self.cfg.sync)?;
-        self.next_segment_id = id + 1;
+        list.push(seg.clone());
+        if self.cfg.in_manifest {
+            let ids: Vec<u32> = list.iter().map(|s| s.id).collect();
+            if let Err(e) = manifest::write(&self.cfg.dir, &self.cfg.vfs, &ids, self.cfg.sync) {
+                seg.mark_obsolete();
+                return Err(e);
+            }
+        }
         self.segments = Arc::new(list);
         Ok(())
     }
@@ -174,14 +218,34 @@ impl LogWriter {
         Ok(Some(self.next_seq - 1))
     }
 
-    /// Drops the current transaction. If parts of it reached the disk, its sequence number is
-    /// consumed so that recovery sees those parts as abandoned, not continued.
-    pub fn abort_tx(&mut self) {
-        if self.parts_written {
-            self.next_seq += 1;
-        }
+    /// Drops the current transaction. If parts of it reached the disk, an abort frame with its
+    /// sequence number follows them, so that recovery drops them too, and the number is used.
+    pub fn abort_tx(&mut self) -> Result<()> {
+        let parts = std::mem::take(&mut self.parts_written);
         self.buf.clear();
-        self.parts_written = false;
+        if !parts {
+            return Ok(());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.write_abort_frame(seq)
+    }
+
+    /// Writes an abort frame for transaction `seq` (a defrag replaying an abandoned one keeps
+    /// the sequence without gaps). Only between transactions.
+    pub fn write_abort(&mut self, seq: u64) -> Result<()> {
+        debug_assert!(self.tx_is_empty());
+        self.next_seq = seq + 1;
+        self.write_abort_frame(seq)
+    }
+
+    fn write_abort_frame(&mut self, seq: u64) -> Result<()> {
+        self.reserve(0)?; // starts a frame, rolling over if the segment is full
+        self.buf[FRAME_HEADER_LEN] = FRAME_TX_ABORT;
+        format::seal_frame(&mut self.buf, seq);
+        let r = self.active().append(&self.buf, self.buf_off);
+        self.buf.clear();
+        r
     }
 
     /// The bytes of a value, including one of the current, unwritten frame.

@@ -1,0 +1,849 @@
+//! Tests for the index: unit tests, snapshot (copy-on-write) tests checked
+//! against `std::collections::BTreeMap`, a proptest over random operation
+//! sequences, and an ignored release-mode benchmark.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+type Model = BTreeMap<Vec<u8>, ValueRef>;
+
+/// Small deterministic PRNG (splitmix64) so tests need no extra crates.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+    fn var_bytes(&mut self, min: usize, extra: usize) -> Vec<u8> {
+        let n = min + self.below(extra);
+        self.bytes(n)
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+fn vr(n: u64) -> ValueRef {
+    ValueRef { seg: (n >> 32) as u32, off: n as u32, len: (n % 1000) as u32 }
+}
+
+fn assert_same(t: &BTree, m: &Model) {
+    assert_eq!(t.len(), m.len());
+    assert_eq!(t.is_empty(), m.is_empty());
+    let mut it = t.iter();
+    for (k, v) in m {
+        let (tk, tv) = it.next().expect("tree iterator ended early");
+        assert_eq!(tk, k.as_slice());
+        assert_eq!(tv, *v);
+    }
+    assert!(it.next().is_none(), "tree iterator has extra items");
+}
+
+fn model_range(m: &Model, start: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, ValueRef)> {
+    if let Some(e) = end
+        && start >= e
+    {
+        return Vec::new();
+    }
+    let hi = end.map_or(Bound::Unbounded, Bound::Excluded);
+    m.range::<[u8], _>((Bound::Included(start), hi)).map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+fn tree_range(t: &BTree, start: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, ValueRef)> {
+    t.range(start, end).map(|(k, v)| (k.to_vec(), v)).collect()
+}
+
+fn root_ptr(t: &BTree) -> Option<*const Node> {
+    t.root.as_ref().map(Arc::as_ptr)
+}
+
+// ----------------------------------------------------------------- unit tests
+
+#[test]
+fn empty_tree() {
+    let mut t = BTree::new();
+    t.check_invariants();
+    assert_eq!(t.len(), 0);
+    assert!(t.is_empty());
+    assert_eq!(t.get(b"a"), None);
+    assert_eq!(t.iter().count(), 0);
+    assert_eq!(t.range(b"", None).count(), 0);
+    assert_eq!(t.range(b"a", Some(b"z")).count(), 0);
+    assert_eq!(t.remove(b"a"), None);
+    assert_eq!(t.heap_bytes(), 0);
+    assert_eq!(format!("{t:?}"), "BTree { len: 0 }");
+    t.check_invariants();
+}
+
+#[test]
+fn single_key() {
+    let mut t = BTree::new();
+    assert_eq!(t.insert(b"k", vr(1)), None);
+    t.check_invariants();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.get(b"k"), Some(vr(1)));
+    assert_eq!(t.get(b"j"), None);
+    assert_eq!(t.get(b"k\0"), None);
+    assert_eq!(t.iter().collect::<Vec<_>>(), vec![(&b"k"[..], vr(1))]);
+    assert!(t.heap_bytes() > 0);
+    assert_eq!(t.remove(b"k"), Some(vr(1)));
+    t.check_invariants();
+    assert!(t.is_empty());
+    assert!(t.root.is_none());
+}
+
+#[test]
+fn empty_key_is_a_key() {
+    let mut t = BTree::new();
+    t.insert(b"b", vr(2));
+    t.insert(b"", vr(1));
+    t.check_invariants();
+    assert_eq!(t.get(b""), Some(vr(1)));
+    assert_eq!(t.iter().next(), Some((&b""[..], vr(1))));
+    assert_eq!(t.remove(b""), Some(vr(1)));
+    assert_eq!(t.get(b""), None);
+}
+
+#[test]
+fn overwrite_returns_old() {
+    let mut t = BTree::new();
+    for i in 0..1000u64 {
+        assert_eq!(t.insert(&i.to_be_bytes(), vr(i)), None);
+    }
+    for i in 0..1000u64 {
+        assert_eq!(t.insert(&i.to_be_bytes(), vr(i + 7)), Some(vr(i)));
+    }
+    t.check_invariants();
+    assert_eq!(t.len(), 1000);
+    for i in 0..1000u64 {
+        assert_eq!(t.get(&i.to_be_bytes()), Some(vr(i + 7)));
+    }
+}
+
+#[test]
+fn remove_missing_returns_none_and_does_not_unshare() {
+    let mut t = BTree::new();
+    for i in 0..5000u64 {
+        t.insert(&(i * 2).to_be_bytes(), vr(i));
+    }
+    let snap = t.clone();
+    assert_eq!(root_ptr(&snap), root_ptr(&t));
+    for i in 0..5000u64 {
+        assert_eq!(t.remove(&(i * 2 + 1).to_be_bytes()), None);
+    }
+    assert_eq!(t.remove(b""), None);
+    assert_eq!(t.remove(&[0xff; 40]), None);
+    // Misses must not have copied anything.
+    assert_eq!(root_ptr(&snap), root_ptr(&t));
+    assert_eq!(t.len(), 5000);
+    t.check_invariants();
+}
+
+#[test]
+fn range_bounds() {
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    // Keys 10, 20, ..., 9990 (big-endian u32) so gaps exist everywhere,
+    // including between leaves.
+    for i in 1..1000u32 {
+        let k = (i * 10).to_be_bytes();
+        t.insert(&k, vr(i.into()));
+        m.insert(k.to_vec(), vr(i.into()));
+    }
+    t.check_invariants();
+    let b = |x: u32| x.to_be_bytes();
+    // start inclusive, end exclusive
+    let r = tree_range(&t, &b(20), Some(&b(50)));
+    assert_eq!(
+        r.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        vec![b(20).to_vec(), b(30).to_vec(), b(40).to_vec()]
+    );
+    // empty range and start > end
+    assert!(tree_range(&t, &b(20), Some(&b(20))).is_empty());
+    assert!(tree_range(&t, &b(50), Some(&b(20))).is_empty());
+    assert!(tree_range(&t, &b(21), Some(&b(29))).is_empty());
+    // start beyond last key
+    assert!(tree_range(&t, &b(100_000), None).is_empty());
+    assert!(tree_range(&t, &b(100_000), Some(&b(200_000))).is_empty());
+    // end beyond last key / before first key
+    assert_eq!(tree_range(&t, &b(9980), Some(&b(100_000))).len(), 2);
+    assert!(tree_range(&t, &b(0), Some(&b(10))).is_empty());
+    assert_eq!(tree_range(&t, b"", None).len(), 999);
+    // Exhaustive against the model over a grid that hits keys and gaps.
+    for s in (0..10_020u32).step_by(37) {
+        for e in [s, s + 1, s + 5, s + 10, s + 640, s + 3000, 20_000] {
+            assert_eq!(tree_range(&t, &b(s), Some(&b(e))), model_range(&m, &b(s), Some(&b(e))), "{s}..{e}");
+        }
+        assert_eq!(tree_range(&t, &b(s), None), model_range(&m, &b(s), None));
+    }
+    // Iterator is fused.
+    let mut it = t.range(&b(20), Some(&b(30)));
+    assert!(it.next().is_some());
+    assert!(it.next().is_none());
+    assert!(it.next().is_none());
+}
+
+#[test]
+fn iteration_order_and_prefixes() {
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut rng = Rng(7);
+    // Many keys that are prefixes of each other exercise lexicographic
+    // comparison and shortest separators.
+    for _ in 0..20_000 {
+        let len = rng.below(6);
+        let k: Vec<u8> = (0..len).map(|_| b"ab\0\xff"[rng.below(4)]).collect();
+        let v = vr(rng.next());
+        assert_eq!(t.insert(&k, v), m.insert(k, v));
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    let keys: Vec<&[u8]> = t.iter().map(|(k, _)| k).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn big_keys_force_byte_splits() {
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut rng = Rng(11);
+    // 20 KiB keys sharing long prefixes: nodes split on bytes with only one
+    // or two entries, and separators are long.
+    for i in 0..300u64 {
+        let mut k = vec![b'x'; 20 * 1024];
+        let tail = rng.next().to_be_bytes();
+        let at = k.len() - 8 - rng.below(3) * 5000;
+        k[at..at + 8].copy_from_slice(&tail);
+        assert_eq!(t.insert(&k, vr(i)), m.insert(k, vr(i)));
+        if i % 25 == 0 {
+            t.check_invariants();
+        }
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    assert!(t.heap_bytes() >= m.keys().map(Vec::len).sum::<usize>());
+    // Mixed sizes up to 32 KiB, then delete everything.
+    for i in 0..400u64 {
+        let len = [1, 30, 500, 5000, 17_000, 32 * 1024][rng.below(6)];
+        let k = rng.bytes(len);
+        assert_eq!(t.insert(&k, vr(i)), m.insert(k, vr(i)));
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    let mut keys: Vec<Vec<u8>> = m.keys().cloned().collect();
+    rng.shuffle(&mut keys);
+    for (n, k) in keys.iter().enumerate() {
+        assert_eq!(t.remove(k), m.remove(k));
+        if n % 20 == 0 {
+            t.check_invariants();
+        }
+    }
+    t.check_invariants();
+    assert!(t.is_empty());
+    assert!(t.root.is_none());
+}
+
+#[test]
+fn ascending_100k_fills_leaves() {
+    let mut t = BTree::new();
+    for i in 0..100_000u64 {
+        assert_eq!(t.insert(&i.to_be_bytes(), vr(i)), None);
+    }
+    t.check_invariants();
+    assert_eq!(t.len(), 100_000);
+    for (n, (k, v)) in t.iter().enumerate() {
+        assert_eq!(k, (n as u64).to_be_bytes());
+        assert_eq!(v, vr(n as u64));
+    }
+    // Sequential loads must produce (nearly) full leaves.
+    let mut leaves = 0usize;
+    let mut stack = vec![t.root.as_deref().expect("root")];
+    while let Some(n) = stack.pop() {
+        match n {
+            Node::Leaf(_) => leaves += 1,
+            Node::Inner(i) => stack.extend(i.children.iter().map(|c| &**c)),
+        }
+    }
+    assert!(leaves <= 100_000 / MAX_LEAF_ENTRIES + 2, "{leaves} leaves");
+}
+
+#[test]
+fn descending_100k() {
+    let mut t = BTree::new();
+    for i in (0..100_000u64).rev() {
+        assert_eq!(t.insert(&i.to_be_bytes(), vr(i)), None);
+    }
+    t.check_invariants();
+    assert_eq!(t.len(), 100_000);
+    assert!(
+        t.iter().map(|(k, _)| k).eq((0..100_000u64)
+            .map(|i| i.to_be_bytes())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|k| &k[..]))
+    );
+}
+
+#[test]
+fn random_100k_then_delete_all() {
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut rng = Rng(3);
+    for i in 0..100_000u64 {
+        let k = rng.var_bytes(4, 20);
+        assert_eq!(t.insert(&k, vr(i)), m.insert(k, vr(i)));
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    for k in m.keys() {
+        assert!(t.get(k).is_some());
+    }
+    let mut keys: Vec<Vec<u8>> = m.keys().cloned().collect();
+    rng.shuffle(&mut keys);
+    for (n, k) in keys.iter().enumerate() {
+        assert_eq!(t.remove(k), m.remove(k), "remove #{n}");
+        assert_eq!(t.remove(k), None);
+        if n % 10_000 == 0 {
+            t.check_invariants();
+            assert_same(&t, &m);
+        }
+    }
+    t.check_invariants();
+    assert!(t.is_empty());
+    assert!(t.root.is_none());
+    assert_eq!(t.heap_bytes(), 0);
+}
+
+#[test]
+fn delete_ascending_and_descending() {
+    for desc in [false, true] {
+        let mut t = BTree::new();
+        for i in 0..20_000u64 {
+            t.insert(&i.to_be_bytes(), vr(i));
+        }
+        let order: Vec<u64> = if desc { (0..20_000).rev().collect() } else { (0..20_000).collect() };
+        for (n, i) in order.into_iter().enumerate() {
+            assert_eq!(t.remove(&i.to_be_bytes()), Some(vr(i)));
+            if n % 997 == 0 {
+                t.check_invariants();
+            }
+        }
+        t.check_invariants();
+        assert!(t.root.is_none());
+    }
+}
+
+#[test]
+fn memory_stays_near_target_after_deletes() {
+    let mut t = BTree::new();
+    let mut rng = Rng(5);
+    let mut keys = Vec::new();
+    for i in 0..50_000u64 {
+        let k = rng.bytes(24);
+        t.insert(&k, vr(i));
+        keys.push(k);
+    }
+    rng.shuffle(&mut keys);
+    for k in &keys[..40_000] {
+        t.remove(k);
+    }
+    t.check_invariants();
+    let per_key = t.heap_bytes() / t.len();
+    assert!(per_key < 24 + 64, "{per_key} bytes/key after deletes");
+}
+
+#[test]
+fn tree_is_send_sync_and_clone_is_shallow() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<BTree>();
+    let mut t = BTree::new();
+    for i in 0..10_000u64 {
+        t.insert(&i.to_be_bytes(), vr(i));
+    }
+    let c = t.clone();
+    assert_eq!(root_ptr(&c), root_ptr(&t));
+    assert_eq!(format!("{c:?}"), "BTree { len: 10000 }");
+}
+
+// ------------------------------------------------------------ snapshot tests
+
+#[test]
+fn snapshots_are_frozen_random_workload() {
+    let mut rng = Rng(42);
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut snaps: Vec<(BTree, Model)> = Vec::new();
+    for step in 0..60_000u64 {
+        let k = rng.var_bytes(1, 3); // ~16M keyspace but skewed short
+        let k = if rng.below(2) == 0 { k[..1].to_vec() } else { k };
+        if rng.below(3) == 0 {
+            assert_eq!(t.remove(&k), m.remove(&k));
+        } else {
+            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
+        }
+        if step % 1500 == 0 {
+            snaps.push((t.clone(), m.clone()));
+        }
+        if step % 7919 == 0 {
+            t.check_invariants();
+        }
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    for (s, sm) in &snaps {
+        s.check_invariants();
+        assert_same(s, sm);
+    }
+}
+
+#[test]
+fn snapshot_survives_delete_everything_and_rebuild() {
+    let mut rng = Rng(9);
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    for i in 0..30_000u64 {
+        let k = rng.var_bytes(8, 30);
+        t.insert(&k, vr(i));
+        m.insert(k, vr(i));
+    }
+    let snap = t.clone();
+    let snap_m = m.clone();
+    let mut keys: Vec<Vec<u8>> = m.keys().cloned().collect();
+    rng.shuffle(&mut keys);
+    let mut snaps = Vec::new();
+    for (n, k) in keys.iter().enumerate() {
+        assert_eq!(t.remove(k), m.remove(k));
+        if n % 3000 == 0 {
+            snaps.push((t.clone(), m.clone()));
+        }
+    }
+    assert!(t.is_empty());
+    for i in 0..10_000u64 {
+        let k = rng.bytes(8);
+        t.insert(&k, vr(i));
+        m.insert(k, vr(i));
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    snap.check_invariants();
+    assert_same(&snap, &snap_m);
+    for (s, sm) in &snaps {
+        s.check_invariants();
+        assert_same(s, sm);
+    }
+}
+
+#[test]
+fn writes_to_a_snapshot_do_not_leak_into_the_original() {
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    for i in 0..20_000u64 {
+        t.insert(&(i * 3).to_be_bytes(), vr(i));
+        m.insert((i * 3).to_be_bytes().to_vec(), vr(i));
+    }
+    let mut s = t.clone();
+    let mut sm = m.clone();
+    let mut rng = Rng(1);
+    for i in 0..30_000u64 {
+        let k = (rng.below(70_000) as u64).to_be_bytes();
+        if i % 2 == 0 {
+            assert_eq!(s.insert(&k, vr(i)), sm.insert(k.to_vec(), vr(i)));
+        } else {
+            assert_eq!(s.remove(&k), sm.remove(&k[..]));
+        }
+        // Interleave writes to the original as well.
+        let k2 = (rng.below(70_000) as u64).to_be_bytes();
+        if i % 3 == 0 {
+            assert_eq!(t.remove(&k2), m.remove(&k2[..]));
+        } else {
+            assert_eq!(t.insert(&k2, vr(i)), m.insert(k2.to_vec(), vr(i)));
+        }
+    }
+    t.check_invariants();
+    s.check_invariants();
+    assert_same(&t, &m);
+    assert_same(&s, &sm);
+}
+
+#[test]
+fn snapshots_with_big_keys() {
+    let mut rng = Rng(77);
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut snaps = Vec::new();
+    for step in 0..1500u64 {
+        let len = [1, 2, 40, 3000, 9000, 20_000][rng.below(6)];
+        let mut k = vec![b'q'; len];
+        let last = k.len() - 1;
+        k[last] = rng.below(40) as u8;
+        if rng.below(3) == 0 {
+            assert_eq!(t.remove(&k), m.remove(&k));
+        } else {
+            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
+        }
+        if step % 100 == 0 {
+            t.check_invariants();
+            snaps.push((t.clone(), m.clone()));
+        }
+    }
+    for (s, sm) in &snaps {
+        s.check_invariants();
+        assert_same(s, sm);
+    }
+}
+
+#[test]
+fn big_key_churn_with_long_separators() {
+    // Keys share long prefixes, so separators are long and inner nodes hit
+    // the byte limit; a heavy insert/remove mix then exercises multi-piece
+    // splits, redistribution that lengthens a separator (splitting a parent
+    // during a remove), and merges at every level.
+    let mut rng = Rng(2024);
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut snaps = Vec::new();
+    for step in 0..12_000u64 {
+        let pad = [0usize, 50, 3000, 5000, 7000, 11_000][rng.below(6)];
+        let mut k = vec![b'p'; pad];
+        k.push(rng.below(24) as u8);
+        if rng.below(2) == 0 {
+            k.push(rng.below(8) as u8);
+        }
+        let grow_phase = (step / 2000) % 2 == 0;
+        if rng.below(10) < if grow_phase { 7 } else { 3 } {
+            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
+        } else {
+            assert_eq!(t.remove(&k), m.remove(&k));
+        }
+        if step % 97 == 0 {
+            t.check_invariants();
+            assert_eq!(t.len(), m.len());
+        }
+        if step % 1000 == 0 {
+            snaps.push((t.clone(), m.clone()));
+        }
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    for (s, sm) in &snaps {
+        s.check_invariants();
+        assert_same(s, sm);
+    }
+}
+
+#[test]
+fn remove_splits_parent_when_redistribution_lengthens_a_separator() {
+    // Build: an inner node P whose separators total just under the byte
+    // limit, where P's first separator is 1 byte long. Deleting from the
+    // first leaf makes it underfull; it cannot merge with its 16 KB
+    // neighbour, so the two are redistributed and the new boundary needs a
+    // 4002-byte separator. P then exceeds the byte limit in the middle of a
+    // remove and must split, passing a piece up to the root.
+    let small = |i: u8| {
+        let mut k = vec![0x10, i];
+        k.resize(1000, b's');
+        k
+    };
+    let big = |i: u8| {
+        let mut k = vec![0x20];
+        k.resize(4001, b'q');
+        k.push(i);
+        k
+    };
+    let tail = |i: u32| {
+        let mut k = vec![0x30];
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut put = |t: &mut BTree, k: Vec<u8>| {
+        let v = vr(m.len() as u64);
+        assert_eq!(t.insert(&k, v), m.insert(k, v));
+    };
+    for i in 0..16 {
+        put(&mut t, small(i));
+    }
+    for i in 0..20 {
+        put(&mut t, big(i));
+    }
+    for i in 0..4000 {
+        put(&mut t, tail(i));
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    let height = |t: &BTree| {
+        let mut h = 0;
+        let mut n = t.root.as_deref();
+        while let Some(Node::Inner(i)) = n {
+            h += 1;
+            n = Some(&i.children[0]);
+        }
+        h
+    };
+    assert_eq!(height(&t), 2);
+    let root_children = |t: &BTree| match t.root.as_deref() {
+        Some(Node::Inner(i)) => i.children.len(),
+        _ => 0,
+    };
+    let before = root_children(&t);
+    let snap = (t.clone(), m.clone());
+    for i in 0..13 {
+        assert_eq!(t.remove(&small(i)), m.remove(&small(i)));
+        t.check_invariants();
+    }
+    assert!(root_children(&t) > before, "the parent should have split during a remove");
+    assert_same(&t, &m);
+    assert_same(&snap.0, &snap.1);
+    // And drain everything.
+    let keys: Vec<Vec<u8>> = m.keys().cloned().collect();
+    for (n, k) in keys.iter().enumerate() {
+        assert_eq!(t.remove(k), m.remove(k));
+        if n % 50 == 0 {
+            t.check_invariants();
+        }
+    }
+    assert!(t.root.is_none());
+    snap.0.check_invariants();
+    assert_same(&snap.0, &snap.1);
+}
+
+// ----------------------------------------------------------------- proptest
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(Vec<u8>, u32),
+    Remove(Vec<u8>),
+    Get(Vec<u8>),
+    Range(Vec<u8>, Option<Vec<u8>>),
+    Snapshot,
+    /// Check and drop the snapshot with this index (modulo count).
+    DropSnapshot(usize),
+}
+
+fn op_strategy(key: BoxedStrategy<Vec<u8>>) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        3 => key.clone().prop_map(Op::Remove),
+        1 => key.clone().prop_map(Op::Get),
+        1 => (key.clone(), prop::option::of(key)).prop_map(|(s, e)| Op::Range(s, e)),
+        1 => Just(Op::Snapshot),
+        1 => any::<usize>().prop_map(Op::DropSnapshot),
+    ]
+}
+
+/// Short keys over a 3-letter alphabet: ~1100 distinct keys, many of them
+/// prefixes of each other, so inserts collide and removes hit.
+fn small_key() -> BoxedStrategy<Vec<u8>> {
+    prop::collection::vec(prop::sample::select(vec![0u8, b'a', 0xff]), 0..7).boxed()
+}
+
+/// Keys with long shared prefixes and sizes up to 9 KiB: few keys fill a
+/// node by bytes, so even short runs build multi-level trees with long
+/// separators and byte-based splits and merges.
+fn big_key() -> BoxedStrategy<Vec<u8>> {
+    (prop::sample::select(vec![0usize, 1, 100, 2000, 5000, 9000]), 0u8..12, 0u8..4)
+        .prop_map(|(pad, a, b)| {
+            let mut k = vec![b'p'; pad];
+            k.push(a);
+            if b > 0 {
+                k.push(b);
+            }
+            k
+        })
+        .boxed()
+}
+
+fn run_ops(ops: &[Op]) {
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut snaps: Vec<(BTree, Model)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Insert(k, v) => {
+                let v = vr(u64::from(*v));
+                assert_eq!(t.insert(k, v), m.insert(k.clone(), v));
+            }
+            Op::Remove(k) => assert_eq!(t.remove(k), m.remove(k)),
+            Op::Get(k) => assert_eq!(t.get(k), m.get(k).copied()),
+            Op::Range(s, e) => {
+                assert_eq!(tree_range(&t, s, e.as_deref()), model_range(&m, s, e.as_deref()));
+            }
+            Op::Snapshot => snaps.push((t.clone(), m.clone())),
+            Op::DropSnapshot(i) => {
+                if !snaps.is_empty() {
+                    let (s, sm) = snaps.swap_remove(i % snaps.len());
+                    s.check_invariants();
+                    assert_same(&s, &sm);
+                }
+            }
+        }
+        t.check_invariants();
+        assert_eq!(t.len(), m.len());
+    }
+    assert_same(&t, &m);
+    for (s, sm) in &snaps {
+        s.check_invariants();
+        assert_same(s, sm);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_small_keys_match_btreemap(ops in prop::collection::vec(op_strategy(small_key()), 1..600)) {
+        run_ops(&ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_big_keys_match_btreemap(ops in prop::collection::vec(op_strategy(big_key()), 1..300)) {
+        run_ops(&ops);
+    }
+}
+
+// --------------------------------------------------------------- benchmark
+
+/// Release-mode numbers: `cargo test --release -- --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_1m_24_byte_keys() {
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    const N: usize = 1_000_000;
+    let mut rng = Rng(12345);
+    let keys: Vec<[u8; 24]> = (0..N)
+        .map(|_| {
+            let mut k = [0u8; 24];
+            for c in k.chunks_mut(8) {
+                c.copy_from_slice(&rng.next().to_le_bytes());
+            }
+            k
+        })
+        .collect();
+    let probes: Vec<usize> = (0..N).map(|_| rng.below(N)).collect();
+
+    let t0 = Instant::now();
+    let mut t = BTree::new();
+    for (i, k) in keys.iter().enumerate() {
+        t.insert(k, vr(i as u64));
+    }
+    let ins = t0.elapsed();
+
+    let t0 = Instant::now();
+    let mut m: BTreeMap<Vec<u8>, ValueRef> = BTreeMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        m.insert(k.to_vec(), vr(i as u64));
+    }
+    let ins_std = t0.elapsed();
+
+    let mut results = Vec::new();
+    for round in 0..3 {
+        let t0 = Instant::now();
+        let mut acc = 0u64;
+        for &p in &probes {
+            acc += u64::from(black_box(&t).get(&keys[p]).map_or(0, |v| v.off));
+        }
+        black_box(acc);
+        let get = t0.elapsed();
+
+        let t0 = Instant::now();
+        let mut acc = 0u64;
+        for &p in &probes {
+            acc += u64::from(black_box(&m).get(&keys[p][..]).map_or(0, |v| v.off));
+        }
+        black_box(acc);
+        let get_std = t0.elapsed();
+        results.push((round, get, get_std));
+    }
+
+    let t0 = Instant::now();
+    let mut acc = 0usize;
+    for (k, v) in black_box(&t).iter() {
+        acc += k.len() + v.len as usize;
+    }
+    black_box(acc);
+    let iter = t0.elapsed();
+
+    let t0 = Instant::now();
+    let mut acc = 0usize;
+    for (k, v) in black_box(&m).iter() {
+        acc += k.len() + v.len as usize;
+    }
+    black_box(acc);
+    let iter_std = t0.elapsed();
+
+    println!("random insert 1M: BTree {:?}, std BTreeMap {:?}", ins, ins_std);
+    for (round, get, get_std) in results {
+        println!(
+            "round {round}: get: BTree {:.0} ns/get, std BTreeMap {:.0} ns/get",
+            get.as_nanos() as f64 / N as f64,
+            get_std.as_nanos() as f64 / N as f64
+        );
+    }
+    println!("full iteration: BTree {:?}, std BTreeMap {:?}", iter, iter_std);
+    println!("random keys: heap_bytes/len = {:.1}", t.heap_bytes() as f64 / t.len() as f64);
+
+    // Snapshot-heavy write cost: clone before every 1000 inserts.
+    let t0 = Instant::now();
+    let mut t2 = t.clone();
+    let mut snaps = Vec::new();
+    for (i, k) in keys.iter().take(100_000).enumerate() {
+        if i % 1000 == 0 {
+            snaps.push(t2.clone());
+        }
+        t2.insert(&k[..12], vr(i as u64));
+    }
+    println!("100k inserts with a snapshot every 1000: {:?}", t0.elapsed());
+    drop(snaps);
+
+    let t0 = Instant::now();
+    for k in &keys {
+        t.remove(k);
+    }
+    println!("remove all 1M (random order of insertion): {:?}", t0.elapsed());
+
+    let t0 = Instant::now();
+    let mut a = BTree::new();
+    for i in 0..N as u64 {
+        let mut k = [0u8; 24];
+        k[16..].copy_from_slice(&i.to_be_bytes());
+        a.insert(&k, vr(i));
+    }
+    println!("ascending insert 1M: {:?}", t0.elapsed());
+    println!("ascending keys: heap_bytes/len = {:.1}", a.heap_bytes() as f64 / a.len() as f64);
+    drop(a);
+
+    let t0 = Instant::now();
+    let mut d = BTree::new();
+    for i in (0..N as u64).rev() {
+        let mut k = [0u8; 24];
+        k[16..].copy_from_slice(&i.to_be_bytes());
+        d.insert(&k, vr(i));
+    }
+    println!("descending insert 1M: {:?}", t0.elapsed());
+    println!("descending keys: heap_bytes/len = {:.1}", d.heap_bytes() as f64 / d.len() as f64);
+}

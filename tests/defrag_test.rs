@@ -1,0 +1,257 @@
+//! Online defrag: content and hash unchanged, space reclaimed, readers and the writer go on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use logtree::{Backend, Config, Error};
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::new(dir);
+    c.sync = false;
+    c.segment_size = 64 << 10;
+    c
+}
+
+type Model = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
+
+fn dump(db: &Backend) -> Model {
+    let r = db.read_tx();
+    let mut m = Model::new();
+    for b in r.buckets() {
+        r.for_each(&b, |k, v| {
+            m.insert((b.clone(), k.to_vec()), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    }
+    m
+}
+
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("seg-"))
+        .count()
+}
+
+#[test]
+fn defrag_reclaims_space_and_keeps_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let db = Backend::open(c.clone()).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("a").unwrap();
+    tx.create_bucket("gone").unwrap();
+    tx.create_bucket("z").unwrap();
+    drop(tx);
+    for round in 0..6u32 {
+        let mut tx = db.batch_tx();
+        for i in 0..2000u32 {
+            tx.put("a", i.to_be_bytes(), format!("{round}-{i}-{}", "v".repeat(60))).unwrap();
+            tx.put("gone", i.to_be_bytes(), "x").unwrap();
+        }
+        drop(tx);
+    }
+    let mut tx = db.batch_tx();
+    tx.delete_bucket("gone").unwrap();
+    for i in (0..2000u32).step_by(2) {
+        tx.delete("a", i.to_be_bytes()).unwrap();
+    }
+    tx.put("z", "only", "one").unwrap();
+    drop(tx);
+    let before = dump(&db);
+    let hash = db.hash(&[]).unwrap();
+    let in_use = db.size_in_use();
+    let size_before = db.size();
+    assert!(size_before > 5 * in_use, "the workload made garbage: {size_before} vs {in_use}");
+
+    let stats = db.defrag().unwrap();
+    assert_eq!(stats.size_before, size_before);
+    assert_eq!(stats.size_after, db.size());
+    assert_eq!(stats.size_in_use, in_use, "defrag keeps exactly the live records");
+    assert!(
+        db.size() as f64 <= 1.1 * db.size_in_use() as f64 + c.segment_size as f64,
+        "size {} vs in use {}",
+        db.size(),
+        db.size_in_use()
+    );
+    assert_eq!(db.hash(&[]).unwrap(), hash);
+    assert_eq!(dump(&db), before);
+    assert_eq!(db.size_in_use(), in_use);
+
+    // The writer goes on in the new log, and everything survives reopen.
+    let mut tx = db.batch_tx();
+    tx.put("z", "after", "defrag").unwrap();
+    tx.commit().unwrap();
+    let files_now = segment_files(dir.path());
+    assert_eq!(files_now, db.stats().segments, "old segments are gone from the directory");
+    let mut expected = before;
+    expected.insert((b"z".to_vec(), b"after".to_vec()), b"defrag".to_vec());
+    db.close().unwrap();
+    let db = Backend::open(c.clone()).unwrap();
+    assert_eq!(dump(&db), expected);
+    assert_eq!(db.recovery_stats().torn_bytes, 0);
+    // Defrag twice in a row, and of what was just defragged, is fine.
+    let s2 = db.defrag().unwrap();
+    assert!(s2.size_after <= s2.size_before);
+    db.defrag().unwrap();
+    assert_eq!(dump(&db), expected);
+    db.close().unwrap();
+    assert_eq!(dump(&Backend::open(c).unwrap()), expected);
+}
+
+#[test]
+fn readers_keep_their_segments_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::open(config(dir.path())).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    for i in 0..3000u32 {
+        tx.put("b", i.to_be_bytes(), vec![(i % 251) as u8; 100]).unwrap();
+    }
+    drop(tx);
+    let mut tx = db.batch_tx();
+    for i in 0..3000u32 {
+        tx.put("b", i.to_be_bytes(), vec![1u8; 10]).unwrap();
+    }
+    drop(tx);
+    let old_reader = db.read_tx();
+    let snap = db.snapshot().unwrap();
+    let old_files = segment_files(dir.path());
+    db.defrag().unwrap();
+    // The old view still reads every value through its own maps.
+    for i in (0..3000u32).step_by(7) {
+        assert_eq!(old_reader.get("b", i.to_be_bytes()).unwrap(), Some(vec![1u8; 10]));
+    }
+    let mut image = Vec::new();
+    assert_eq!(snap.write_to(&mut image).unwrap(), snap.size());
+    assert!(segment_files(dir.path()) > db.stats().segments, "old files stay while mapped");
+    drop(old_reader);
+    drop(snap);
+    assert_eq!(segment_files(dir.path()), db.stats().segments, "and go when the last reader does");
+    assert!(db.stats().segments < old_files);
+    let copy = dir.path().join("copy");
+    logtree::restore(&mut image.as_slice(), &copy).unwrap();
+    assert_eq!(Backend::open(config(&copy)).unwrap().hash(&[]).unwrap(), db.hash(&[]).unwrap());
+}
+
+/// A writer and readers run throughout the defrag; nothing is lost or mixed up.
+#[test]
+fn defrag_online_with_a_writer_and_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let db = Arc::new(Backend::open(c.clone()).unwrap());
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    for i in 0..5000u32 {
+        tx.put("b", format!("k{i:05}"), format!("v0-{i}-{}", "p".repeat(80))).unwrap();
+    }
+    drop(tx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) || n < 200 {
+                let mut tx = db.batch_tx();
+                for j in 0..20u32 {
+                    let k = format!("k{:05}", (n * 31 + j * 17) % 6000).into_bytes();
+                    if j % 7 == 3 {
+                        tx.delete("b", &k).unwrap();
+                        model.insert(k, Vec::new());
+                    } else {
+                        let v = format!("w{n}-{j}").into_bytes();
+                        tx.put("b", &k, &v).unwrap();
+                        model.insert(k, v);
+                    }
+                }
+                if n % 50 == 0 {
+                    // A rolled-back transaction large enough to have written parts.
+                    let mut tx2 = tx;
+                    tx2.commit().unwrap();
+                    let mut big = db.batch_tx();
+                    for j in 0..30_000u32 {
+                        big.put("b", format!("junk{j}"), [7u8; 150]).unwrap();
+                    }
+                    big.rollback();
+                } else {
+                    drop(tx);
+                }
+                n += 1;
+            }
+            model
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = db.read_tx();
+                    let n = r.bucket_len("b").unwrap();
+                    let mut seen = 0;
+                    r.for_each("b", |k, v| {
+                        assert!(k.starts_with(b"k"), "rolled-back keys never show");
+                        assert!(!v.is_empty());
+                        seen += 1;
+                        Ok(())
+                    })
+                    .unwrap();
+                    assert_eq!(seen, n);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut pauses = Vec::new();
+    for _ in 0..3 {
+        let s = db.defrag().unwrap();
+        pauses.push(s.longest_writer_pause);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let model = writer.join().unwrap();
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    let check = |db: &Backend| {
+        let r = db.read_tx();
+        for (k, v) in &model {
+            let got = r.get("b", k).unwrap();
+            if v.is_empty() {
+                assert_eq!(got, None, "{}", String::from_utf8_lossy(k));
+            } else {
+                assert_eq!(got.as_ref(), Some(v), "{}", String::from_utf8_lossy(k));
+            }
+        }
+        assert_eq!(r.range("b", "junk", "junl", 0).unwrap().len(), 0);
+    };
+    check(&db);
+    let hash = db.hash(&[]).unwrap();
+    let db = Arc::into_inner(db).unwrap();
+    db.close().unwrap();
+    let db = Backend::open(c).unwrap();
+    check(&db);
+    assert_eq!(db.hash(&[]).unwrap(), hash);
+    eprintln!("writer pauses: {pauses:?}");
+}
+
+#[test]
+fn defrag_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Backend::open(config(dir.path())).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    assert!(matches!(db.defrag(), Err(Error::TxUnusable(_))), "would deadlock on this thread's BatchTx");
+    drop(tx);
+    let empty = db.defrag().unwrap();
+    assert!(empty.size_after <= empty.size_before);
+    db.close().unwrap();
+    let mut ro = config(dir.path());
+    ro.read_only = true;
+    let db = Backend::open(ro).unwrap();
+    assert!(matches!(db.defrag(), Err(Error::ReadOnly)));
+}
