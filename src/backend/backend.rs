@@ -137,7 +137,7 @@ impl Backend {
                 segment_ids: Arc::new(AtomicU32::new(next_segment_id)),
                 in_manifest: true,
             };
-            let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq);
+            let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq, Some(rec.base_seq));
             let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit));
             let committer = Committer::start(dur.clone(), config.batch_interval)?;
             (Some(log), Some(dur), Some(committer))
@@ -199,7 +199,7 @@ impl Backend {
     pub fn size(&self) -> u64 {
         let view = self.current_view();
         let segments: u64 = view.segments.iter().map(|s| s.len()).sum();
-        segments + manifest::encode(&vec![0; view.segments.len()]).len() as u64
+        segments + manifest::encoded_len(view.segments.len()) as u64
     }
 
     /// Bytes of the records that are still live — each bucket's creation and the latest put of
@@ -378,31 +378,77 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 }
 
 /// Applies one recovered transaction to the catalog being rebuilt.
+///
+/// Long runs of puts and deletes are applied in key order (a stable sort, so that operations
+/// on the same key keep their order and the last one wins): inserting in order touches each
+/// leaf once while it is in cache, where the log's order — often random — would miss the cache
+/// on almost every insert. Bucket creations and deletions split the runs, since they change
+/// what the key operations mean.
 fn replay(
     catalog: &mut Catalog,
     names: &mut HashMap<u32, Arc<[u8]>>,
     ops: &[Op<'_>],
 ) -> std::result::Result<(), DecodeStop> {
-    for op in ops {
-        match *op {
-            Op::CreateBucket { bucket, name } => {
-                if names.contains_key(&bucket) || !catalog.create(name, bucket) {
-                    return Err(DecodeStop::Rejected("a bucket is created twice"));
-                }
-                names.insert(bucket, catalog.get(name).map(|b| b.name.clone()).unwrap_or_default());
+    const SORT_FROM: usize = 64;
+    let mut order: Vec<usize> = Vec::new();
+    let mut run_start = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let is_bucket_op = matches!(op, Op::CreateBucket { .. } | Op::DeleteBucket { .. });
+        if !is_bucket_op && i + 1 < ops.len() {
+            continue;
+        }
+        let run_end = if is_bucket_op { i } else { i + 1 };
+        let run = &ops[run_start..run_end];
+        if run.len() >= SORT_FROM {
+            order.clear();
+            order.extend(0..run.len());
+            order.sort_by_key(|&j| key_of(&run[j]));
+            for &j in &order {
+                apply_op(catalog, names, &run[j])?;
             }
-            Op::DeleteBucket { bucket } => {
-                let name = names.remove(&bucket).ok_or(DecodeStop::Rejected("deletes an unknown bucket"))?;
-                catalog.remove(&name);
+        } else {
+            for op in run {
+                apply_op(catalog, names, op)?;
             }
-            Op::Put { bucket, key, value } => {
-                let name = names.get(&bucket).ok_or(DecodeStop::Rejected("puts into an unknown bucket"))?;
-                catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.put(key, value);
+        }
+        if is_bucket_op {
+            apply_op(catalog, names, op)?;
+        }
+        run_start = i + 1;
+    }
+    Ok(())
+}
+
+fn key_of<'a>(op: &Op<'a>) -> (u32, &'a [u8]) {
+    match *op {
+        Op::Put { bucket, key, .. } | Op::Delete { bucket, key } => (bucket, key),
+        Op::CreateBucket { bucket, .. } | Op::DeleteBucket { bucket } => (bucket, &[]),
+    }
+}
+
+fn apply_op(
+    catalog: &mut Catalog,
+    names: &mut HashMap<u32, Arc<[u8]>>,
+    op: &Op<'_>,
+) -> std::result::Result<(), DecodeStop> {
+    match *op {
+        Op::CreateBucket { bucket, name } => {
+            if names.contains_key(&bucket) || !catalog.create(name, bucket) {
+                return Err(DecodeStop::Rejected("a bucket is created twice"));
             }
-            Op::Delete { bucket, key } => {
-                let name = names.get(&bucket).ok_or(DecodeStop::Rejected("deletes from an unknown bucket"))?;
-                catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.delete(key);
-            }
+            names.insert(bucket, catalog.get(name).map(|b| b.name.clone()).unwrap_or_default());
+        }
+        Op::DeleteBucket { bucket } => {
+            let name = names.remove(&bucket).ok_or(DecodeStop::Rejected("deletes an unknown bucket"))?;
+            catalog.remove(&name);
+        }
+        Op::Put { bucket, key, value } => {
+            let name = names.get(&bucket).ok_or(DecodeStop::Rejected("puts into an unknown bucket"))?;
+            catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.put(key, value);
+        }
+        Op::Delete { bucket, key } => {
+            let name = names.get(&bucket).ok_or(DecodeStop::Rejected("deletes from an unknown bucket"))?;
+            catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.delete(key);
         }
     }
     Ok(())

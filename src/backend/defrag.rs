@@ -159,7 +159,8 @@ impl Backend {
         let mut cfg = wcfg.clone();
         cfg.in_manifest = false;
         let first = Arc::new(LogWriter::create_segment(&cfg, cfg.segment_size)?);
-        let mut new = NewLog { log: LogWriter::new(cfg, vec![first], 1), catalog: Catalog::default(), replayed: 0 };
+        let mut new =
+            NewLog { log: LogWriter::new(cfg, vec![first], 1, None), catalog: Catalog::default(), replayed: 0 };
 
         let result = self.build_and_switch(&mut new);
         match result {
@@ -222,9 +223,9 @@ impl Backend {
             }
             // Earlier new segments were synced when the new log rolled over them.
             new.log.active().sync()?;
-            let ids: Vec<u32> = new.log.segments().iter().map(|s| s.id).collect();
+            new.log.set_next_seq(old.next_seq());
             let cfg = new.log.config();
-            if let Err(e) = manifest::write(&cfg.dir, &cfg.vfs, &ids, cfg.sync) {
+            if let Err(e) = manifest::write(&cfg.dir, &cfg.vfs, &new.log.manifest(), cfg.sync) {
                 // The rename may or may not have happened: which log is current is unknown
                 // until reopen, so nothing more may be written.
                 self.poison(&e);
@@ -232,8 +233,7 @@ impl Backend {
             }
             // The switch: from here on nothing can fail.
             new.log.set_in_manifest(true);
-            new.log.set_next_seq(old.next_seq());
-            let empty = LogWriter::new(new.log.config().clone(), vec![new.log.active().clone()], 1);
+            let empty = LogWriter::new(new.log.config().clone(), vec![new.log.active().clone()], 1, None);
             let log = std::mem::replace(&mut new.log, empty);
             let catalog = std::mem::take(&mut new.catalog);
             let old_segments = old.segments().clone();

@@ -132,7 +132,7 @@ pub fn read_u64(b: &[u8], at: usize) -> Option<u64> {
 /// the frame. The CRC covers the length, the sequence number and the payload, so a frame moved
 /// or replayed under another sequence number does not verify.
 pub fn seal_frame(frame: &mut [u8], seq: u64) {
-    debug_assert!(frame.len() > FRAME_HEADER_LEN);
+    debug_assert!(frame.len() >= FRAME_OPS_AT);
     let len = (frame.len() - FRAME_HEADER_LEN) as u32;
     frame[4..8].copy_from_slice(&len.to_le_bytes());
     frame[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -140,22 +140,35 @@ pub fn seal_frame(frame: &mut [u8], seq: u64) {
     frame[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Bytes of a payload before its operations: the kind (1) and the part number (u32 LE): the
+/// frame's index among its transaction's frames (0 for the first). Recovery checks that a
+/// transaction's frames come with parts 0, 1, 2… so a lost frame in the middle is detected, and
+/// that a transaction begins with part 0, so a lost first part is too.
+pub const FRAME_PREFIX_LEN: usize = 5;
+
+/// Offset of the first operation from the start of a frame.
+pub const FRAME_OPS_AT: usize = FRAME_HEADER_LEN + FRAME_PREFIX_LEN;
+
 /// A frame that verified.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
     pub seq: u64,
-    /// The payload: its first byte is `FRAME_TX_END` or `FRAME_TX_PART`.
-    pub payload: &'a [u8],
+    /// `FRAME_TX_END`, `FRAME_TX_PART` or `FRAME_TX_ABORT`.
+    pub kind: u8,
+    /// The frame's index within its transaction (for an abort: the number of parts before it).
+    pub part: u32,
+    /// The operations (empty in an abort frame).
+    pub ops: &'a [u8],
     /// Header plus payload.
     pub total_len: usize,
 }
 
 /// Reads the frame at the start of `b`. `None` if `b` does not begin with a whole, verifying,
-/// non-empty frame: a torn write, zeros, garbage.
+/// well-formed frame: a torn write, zeros, garbage.
 pub fn parse_frame(b: &[u8]) -> Option<Frame<'_>> {
     let crc = read_u32(b, 0)?;
     let len = read_u32(b, 4)?;
-    if len == 0 || len > MAX_FRAME_PAYLOAD {
+    if (len as usize) < FRAME_PREFIX_LEN || len > MAX_FRAME_PAYLOAD {
         return None;
     }
     let total = FRAME_HEADER_LEN.checked_add(len as usize)?;
@@ -163,16 +176,17 @@ pub fn parse_frame(b: &[u8]) -> Option<Frame<'_>> {
     if crc32fast::hash(&whole[4..]) != crc {
         return None;
     }
-    let payload = &whole[FRAME_HEADER_LEN..];
-    let kind_ok = match payload[0] {
-        FRAME_TX_END | FRAME_TX_PART => true,
-        FRAME_TX_ABORT => payload.len() == 1,
+    let kind = whole[FRAME_HEADER_LEN];
+    let ops = &whole[FRAME_OPS_AT..];
+    let kind_ok = match kind {
+        FRAME_TX_END | FRAME_TX_PART => !ops.is_empty(),
+        FRAME_TX_ABORT => ops.is_empty(),
         _ => false,
     };
     if !kind_ok {
         return None;
     }
-    Some(Frame { seq: read_u64(b, 8)?, payload, total_len: total })
+    Some(Frame { seq: read_u64(b, 8)?, kind, part: read_u32(whole, FRAME_HEADER_LEN + 1)?, ops, total_len: total })
 }
 
 /// One decoded operation. Values are not copied: a put carries where its value lies.
@@ -284,11 +298,13 @@ mod tests {
     fn frame_round_trip_and_every_bit_flip_is_caught() {
         let mut f = vec![0u8; FRAME_HEADER_LEN];
         f.push(FRAME_TX_END);
+        f.extend_from_slice(&3u32.to_le_bytes());
         encode_put(&mut f, 7, b"key", b"value");
         seal_frame(&mut f, 42);
         let fr = parse_frame(&f).expect("verifies");
-        assert_eq!(fr.seq, 42);
+        assert_eq!((fr.seq, fr.kind, fr.part), (42, FRAME_TX_END, 3));
         assert_eq!(fr.total_len, f.len());
+        assert_eq!(fr.ops.len(), f.len() - FRAME_OPS_AT);
         for i in 0..f.len() {
             for bit in 0..8 {
                 let mut g = f.clone();
@@ -298,6 +314,15 @@ mod tests {
         }
         assert!(parse_frame(&f[..f.len() - 1]).is_none());
         assert!(parse_frame(&[0u8; 64]).is_none(), "zeros are not a frame");
+        // An abort frame holds no operations; an end or part frame must hold some.
+        let mut a = vec![0u8; FRAME_HEADER_LEN];
+        a.push(FRAME_TX_ABORT);
+        a.extend_from_slice(&1u32.to_le_bytes());
+        seal_frame(&mut a, 9);
+        assert_eq!(parse_frame(&a).map(|f| (f.kind, f.part)), Some((FRAME_TX_ABORT, 1)));
+        a[FRAME_HEADER_LEN] = FRAME_TX_END;
+        seal_frame(&mut a, 9);
+        assert!(parse_frame(&a).is_none(), "an empty end frame is malformed");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! manifest — write `MANIFEST.tmp`, fdatasync, rename over `MANIFEST`, fsync the directory — is
 //! therefore the single atomic step by which the log gains a segment or a defrag takes effect.
 //!
-//! Layout: a 32-byte file header of kind `KIND_MANIFEST`, the number of segments (u32), their
-//! ids (u32 each, ascending log order), then a CRC32 of everything from the count on.
+//! Layout: a 32-byte file header of kind `KIND_MANIFEST`; the base sequence number (u64) — the
+//! number of the log's first transaction, or of the next one if the log holds none, so that a
+//! log missing its beginning is detected; the number of segments (u32); their ids (u32 each,
+//! ascending log order); then a CRC32 of everything from the base sequence number on.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -19,8 +21,17 @@ use crate::vfs::{OpenMode, Vfs};
 pub const MANIFEST_NAME: &str = "MANIFEST";
 const MANIFEST_TMP: &str = "MANIFEST.tmp";
 
-pub fn encode(ids: &[u32]) -> Vec<u8> {
+/// What the manifest says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub base_seq: u64,
+    pub ids: Vec<u32>,
+}
+
+pub fn encode(m: &Manifest) -> Vec<u8> {
+    let ids = &m.ids;
     let mut b = format::file_header(KIND_MANIFEST, 0).to_vec();
+    b.extend_from_slice(&m.base_seq.to_le_bytes());
     b.extend_from_slice(&(ids.len() as u32).to_le_bytes());
     for id in ids {
         b.extend_from_slice(&id.to_le_bytes());
@@ -30,8 +41,13 @@ pub fn encode(ids: &[u32]) -> Vec<u8> {
     b
 }
 
+/// Bytes of a manifest listing `segments` segments.
+pub fn encoded_len(segments: usize) -> usize {
+    SEGMENT_HEADER_LEN as usize + 8 + 4 + 4 * segments + 4
+}
+
 /// Parses a manifest; `path` is for error messages.
-pub fn decode(b: &[u8], path: &Path) -> Result<Vec<u32>> {
+pub fn decode(b: &[u8], path: &Path) -> Result<Manifest> {
     match format::parse_file_header(b, KIND_MANIFEST) {
         Ok(_) => {}
         Err(HeaderError::Magic) => return Err(Error::NotLogtree { file: path.to_path_buf() }),
@@ -42,24 +58,28 @@ pub fn decode(b: &[u8], path: &Path) -> Result<Vec<u32>> {
         Err(HeaderError::Damaged(why)) => return Err(Error::corruption(path, 0, why)),
     }
     let h = SEGMENT_HEADER_LEN as usize;
-    let count = format::read_u32(b, h).ok_or_else(|| Error::corruption(path, h as u64, "manifest truncated"))?;
+    let truncated = || Error::corruption(path, h as u64, "manifest truncated");
+    let base_seq = format::read_u64(b, h).ok_or_else(truncated)?;
+    let h = h + 8;
+    let count = format::read_u32(b, h).ok_or_else(truncated)?;
     let end = (count as usize).checked_mul(4).and_then(|n| n.checked_add(h + 4));
     let end = match end {
         Some(end) if b.len() == end + 4 => end,
         _ => return Err(Error::corruption(path, h as u64, "manifest length does not match its count")),
     };
-    if format::read_u32(b, end) != Some(crc32fast::hash(&b[h..end])) {
+    let body = SEGMENT_HEADER_LEN as usize;
+    if format::read_u32(b, end) != Some(crc32fast::hash(&b[body..end])) {
         return Err(Error::corruption(path, end as u64, "manifest checksum mismatch"));
     }
     let ids: Vec<u32> = (0..count as usize).filter_map(|i| format::read_u32(b, h + 4 + 4 * i)).collect();
     if ids.is_empty() || ids.windows(2).any(|w| w[0] >= w[1]) {
         return Err(Error::corruption(path, h as u64, "manifest segment list is empty or not ascending"));
     }
-    Ok(ids)
+    Ok(Manifest { base_seq, ids })
 }
 
 /// Reads the manifest of `dir`; `Ok(None)` if there is none.
-pub fn read(dir: &Path) -> Result<Option<Vec<u32>>> {
+pub fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST_NAME);
     match std::fs::read(&path) {
         Ok(b) => decode(&b, &path).map(Some),
@@ -69,13 +89,13 @@ pub fn read(dir: &Path) -> Result<Option<Vec<u32>>> {
 }
 
 /// Atomically replaces the manifest of `dir` with one listing `ids`.
-pub fn write(dir: &Path, vfs: &Arc<dyn Vfs>, ids: &[u32], sync: bool) -> Result<()> {
+pub fn write(dir: &Path, vfs: &Arc<dyn Vfs>, m: &Manifest, sync: bool) -> Result<()> {
     let tmp: PathBuf = dir.join(MANIFEST_TMP);
     let path = dir.join(MANIFEST_NAME);
     let io = |what: &str, p: &Path, e| Error::io(what, Some(p.to_path_buf()), e);
     let _ = vfs.remove_file(&tmp);
     let f = vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| io("create manifest", &tmp, e))?;
-    f.write_all_at(&encode(ids), 0).map_err(|e| io("write manifest", &tmp, e))?;
+    f.write_all_at(&encode(m), 0).map_err(|e| io("write manifest", &tmp, e))?;
     if sync {
         f.sync_data().map_err(|e| io("fdatasync manifest", &tmp, e))?;
     }
@@ -94,8 +114,10 @@ mod tests {
     #[test]
     fn round_trip_and_damage() {
         let p = Path::new("MANIFEST");
-        let b = encode(&[3, 4, 9]);
-        assert_eq!(decode(&b, p).unwrap(), vec![3, 4, 9]);
+        let m = |base_seq, ids: &[u32]| Manifest { base_seq, ids: ids.to_vec() };
+        let b = encode(&m(77, &[3, 4, 9]));
+        assert_eq!(b.len(), encoded_len(3));
+        assert_eq!(decode(&b, p).unwrap(), m(77, &[3, 4, 9]));
         for i in 0..b.len() {
             let mut d = b.clone();
             d[i] ^= 0x40;
@@ -104,7 +126,7 @@ mod tests {
         for cut in 0..b.len() {
             assert!(decode(&b[..cut], p).is_err(), "cut at {cut} accepted");
         }
-        assert!(decode(&encode(&[]), p).is_err());
-        assert!(decode(&encode(&[4, 3]), p).is_err());
+        assert!(decode(&encode(&m(1, &[])), p).is_err());
+        assert!(decode(&encode(&m(1, &[4, 3])), p).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::format::{self, FRAME_HEADER_LEN, FRAME_TX_ABORT, FRAME_TX_PART, Op, SEGMENT_HEADER_LEN};
+use super::format::{self, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_PART, Op, SEGMENT_HEADER_LEN};
 use super::segment::Segment;
 use super::writer::LogPos;
 use crate::error::{Error, Result};
@@ -31,19 +31,21 @@ pub fn replay_range<'a>(
                     "a frame written by this process does not verify",
                 ));
             };
-            if pending.as_ref().is_some_and(|(seq, _)| *seq != frame.seq) {
-                return Err(Error::corruption(&seg.path, off as u64, "a transaction's parts are interrupted"));
+            let want =
+                pending.as_ref().map_or(0, |(seq, parts)| if *seq == frame.seq { parts.len() } else { usize::MAX });
+            if frame.part as usize != want {
+                return Err(Error::corruption(&seg.path, off as u64, "a transaction's parts are out of order"));
             }
-            if frame.payload[0] == FRAME_TX_ABORT {
+            let ops_at = (off + FRAME_OPS_AT) as u64;
+            off += frame.total_len;
+            if frame.kind == FRAME_TX_ABORT {
                 pending = None;
-                off += frame.total_len;
                 apply(frame.seq, None)?;
                 continue;
             }
             let (_, parts) = pending.get_or_insert_with(|| (frame.seq, Vec::new()));
-            parts.push((seg.as_ref(), (off + FRAME_HEADER_LEN + 1) as u64, &frame.payload[1..]));
-            off += frame.total_len;
-            if frame.payload[0] == FRAME_TX_PART {
+            parts.push((seg.as_ref(), ops_at, frame.ops));
+            if frame.kind == FRAME_TX_PART {
                 continue;
             }
             let (seq, parts) = pending.take().unwrap_or_default();

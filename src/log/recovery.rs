@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    self, DecodeStop, FRAME_HEADER_LEN, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, Op, SEGMENT_HEADER_LEN,
+    self, DecodeStop, FRAME_HEADER_LEN, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, Op,
+    SEGMENT_HEADER_LEN,
 };
-use super::manifest;
+use super::manifest::{self, Manifest};
 use super::segment::{Segment, parse_segment_file_name};
 use crate::error::{Error, Result};
 use crate::vfs::Vfs;
@@ -32,6 +33,8 @@ use crate::vfs::Vfs;
 pub struct Recovered {
     /// The log's segments, in order; the last is where appends go.
     pub segments: Vec<Arc<Segment>>,
+    /// The manifest's base: the sequence number of the log's first transaction.
+    pub base_seq: u64,
     /// The sequence number the next transaction gets.
     pub next_seq: u64,
     /// Complete transactions replayed.
@@ -55,8 +58,8 @@ pub fn open_log(
     o: &OpenOptions<'_>,
     mut apply: impl FnMut(u64, &[Op<'_>]) -> std::result::Result<(), DecodeStop>,
 ) -> Result<Recovered> {
-    let ids = match manifest::read(o.dir)? {
-        Some(ids) => ids,
+    let Manifest { base_seq, ids } = match manifest::read(o.dir)? {
+        Some(m) => m,
         None => return create_log(o),
     };
     let mut segments = Vec::with_capacity(ids.len());
@@ -74,7 +77,7 @@ pub fn open_log(
         segments.push(Arc::new(Segment::open(path, o.vfs, id, capacity, o.read_only, o.sync)?));
     }
 
-    let scan = scan(&segments, &mut apply)?;
+    let scan = scan(&segments, base_seq, &mut apply)?;
     let last = segments.len() - 1;
     let end_of_data = segments[last].len();
     let (end_seg, end_off) = scan.valid_end;
@@ -84,8 +87,8 @@ pub fn open_log(
         if end_seg < last {
             // An incomplete transaction began in an earlier segment: the segments after the one
             // it began in hold nothing else. Drop them from the log first, then cut the tail.
-            let keep: Vec<u32> = segments[..=end_seg].iter().map(|s| s.id).collect();
-            manifest::write(o.dir, o.vfs, &keep, o.sync)?;
+            let ids: Vec<u32> = segments[..=end_seg].iter().map(|s| s.id).collect();
+            manifest::write(o.dir, o.vfs, &Manifest { base_seq, ids }, o.sync)?;
             for s in segments.drain(end_seg + 1..) {
                 s.mark_obsolete();
             }
@@ -95,7 +98,7 @@ pub fn open_log(
         }
         remove_leftovers(o, &segments)?;
     }
-    Ok(Recovered { segments, next_seq: scan.next_seq, transactions: scan.transactions, torn_bytes })
+    Ok(Recovered { segments, base_seq, next_seq: scan.next_seq, transactions: scan.transactions, torn_bytes })
 }
 
 /// A directory without a manifest: a new database, or the remains of a creation that crashed
@@ -124,9 +127,9 @@ fn create_log(o: &OpenOptions<'_>) -> Result<Recovered> {
         }
     }
     let seg = Arc::new(Segment::create(o.dir, o.vfs, 1, o.segment_size, o.sync)?);
-    manifest::write(o.dir, o.vfs, &[1], o.sync)?;
+    manifest::write(o.dir, o.vfs, &Manifest { base_seq: 1, ids: vec![1] }, o.sync)?;
     remove_leftovers(o, std::slice::from_ref(&seg))?;
-    Ok(Recovered { segments: vec![seg], next_seq: 1, transactions: 0, torn_bytes: 0 })
+    Ok(Recovered { segments: vec![seg], base_seq: 1, next_seq: 1, transactions: 0, torn_bytes: 0 })
 }
 
 fn list_dir(o: &OpenOptions<'_>) -> Result<Vec<PathBuf>> {
@@ -169,10 +172,13 @@ struct Pending<'a> {
 /// Verifies every frame of `segments` in order and replays complete transactions.
 fn scan<'a>(
     segments: &'a [Arc<Segment>],
+    base_seq: u64,
     apply: &mut impl FnMut(u64, &[Op<'_>]) -> std::result::Result<(), DecodeStop>,
 ) -> Result<Scan> {
     let last = segments.len() - 1;
-    let mut expected: Option<u64> = None;
+    // The number the next transaction must have; the manifest says where the log begins, so a
+    // log that lost its first frames is detected too.
+    let mut expected = base_seq;
     let mut pending: Option<Pending<'a>> = None;
     let mut valid_end = (0usize, SEGMENT_HEADER_LEN);
     let mut transactions = 0u64;
@@ -190,8 +196,8 @@ fn scan<'a>(
                         "frame does not verify in a segment that was sealed (synced) before the next began",
                     ));
                 }
-                let min_seq = pending.as_ref().map(|p| p.seq).or(expected);
-                if let Some(at) = verifying_frame_after(data, off, min_seq) {
+                let min_seq = pending.as_ref().map_or(expected, |p| p.seq);
+                if let Some(at) = verifying_frame_after(data, off, Some(min_seq)) {
                     return Err(Error::corruption(
                         &seg.path,
                         off as u64,
@@ -201,36 +207,36 @@ fn scan<'a>(
                 break 'segments; // a torn tail
             };
             // A frame that verifies but does not follow is no torn write: frames or segments
-            // are missing or out of place.
-            let in_order = match &pending {
-                Some(p) => p.seq == frame.seq,
-                None => expected.is_none_or(|e| e == frame.seq),
+            // are missing or out of place. Each transaction's frames are numbered 0, 1, 2…
+            let (want_seq, want_part) = match &pending {
+                Some(p) => (p.seq, p.parts.len() as u32),
+                None => (expected, 0),
             };
-            if !in_order {
-                let want = pending.as_ref().map(|p| p.seq).or(expected).unwrap_or(0);
+            if frame.seq != want_seq || frame.part != want_part {
                 return Err(Error::corruption(
                     &seg.path,
                     off as u64,
-                    format!("transaction {} found where {want} was expected", frame.seq),
+                    format!(
+                        "frame {} of transaction {} found where frame {want_part} of transaction {want_seq} was expected",
+                        frame.part, frame.seq
+                    ),
                 ));
             }
-            expected = Some(frame.seq + 1);
-            if frame.payload[0] == FRAME_TX_ABORT {
+            off += frame.total_len;
+            expected = frame.seq + 1;
+            if frame.kind == FRAME_TX_ABORT {
                 // Rolled back after some parts were written: drop them.
                 pending = None;
-                off += frame.total_len;
                 valid_end = (si, off as u64);
                 continue;
             }
-            let ops_at = (off + FRAME_HEADER_LEN + 1) as u64;
-            let body = &frame.payload[1..];
+            let ops_at = (off - frame.total_len + FRAME_OPS_AT) as u64;
             let p = pending.get_or_insert_with(|| Pending { seq: frame.seq, parts: Vec::new() });
-            p.parts.push((si, ops_at, body));
-            off += frame.total_len;
-            if frame.payload[0] == FRAME_TX_PART {
+            p.parts.push((si, ops_at, frame.ops));
+            if frame.kind == FRAME_TX_PART {
                 continue;
             }
-            debug_assert_eq!(frame.payload[0], FRAME_TX_END);
+            debug_assert_eq!(frame.kind, FRAME_TX_END);
             let p = pending.take().unwrap_or(Pending { seq: frame.seq, parts: Vec::new() });
             ops.clear();
             for &(psi, at, body) in &p.parts {
@@ -263,12 +269,9 @@ fn scan<'a>(
             valid_end = (si, off as u64);
         }
     }
-    // Parts of a transaction that never ended are left beyond `valid_end`: a tail.
-    let next_seq = match (&pending, expected) {
-        (Some(p), _) => p.seq + 1,
-        (None, Some(e)) => e,
-        (None, None) => 1,
-    };
+    // The parts of an unfinished transaction lie beyond `valid_end` and are cut off with the
+    // tail, so its number is free again: the next transaction takes it.
+    let next_seq = pending.as_ref().map_or(expected, |p| p.seq);
     Ok(Scan { valid_end, next_seq, transactions })
 }
 

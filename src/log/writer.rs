@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::format::{
-    self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN,
+    self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN,
 };
-use super::manifest;
+use super::manifest::{self, Manifest};
 use super::segment::Segment;
 use crate::error::Result;
 use crate::index::ValueRef;
@@ -60,19 +60,31 @@ pub struct LogWriter {
     cfg: WriterConfig,
     segments: SegmentSet,
     next_seq: u64,
+    /// The sequence number of the log's first frame, once there is one (the manifest's base).
+    first_seq: Option<u64>,
     /// The frame being built: `FRAME_HEADER_LEN` bytes of header to fill in, the kind byte,
     /// then operations. Empty when no transaction has written an operation yet.
     buf: Vec<u8>,
     /// File offset in the active segment where `buf` will be written.
     buf_off: u64,
-    /// Some `FRAME_TX_PART` frames of the current transaction are already on disk.
-    parts_written: bool,
+    /// How many `FRAME_TX_PART` frames of the current transaction are on disk.
+    parts: u32,
 }
 
 impl LogWriter {
-    pub fn new(cfg: WriterConfig, segments: Vec<Arc<Segment>>, next_seq: u64) -> LogWriter {
+    /// A writer appending to `segments` (the last is the active one). `first_seq` is the
+    /// sequence number of the log's first frame, if it has any.
+    pub fn new(cfg: WriterConfig, segments: Vec<Arc<Segment>>, next_seq: u64, first_seq: Option<u64>) -> LogWriter {
         assert!(!segments.is_empty(), "a log has at least one segment");
-        LogWriter { cfg, segments: Arc::new(segments), next_seq, buf: Vec::new(), buf_off: 0, parts_written: false }
+        LogWriter { cfg, segments: Arc::new(segments), next_seq, first_seq, buf: Vec::new(), buf_off: 0, parts: 0 }
+    }
+
+    /// The manifest that describes this log.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            base_seq: self.first_seq.unwrap_or(self.next_seq),
+            ids: self.segments.iter().map(|s| s.id).collect(),
+        }
     }
 
     pub fn segments(&self) -> &SegmentSet {
@@ -118,7 +130,7 @@ impl LogWriter {
 
     /// True while the current transaction has written nothing.
     pub fn tx_is_empty(&self) -> bool {
-        self.buf.len() <= FRAME_HEADER_LEN + 1 && !self.parts_written
+        self.buf.len() <= FRAME_OPS_AT && self.parts == 0
     }
 
     /// Makes room for an operation of `op_len` bytes in the current frame, flushing a part or
@@ -127,11 +139,11 @@ impl LogWriter {
         if self.buf.is_empty() {
             self.start_frame();
         }
-        let has_ops = self.buf.len() > FRAME_HEADER_LEN + 1;
+        let has_ops = self.buf.len() > FRAME_OPS_AT;
         let fits = |w: &LogWriter| w.buf_off + (w.buf.len() + op_len) as u64 <= w.active().capacity();
         if has_ops && (self.buf.len() + op_len > CHUNK_TARGET || !fits(self)) {
-            self.write_frame(FRAME_TX_PART)?;
-            self.parts_written = true;
+            self.write_frame(FRAME_TX_PART, self.next_seq)?;
+            self.parts += 1;
             self.start_frame();
         }
         if !fits(self) {
@@ -143,34 +155,36 @@ impl LogWriter {
 
     fn start_frame(&mut self) {
         self.buf.clear();
-        self.buf.resize(FRAME_HEADER_LEN, 0);
-        self.buf.push(FRAME_TX_END);
+        self.buf.resize(FRAME_OPS_AT, 0);
         self.buf_off = self.active().len();
     }
 
-    fn write_frame(&mut self, kind: u8) -> Result<()> {
+    fn write_frame(&mut self, kind: u8, seq: u64) -> Result<()> {
         self.buf[FRAME_HEADER_LEN] = kind;
-        format::seal_frame(&mut self.buf, self.next_seq);
-        self.active().append(&self.buf, self.buf_off)
+        self.buf[FRAME_HEADER_LEN + 1..FRAME_OPS_AT].copy_from_slice(&self.parts.to_le_bytes());
+        format::seal_frame(&mut self.buf, seq);
+        self.active().append(&self.buf, self.buf_off)?;
+        self.first_seq.get_or_insert(seq);
+        Ok(())
     }
 
     /// Seals the active segment (fdatasync, so that recovery may treat any damage in it as
     /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
     fn roll_over(&mut self, op_len: usize) -> Result<()> {
         self.active().sync()?;
-        let need = SEGMENT_HEADER_LEN + (FRAME_HEADER_LEN + 1 + op_len) as u64;
+        let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;
         let capacity = self.cfg.segment_size.max(need);
         let seg = Arc::new(LogWriter::create_segment(&self.cfg, capacity)?);
         let mut list: Vec<Arc<Segment>> = self.segments.as_ref().clone();
         list.push(seg.clone());
-        if self.cfg.in_manifest {
-            let ids: Vec<u32> = list.iter().map(|s| s.id).collect();
-            if let Err(e) = manifest::write(&self.cfg.dir, &self.cfg.vfs, &ids, self.cfg.sync) {
-                seg.mark_obsolete();
-                return Err(e);
-            }
+        let old = std::mem::replace(&mut self.segments, Arc::new(list));
+        if self.cfg.in_manifest
+            && let Err(e) = manifest::write(&self.cfg.dir, &self.cfg.vfs, &self.manifest(), self.cfg.sync)
+        {
+            self.segments = old;
+            seg.mark_obsolete();
+            return Err(e);
         }
-        self.segments = Arc::new(list);
         Ok(())
     }
 
@@ -210,9 +224,9 @@ impl LogWriter {
             self.buf.clear();
             return Ok(None);
         }
-        let r = self.write_frame(FRAME_TX_END);
+        let r = self.write_frame(FRAME_TX_END, self.next_seq);
         self.buf.clear();
-        self.parts_written = false;
+        self.parts = 0;
         r?;
         self.next_seq += 1;
         Ok(Some(self.next_seq - 1))
@@ -221,14 +235,15 @@ impl LogWriter {
     /// Drops the current transaction. If parts of it reached the disk, an abort frame with its
     /// sequence number follows them, so that recovery drops them too, and the number is used.
     pub fn abort_tx(&mut self) -> Result<()> {
-        let parts = std::mem::take(&mut self.parts_written);
         self.buf.clear();
-        if !parts {
+        if self.parts == 0 {
             return Ok(());
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.write_abort_frame(seq)
+        let r = self.write_abort_frame(seq);
+        self.parts = 0;
+        r
     }
 
     /// Writes an abort frame for transaction `seq` (a defrag replaying an abandoned one keeps
@@ -239,11 +254,10 @@ impl LogWriter {
         self.write_abort_frame(seq)
     }
 
+    /// An abort frame carries, as its part number, how many parts it closes.
     fn write_abort_frame(&mut self, seq: u64) -> Result<()> {
         self.reserve(0)?; // starts a frame, rolling over if the segment is full
-        self.buf[FRAME_HEADER_LEN] = FRAME_TX_ABORT;
-        format::seal_frame(&mut self.buf, seq);
-        let r = self.active().append(&self.buf, self.buf_off);
+        let r = self.write_frame(FRAME_TX_ABORT, seq);
         self.buf.clear();
         r
     }
