@@ -8,6 +8,9 @@ use super::segment::Segment;
 use super::writer::LogPos;
 use crate::error::{Error, Result};
 
+/// A frame's operations: its segment, their file offset, the bytes.
+type Part<'a> = (&'a Segment, u64, &'a [u8]);
+
 /// Calls `apply` with the sequence number and operations of every transaction that ends in
 /// `(from, to]`, in order — `None` for a transaction closed by an abort frame. Both positions
 /// must be ends of transactions.
@@ -17,7 +20,7 @@ pub fn replay_range<'a>(
     to: LogPos,
     mut apply: impl FnMut(u64, Option<&[Op<'a>]>) -> Result<()>,
 ) -> Result<()> {
-    let mut pending: Option<(u64, Vec<(&'a Segment, u64, &'a [u8])>)> = None;
+    let mut pending: Option<(u64, Vec<Part<'a>>)> = None;
     let mut ops: Vec<Op<'a>> = Vec::new();
     for seg in segments.iter().filter(|s| s.id >= from.seg && s.id <= to.seg) {
         let data = seg.written();
