@@ -167,9 +167,9 @@ fn defrag_online_with_a_writer_and_readers() {
                         model.insert(k, v);
                     }
                 }
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     // A rolled-back transaction large enough to have written parts.
-                    let mut tx2 = tx;
+                    let tx2 = tx;
                     tx2.commit().unwrap();
                     let mut big = db.batch_tx();
                     for j in 0..30_000u32 {

@@ -35,7 +35,9 @@ fn populate(db: &Backend) {
     drop(tx);
 }
 
-fn dump(db: &Backend) -> Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> {
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn dump(db: &Backend) -> Vec<(Vec<u8>, Pairs)> {
     let r = db.read_tx();
     r.buckets()
         .into_iter()
