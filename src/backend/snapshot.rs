@@ -1,7 +1,7 @@
 //! Snapshots: a pinned view streamed as a self-contained, checksummed, compacted image, and
 //! the restore that lays such an image down as a database.
 //!
-//! Image layout (DESIGN.md §11 has it byte by byte):
+//! Image layout (DESIGN.md §9.1 has it byte by byte):
 //! `file header (kind 3, id = seq) | record* | end record`, each record framed as
 //! `crc32 u32 | len u32 | body`, the CRC covering `len` and `body`. Bodies are the log's
 //! create-bucket and put operations (buckets numbered 1.. in name order), and the end record's
