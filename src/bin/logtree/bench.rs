@@ -1,0 +1,846 @@
+//! `logtree bench`: load a database and measure the engine's main paths — bulk load, random
+//! reads, range scans, etcd's mixed pattern of many small group-committed transactions beside
+//! readers, and an online defrag under a running writer — with per-operation latencies kept in
+//! HDR histograms.
+//!
+//! Keys are `--key-size` bytes whose first 8 are a bijective mix of the key's number, so they
+//! are unique and land at random places in the index (as hashed or revision keys would), and a
+//! key's number is all a thread needs to find an existing key again.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use logtree::{Backend, Config, DEFAULT_BATCH_LIMIT, MAX_KEY_LEN, MAX_SEGMENT_SIZE};
+use serde::Serialize;
+
+use crate::inspect::progress_bar;
+use crate::util::{CliError, CliResult, Out, grouped, human_bytes, human_duration, human_ns, interactive, parse_count};
+
+/// The bucket the benchmark writes.
+const BUCKET: &str = "bench";
+/// Puts per `BatchTx` in the load and overwrite phases.
+const LOAD_TX: u64 = 1000;
+/// Keys per range scan.
+const SCAN_LEN: usize = 100;
+/// The mixed phase's transactions put between 1 and this many keys.
+const MAX_SMALL_TX: u64 = 10;
+/// The largest value the benchmark accepts: 16 MiB (the engine takes more, but a benchmark
+/// holding one value per thread in memory at that size is already unusual).
+const MAX_BENCH_VALUE: u64 = 16 << 20;
+/// Highest latency the histograms track (one hour, in ns); anything slower is clamped to it.
+const HIST_MAX_NS: u64 = 3_600_000_000_000;
+
+/// Which phases `bench` runs. The load phase always runs first: the others need its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Every phase, in order.
+    All,
+    /// Bulk insert only.
+    Load,
+    /// Random gets of existing keys.
+    Read,
+    /// 100-key range scans from random start keys.
+    Range,
+    /// Small group-committed write transactions beside readers.
+    Mixed,
+    /// Overwrite every key, then defrag while a writer runs.
+    Defrag,
+}
+
+/// The arguments of `logtree bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Database directory, which must be missing or empty; the database is kept there
+    /// afterwards. Default: a temporary directory, removed at the end.
+    #[arg(long, value_name = "D")]
+    dir: Option<PathBuf>,
+    /// Number of keys to load (accepts 100k, 1m, 1e6).
+    #[arg(long, value_name = "N", default_value = "1000000", value_parser = parse_count)]
+    keys: u64,
+    /// Key size in bytes (at least 8: the first 8 bytes make keys unique).
+    #[arg(long, value_name = "B", default_value_t = 24, value_parser = clap::value_parser!(u64).range(8..=MAX_KEY_LEN as u64))]
+    key_size: u64,
+    /// Value size in bytes.
+    #[arg(long, value_name = "B", default_value_t = 150, value_parser = clap::value_parser!(u64).range(0..=MAX_BENCH_VALUE))]
+    value_size: u64,
+    /// Pending operations that force a commit (Config::batch_limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH_LIMIT as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_limit: u64,
+    /// Milliseconds between group commits (Config::batch_interval; 0 = no timer).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    batch_interval: u64,
+    /// Segment size in bytes (Config::segment_size; accepts 4k, 64m).
+    #[arg(long, value_name = "B", default_value = "67108864", value_parser = parse_count)]
+    segment_size: u64,
+    /// Writer threads in the mixed phase.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    writers: u64,
+    /// Reader threads in the read, range and mixed phases.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    readers: u64,
+    /// Seconds each timed phase (read, range, mixed) runs.
+    #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = parse_seconds)]
+    duration: f64,
+    /// End each timed phase after N operations per role (readers, writers), split among its
+    /// threads, instead of after --duration.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    ops: Option<u64>,
+    /// Which phases to run (load always runs first).
+    #[arg(long, value_name = "W", value_enum, default_value_t = Workload::All)]
+    workload: Workload,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Turn off fdatasync (Config::sync = false): measures the engine without the disk.
+    #[arg(long)]
+    no_sync: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
+}
+
+/// A small deterministic generator (xorshift64*): runs are repeatable, and it costs a few
+/// nanoseconds, next to the hundreds an index lookup takes.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(mix(seed) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (n ≥ 1); the modulo bias is below 2^-40 for any realistic n.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// splitmix64's finalizer: a bijection on u64, so distinct key numbers give distinct keys.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Writes key number `i` into `buf` (at least 8 bytes).
+fn fill_key(i: u64, buf: &mut [u8]) {
+    buf[..8].copy_from_slice(&mix(i).to_be_bytes());
+    let tail = i.to_le_bytes();
+    for (j, b) in buf[8..].iter_mut().enumerate() {
+        *b = tail[j % 8];
+    }
+}
+
+/// Latency percentiles, in nanoseconds.
+#[derive(Serialize, Clone, Copy)]
+struct Latency {
+    p50_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+    mean_ns: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50_ns: h.value_at_quantile(0.50),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+            mean_ns: h.mean(),
+        }
+    }
+}
+
+/// One kind of operation measured in a phase.
+#[derive(Serialize)]
+struct OpReport {
+    /// `batch_tx`, `get`, `scan`, `force_commit`.
+    op: &'static str,
+    /// Operations done.
+    count: u64,
+    /// Operations per second over the phase (none for a one-off such as `force_commit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_sec: Option<f64>,
+    /// What each operation carried (`puts` of a `batch_tx`, `keys` of a `scan`), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<&'static str>,
+    /// How many items in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items: Option<u64>,
+    /// Items per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items_per_sec: Option<f64>,
+    /// Per-operation latency.
+    latency: Latency,
+    /// The operation's name in the table (not in the JSON).
+    #[serde(skip)]
+    label: String,
+}
+
+/// What `defrag()` reported, and what the writer running beside it saw.
+#[derive(Serialize)]
+struct DefragReport {
+    size_before: u64,
+    size_after: u64,
+    size_in_use: u64,
+    duration_ns: u64,
+    /// The engine's figure: how long it held the writer lock.
+    longest_writer_pause_ns: u64,
+    catch_up_rounds: u32,
+    /// The slowest `BatchTx` of the writer running during the defrag, as the writer saw it.
+    writer_max_latency_ns: u64,
+}
+
+/// One phase of the run.
+#[derive(Serialize)]
+struct PhaseReport {
+    name: &'static str,
+    seconds: f64,
+    ops: Vec<OpReport>,
+    /// `Backend::size` after the phase.
+    size: u64,
+    /// `Backend::size_in_use` after the phase.
+    size_in_use: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defrag: Option<DefragReport>,
+}
+
+/// The settings, as the JSON records them.
+#[derive(Serialize)]
+struct SettingsReport {
+    dir: Option<PathBuf>,
+    keys: u64,
+    key_size: u64,
+    value_size: u64,
+    batch_limit: u64,
+    batch_interval_ms: u64,
+    segment_size: u64,
+    sync: bool,
+    writers: u64,
+    readers: u64,
+    duration_s: f64,
+    ops: Option<u64>,
+    workload: Workload,
+    cpus: usize,
+}
+
+/// Everything `--json` writes.
+#[derive(Serialize)]
+struct Report {
+    settings: SettingsReport,
+    phases: Vec<PhaseReport>,
+    total_seconds: f64,
+}
+
+/// What one thread measured.
+struct Sample {
+    hist: Histogram<u64>,
+    ops: u64,
+    items: u64,
+}
+
+impl Sample {
+    fn new() -> CliResult<Sample> {
+        let hist = Histogram::new_with_bounds(1, HIST_MAX_NS, 3)
+            .map_err(|e| CliError::new(format!("cannot create a histogram: {e:?}")))?;
+        Ok(Sample { hist, ops: 0, items: 0 })
+    }
+
+    fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.hist.saturating_record(ns);
+        self.ops += 1;
+    }
+
+    fn merge(&mut self, other: &Sample) {
+        // Same bounds on both sides, so `add` cannot fail; clamp rather than lose the sample.
+        if self.hist.add(&other.hist).is_err() {
+            for v in other.hist.iter_recorded() {
+                self.hist.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+        self.ops += other.ops;
+        self.items += other.items;
+    }
+
+    fn report(&self, op: &'static str, label: String, item: Option<&'static str>, elapsed: Duration) -> OpReport {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        OpReport {
+            op,
+            count: self.ops,
+            // A rate of one operation says nothing: it is the phase's length inverted.
+            per_sec: (self.ops > 1).then(|| self.ops as f64 / secs),
+            item,
+            items: item.map(|_| self.items),
+            items_per_sec: item.map(|_| self.items as f64 / secs),
+            latency: Latency::of(&self.hist),
+            label,
+        }
+    }
+}
+
+/// What a thread of a timed phase is told.
+struct Ctl<'a> {
+    stop: &'a AtomicBool,
+    /// Operations this thread may do at most.
+    quota: u64,
+    /// Operations done by all threads, for the progress bar.
+    done: &'a AtomicU64,
+}
+
+impl Ctl<'_> {
+    /// Whether to do another operation, having done `done`.
+    fn more(&self, done: u64) -> bool {
+        if done % 256 == 0 && done > 0 {
+            self.done.fetch_add(256, Ordering::Relaxed);
+        }
+        done < self.quota && !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A body run by each thread of a role: given its thread number, it works until told to stop.
+type Body<'a> = &'a (dyn Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync);
+
+/// A group of threads running the same body.
+struct Role<'a> {
+    threads: u64,
+    body: Body<'a>,
+}
+
+/// What the measuring threads share: the database and the settings.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    db: &'a Backend,
+    args: &'a BenchArgs,
+}
+
+/// The benchmark in progress: the shared context, and the results so far.
+struct Bench<'a> {
+    ctx: Ctx<'a>,
+    out: &'a mut Out,
+    phases: Vec<PhaseReport>,
+}
+
+/// `logtree bench`.
+pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
+    if args.keys == 0 {
+        return Err(CliError::usage("--keys must be at least 1"));
+    }
+    if !(logtree::MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&args.segment_size) {
+        return Err(CliError::usage(format!(
+            "--segment-size must be within {}..={MAX_SEGMENT_SIZE}",
+            logtree::MIN_SEGMENT_SIZE
+        )));
+    }
+    // Keep the temporary directory alive for the whole run; it is removed when dropped.
+    let (_tmp, path) = match &args.dir {
+        Some(d) => {
+            let empty = match std::fs::read_dir(d) {
+                Ok(mut it) => it.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(CliError::io("cannot read", d, e)),
+            };
+            if !empty {
+                return Err(CliError::new(format!(
+                    "{} is not empty; bench needs a missing or empty directory (it leaves its database there)",
+                    d.display()
+                )));
+            }
+            (None, d.clone())
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("logtree-bench-")
+                .tempdir()
+                .map_err(|e| CliError::io("cannot create a directory in", &std::env::temp_dir(), e))?;
+            let p = tmp.path().to_path_buf();
+            (Some(tmp), p)
+        }
+    };
+    let mut config = Config::new(&path);
+    config.batch_limit = usize::try_from(args.batch_limit).unwrap_or(usize::MAX);
+    config.batch_interval = Duration::from_millis(args.batch_interval);
+    config.segment_size = args.segment_size;
+    config.sync = !args.no_sync;
+    let db = Backend::open(config)?;
+
+    writeln!(
+        out,
+        "logtree bench: {} keys of {} B, values of {} B, in {}",
+        grouped(args.keys),
+        args.key_size,
+        args.value_size,
+        path.display()
+    )?;
+    let timed = match args.ops {
+        Some(n) => format!("{} ops per role per timed phase", grouped(n)),
+        None => format!("{} s per timed phase", args.duration),
+    };
+    writeln!(
+        out,
+        "  batch limit {}, batch interval {} ms, segments of {}, fdatasync {}; {} readers, {} writers; {timed}",
+        grouped(args.batch_limit),
+        args.batch_interval,
+        human_bytes(args.segment_size),
+        if args.no_sync { "off" } else { "on" },
+        args.readers,
+        args.writers,
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<7} {:<24} {:>11} {:>12} {:>18} {:>10} {:>10} {:>10} {:>10}",
+        "phase", "operation", "count", "ops/s", "items/s", "p50", "p99", "p99.9", "max"
+    )?;
+    out.flush()?;
+
+    let started = Instant::now();
+    let mut b = Bench { ctx: Ctx { db: &db, args }, out, phases: Vec::new() };
+    let w = args.workload;
+    b.load()?;
+    if matches!(w, Workload::All | Workload::Read) {
+        b.read()?;
+    }
+    if matches!(w, Workload::All | Workload::Range) {
+        b.range()?;
+    }
+    if matches!(w, Workload::All | Workload::Mixed) {
+        b.mixed()?;
+    }
+    if matches!(w, Workload::All | Workload::Defrag) {
+        b.defrag()?;
+    }
+    let phases = std::mem::take(&mut b.phases);
+    db.close()?;
+    let total = started.elapsed();
+
+    writeln!(out)?;
+    for p in &phases {
+        write!(out, "after {:<7} size {:>10}, in use {:>10}", p.name, human_bytes(p.size), human_bytes(p.size_in_use))?;
+        writeln!(out, "   ({:.2} s)", p.seconds)?;
+    }
+    if let Some(d) = phases.iter().find_map(|p| p.defrag.as_ref()) {
+        writeln!(
+            out,
+            "defrag: {} -> {} (in use {}) in {}, {} catch-up rounds; writer paused {} (engine), slowest writer tx {}",
+            human_bytes(d.size_before),
+            human_bytes(d.size_after),
+            human_bytes(d.size_in_use),
+            human_ns(d.duration_ns),
+            d.catch_up_rounds,
+            human_ns(d.longest_writer_pause_ns),
+            human_ns(d.writer_max_latency_ns),
+        )?;
+    }
+    writeln!(out, "total {}", human_duration(total))?;
+
+    if let Some(file) = &args.json {
+        let report = Report {
+            settings: SettingsReport {
+                dir: args.dir.clone(),
+                keys: args.keys,
+                key_size: args.key_size,
+                value_size: args.value_size,
+                batch_limit: args.batch_limit,
+                batch_interval_ms: args.batch_interval,
+                segment_size: args.segment_size,
+                sync: !args.no_sync,
+                writers: args.writers,
+                readers: args.readers,
+                duration_s: args.duration,
+                ops: args.ops,
+                workload: args.workload,
+                cpus: thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+            phases,
+            total_seconds: total.as_secs_f64(),
+        };
+        let f = File::create(file).map_err(|e| CliError::io("cannot create", file, e))?;
+        let mut w = BufWriter::new(f);
+        serde_json::to_writer_pretty(&mut w, &report)?;
+        w.write_all(b"\n").and_then(|()| w.flush()).map_err(|e| CliError::io("cannot write", file, e))?;
+        writeln!(out, "results written to {}", file.display())?;
+    }
+    Ok(())
+}
+
+impl<'a> Ctx<'a> {
+    fn value(self, generation: u8) -> Vec<u8> {
+        // Printable, so that `logtree dump` of a kept bench database is readable.
+        vec![b'a' + generation % 26; self.args.value_size as usize]
+    }
+
+    fn key_buf(self) -> Vec<u8> {
+        vec![0u8; self.args.key_size as usize]
+    }
+
+    /// Puts every key in `BatchTx`s of [`LOAD_TX`], dropped (group commit by the batch limit
+    /// and interval), then `force_commit`: the load and overwrite phases.
+    fn bulk(self, generation: u8, what: &str) -> CliResult<(Duration, Vec<OpReport>)> {
+        let n = self.args.keys;
+        let value = self.value(generation);
+        let mut key = self.key_buf();
+        let mut txs = Sample::new()?;
+        let pb = progress_bar(n, what);
+        let started = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let end = (i + LOAD_TX).min(n);
+            let t = Instant::now();
+            let mut tx = self.db.batch_tx();
+            for j in i..end {
+                fill_key(j, &mut key);
+                tx.put(BUCKET, &key, &value)?;
+            }
+            drop(tx);
+            txs.record(t.elapsed());
+            txs.items += end - i;
+            i = end;
+            pb.set_position(i);
+        }
+        let t = Instant::now();
+        self.db.force_commit()?;
+        let mut commit = Sample::new()?;
+        commit.record(t.elapsed());
+        let elapsed = started.elapsed();
+        pb.finish_and_clear();
+        let ops = vec![
+            txs.report("batch_tx", format!("tx ({LOAD_TX} puts)"), Some("puts"), elapsed),
+            commit.report("force_commit", "force_commit".into(), None, elapsed),
+        ];
+        Ok((elapsed, ops))
+    }
+
+    /// Runs the roles' threads until `--duration` passes (or each thread has done its share
+    /// of `--ops`); returns each role's merged sample and the time taken.
+    fn run_timed(self, what: &str, roles: &[Role<'_>]) -> CliResult<(Vec<Sample>, Duration)> {
+        let stop = AtomicBool::new(false);
+        let done = AtomicU64::new(0);
+        let threads: u64 = roles.iter().map(|r| r.threads).sum();
+        let running = AtomicUsize::new(threads as usize);
+        let limit = match self.args.ops {
+            Some(_) => None,
+            None => Some(Duration::from_secs_f64(self.args.duration)),
+        };
+        let pb = match (limit, self.args.ops) {
+            (Some(d), _) => timed_bar(d, what),
+            (None, Some(n)) => progress_bar(n * roles.len() as u64, what),
+            (None, None) => ProgressBar::hidden(),
+        };
+        let started = Instant::now();
+        let joined = thread::scope(|s| {
+            let mut handles = Vec::new();
+            for (r, role) in roles.iter().enumerate() {
+                for t in 0..role.threads {
+                    // An even split of --ops among the role's threads.
+                    let quota = self.args.ops.map_or(u64::MAX, |n| n / role.threads + u64::from(t < n % role.threads));
+                    let (stop, done, running) = (&stop, &done, &running);
+                    let body = role.body;
+                    handles.push((
+                        r,
+                        s.spawn(move || {
+                            let res = body(t, &Ctl { stop, quota, done });
+                            if res.is_err() {
+                                // One failed thread ends the phase for all.
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            running.fetch_sub(1, Ordering::Release);
+                            res
+                        }),
+                    ));
+                }
+            }
+            while running.load(Ordering::Acquire) > 0 {
+                let elapsed = started.elapsed();
+                match limit {
+                    Some(d) if elapsed >= d => break,
+                    Some(_) => pb.set_position(elapsed.as_millis() as u64),
+                    None => pb.set_position(done.load(Ordering::Relaxed)),
+                }
+                let left = limit.map_or(Duration::from_millis(50), |d| d.saturating_sub(elapsed));
+                thread::sleep(left.min(Duration::from_millis(50)));
+            }
+            stop.store(true, Ordering::Relaxed);
+            handles.into_iter().map(|(r, h)| (r, h.join())).collect::<Vec<_>>()
+        });
+        let elapsed = started.elapsed();
+        pb.finish_and_clear();
+        let mut merged = Vec::with_capacity(roles.len());
+        for _ in roles {
+            merged.push(Sample::new()?);
+        }
+        for (r, res) in joined {
+            match res {
+                Ok(Ok(sample)) => merged[r].merge(&sample),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(CliError::new("a benchmark thread failed (see the message above)")),
+            }
+        }
+        Ok((merged, elapsed))
+    }
+
+    /// The body of a reader: a `ReadTx` and a get of a random existing key per operation (a
+    /// server takes a read transaction per request, so its cost belongs in the latency).
+    fn reader(self, salt: u64) -> impl Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync + 'a {
+        move |t, ctl| {
+            let mut rng = Rng::new(salt ^ (t + 1));
+            let mut key = self.key_buf();
+            let mut s = Sample::new()?;
+            while ctl.more(s.ops) {
+                let i = rng.below(self.args.keys);
+                fill_key(i, &mut key);
+                let t0 = Instant::now();
+                let rtx = self.db.read_tx();
+                let found = rtx.get_ref(BUCKET, &key)?.map(<[u8]>::len);
+                drop(rtx);
+                s.record(t0.elapsed());
+                if found.is_none() {
+                    return Err(CliError::new(format!("key number {i} is missing after the load (an engine bug?)")));
+                }
+            }
+            Ok(s)
+        }
+    }
+
+    /// The body of a range reader: a `ReadTx` and a scan of [`SCAN_LEN`] keys from a random
+    /// existing key per operation.
+    fn scanner(self, salt: u64) -> impl Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync + 'a {
+        move |t, ctl| {
+            let mut rng = Rng::new(salt ^ (t + 1));
+            let mut key = self.key_buf();
+            let mut s = Sample::new()?;
+            while ctl.more(s.ops) {
+                fill_key(rng.below(self.args.keys), &mut key);
+                let t0 = Instant::now();
+                let rtx = self.db.read_tx();
+                let mut got = 0u64;
+                let mut bytes = 0usize;
+                for kv in rtx.scan(BUCKET, &key, None)?.take(SCAN_LEN) {
+                    let (k, v) = kv?;
+                    bytes += k.len() + v.len();
+                    got += 1;
+                }
+                drop(rtx);
+                s.record(t0.elapsed());
+                // Keep the reads of the values from being optimised away.
+                std::hint::black_box(bytes);
+                s.items += got;
+            }
+            Ok(s)
+        }
+    }
+
+    /// The body of a writer: `BatchTx`s of 1 to [`MAX_SMALL_TX`] overwrites of random keys,
+    /// dropped, not committed — durability comes from the group committer (etcd's pattern).
+    fn writer(self, salt: u64, generation: u8) -> impl Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync + 'a {
+        let value = self.value(generation);
+        move |t, ctl| {
+            let mut rng = Rng::new(salt ^ (t + 1));
+            let mut key = self.key_buf();
+            let mut s = Sample::new()?;
+            while ctl.more(s.ops) {
+                let puts = 1 + rng.below(MAX_SMALL_TX);
+                let t0 = Instant::now();
+                let mut tx = self.db.batch_tx();
+                for _ in 0..puts {
+                    fill_key(rng.below(self.args.keys), &mut key);
+                    tx.put(BUCKET, &key, &value)?;
+                }
+                drop(tx);
+                s.record(t0.elapsed());
+                s.items += puts;
+            }
+            Ok(s)
+        }
+    }
+}
+
+impl Bench<'_> {
+    /// Prints a phase's rows and keeps it for the summary and the JSON.
+    fn finish(&mut self, name: &'static str, elapsed: Duration, ops: Vec<OpReport>) -> CliResult<()> {
+        let s = self.ctx.db.stats();
+        for op in &ops {
+            let items = match (op.item, op.items_per_sec) {
+                (Some(item), Some(r)) => format!("{} {item}", grouped(r.round() as u64)),
+                _ => String::new(),
+            };
+            let l = &op.latency;
+            writeln!(
+                self.out,
+                "{:<7} {:<24} {:>11} {:>12} {:>18} {:>10} {:>10} {:>10} {:>10}",
+                name,
+                op.label,
+                grouped(op.count),
+                op.per_sec.map_or("-".into(), |r| grouped(r.round() as u64)),
+                items,
+                human_ns(l.p50_ns),
+                human_ns(l.p99_ns),
+                human_ns(l.p999_ns),
+                human_ns(l.max_ns),
+            )?;
+        }
+        self.out.flush()?;
+        self.phases.push(PhaseReport {
+            name,
+            seconds: elapsed.as_secs_f64(),
+            ops,
+            size: s.size,
+            size_in_use: s.size_in_use,
+            defrag: None,
+        });
+        Ok(())
+    }
+
+    fn load(&mut self) -> CliResult<()> {
+        let mut tx = self.ctx.db.batch_tx();
+        tx.create_bucket(BUCKET)?;
+        tx.commit()?;
+        let (elapsed, ops) = self.ctx.bulk(0, "load")?;
+        self.finish("load", elapsed, ops)
+    }
+
+    fn read(&mut self) -> CliResult<()> {
+        let c = self.ctx;
+        let reader = c.reader(0x5eed_0001);
+        let (samples, elapsed) = c.run_timed("read", &[Role { threads: c.args.readers, body: &reader }])?;
+        let ops = vec![samples[0].report("get", "get".into(), None, elapsed)];
+        self.finish("read", elapsed, ops)
+    }
+
+    fn range(&mut self) -> CliResult<()> {
+        let c = self.ctx;
+        let scanner = c.scanner(0x5eed_0002);
+        let (samples, elapsed) = c.run_timed("range", &[Role { threads: c.args.readers, body: &scanner }])?;
+        let ops = vec![samples[0].report("scan", format!("scan ({SCAN_LEN})"), Some("keys"), elapsed)];
+        self.finish("range", elapsed, ops)
+    }
+
+    fn mixed(&mut self) -> CliResult<()> {
+        let c = self.ctx;
+        let writer = c.writer(0x5eed_0003, 1);
+        let reader = c.reader(0x5eed_0004);
+        let roles = [Role { threads: c.args.writers, body: &writer }, Role { threads: c.args.readers, body: &reader }];
+        let (samples, elapsed) = c.run_timed("mixed", &roles)?;
+        // What the group committer left pending; its cost is bounded by the batch interval.
+        let t = Instant::now();
+        c.db.force_commit()?;
+        let mut commit = Sample::new()?;
+        commit.record(t.elapsed());
+        let ops = vec![
+            samples[0].report("batch_tx", format!("tx (1-{MAX_SMALL_TX} puts)"), Some("puts"), elapsed),
+            samples[1].report("get", "get".into(), None, elapsed),
+            commit.report("force_commit", "force_commit".into(), None, elapsed),
+        ];
+        self.finish("mixed", elapsed, ops)
+    }
+
+    /// Overwrites every key (so about half the log is garbage), then defrags while a writer
+    /// keeps writing small transactions; the writer's slowest transaction is the pause it felt.
+    fn defrag(&mut self) -> CliResult<()> {
+        let c = self.ctx;
+        let (overwrite_time, mut ops) = c.bulk(2, "overwrite")?;
+        for op in &mut ops {
+            op.label = format!("overwrite {}", op.label);
+            op.op = if op.op == "batch_tx" { "overwrite_batch_tx" } else { "overwrite_force_commit" };
+        }
+        let writer = c.writer(0x5eed_0005, 3);
+        let stop = AtomicBool::new(false);
+        let done = AtomicU64::new(0);
+        let spinner = if interactive() { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+        spinner.set_message("defrag");
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        let started = Instant::now();
+        let (stats, sample) = thread::scope(|s| {
+            let w = s.spawn(|| writer(0, &Ctl { stop: &stop, quota: u64::MAX, done: &done }));
+            let stats = c.db.defrag();
+            stop.store(true, Ordering::Relaxed);
+            (stats, w.join())
+        });
+        let defrag_time = started.elapsed();
+        spinner.finish_and_clear();
+        let stats = stats?;
+        let sample = match sample {
+            Ok(r) => r?,
+            Err(_) => return Err(CliError::new("the writer thread failed (see the message above)")),
+        };
+        c.db.force_commit()?;
+        let mut writer_report =
+            sample.report("batch_tx", format!("tx (1-{MAX_SMALL_TX} puts)"), Some("puts"), defrag_time);
+        writer_report.op = "batch_tx_during_defrag";
+        ops.push(writer_report);
+        let report = DefragReport {
+            size_before: stats.size_before,
+            size_after: stats.size_after,
+            size_in_use: stats.size_in_use,
+            duration_ns: u64::try_from(stats.duration.as_nanos()).unwrap_or(u64::MAX),
+            longest_writer_pause_ns: u64::try_from(stats.longest_writer_pause.as_nanos()).unwrap_or(u64::MAX),
+            catch_up_rounds: stats.catch_up_rounds,
+            writer_max_latency_ns: sample.hist.max(),
+        };
+        self.finish("defrag", overwrite_time + defrag_time, ops)?;
+        if let Some(p) = self.phases.last_mut() {
+            p.defrag = Some(report);
+        }
+        Ok(())
+    }
+}
+
+/// A bar over a phase's duration, in milliseconds.
+fn timed_bar(d: Duration, what: &str) -> ProgressBar {
+    if !interactive() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(d.as_millis() as u64);
+    let style = ProgressStyle::with_template("{msg:>14} [{bar:40}] {elapsed}/{duration}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_string());
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_distinct_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        let mut k = [0u8; 8];
+        for i in 0..100_000 {
+            fill_key(i, &mut k);
+            assert!(seen.insert(k));
+        }
+        // Consecutive numbers do not give consecutive keys: inserts land all over the index.
+        let (mut a, mut b) = ([0u8; 24], [0u8; 24]);
+        fill_key(1, &mut a);
+        fill_key(2, &mut b);
+        assert_ne!(a[0], b[0]);
+    }
+
+    #[test]
+    fn rng_stays_in_range() {
+        let mut r = Rng::new(7);
+        assert!((0..10_000).all(|_| r.below(13) < 13));
+    }
+}
