@@ -195,13 +195,31 @@ fn run(cli: Cli, out: &mut Out) -> CliResult<()> {
     }
 }
 
-/// clap's usage errors span several lines (the error, the usage, a tip); the tool's promise
-/// is one line, so keep the error's first line and point at `--help`.
+/// clap's usage errors span several lines (the error, what is missing or allowed, a tip, the
+/// usage, a pointer to `--help`); the tool's promise is one line, so the lines before the
+/// usage are joined and the usage follows on the same line.
 fn usage_error(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first).trim();
-    format!("{first} (see 'logtree --help')")
+    let mut what = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+            break;
+        }
+        if line.starts_with("For more information") {
+            continue;
+        }
+        match line.strip_prefix("tip: ") {
+            Some(tip) => what.push(format!("(tip: {tip})")),
+            None => what.push(line.strip_prefix("error: ").unwrap_or(line).to_string()),
+        }
+    }
+    let what = if what.is_empty() { "invalid arguments".to_string() } else { what.join(" ") };
+    match usage {
+        Some(u) => format!("{what}; usage: {u} (see --help)"),
+        None => format!("{what} (see 'logtree --help')"),
+    }
 }
 
 fn main() -> ExitCode {

@@ -311,7 +311,7 @@ struct Ctl<'a> {
 impl Ctl<'_> {
     /// Whether to do another operation, having done `done`.
     fn more(&self, done: u64) -> bool {
-        if done % 256 == 0 && done > 0 {
+        if done > 0 && done.is_multiple_of(256) {
             self.done.fetch_add(256, Ordering::Relaxed);
         }
         done < self.quota && !self.stop.load(Ordering::Relaxed)

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::util::{
     CliError, CliResult, Out, grouped, hex, human_bytes, human_duration, interactive, key_arg, open_read_only,
-    open_read_write, show,
+    open_read_write, show, sized,
 };
 
 /// Encoded sizes of the records `size_in_use` counts (DESIGN.md §2.5): a put is a tag byte and
@@ -98,14 +98,8 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
         writeln!(out, "  {:<width$}  {} keys", b.name, grouped(b.keys as u64))?;
     }
     writeln!(out, "keys          {}", grouped(r.keys))?;
-    writeln!(
-        out,
-        "size          {} ({} B) on disk, {}",
-        human_bytes(r.size),
-        grouped(r.size),
-        plural(r.segments, "segment")
-    )?;
-    writeln!(out, "in use        {} ({} B) of live records", human_bytes(r.size_in_use), grouped(r.size_in_use))?;
+    writeln!(out, "size          {} on disk, {}", sized(r.size), plural(r.segments, "segment"))?;
+    writeln!(out, "in use        {} of live records", sized(r.size_in_use))?;
     writeln!(out, "garbage       {:.1} % (overwritten and deleted records, framing)", r.garbage_ratio * 100.0)?;
     writeln!(out, "last seq      {}", r.seq)?;
     writeln!(out, "index memory  {} (approx.)", human_bytes(r.index_bytes))?;
@@ -165,7 +159,7 @@ pub fn check(out: &mut Out, dir: &Path) -> CliResult<()> {
             live += PUT_FIXED + k.len() as u64 + v.len() as u64;
             value_bytes += v.len() as u64;
             in_bucket += 1;
-            if in_bucket % 4096 == 0 {
+            if in_bucket.is_multiple_of(4096) {
                 pb.inc(4096);
             }
         }
@@ -273,13 +267,12 @@ pub fn list(out: &mut Out, l: &Listing<'_>) -> CliResult<()> {
     let db = open_read_only(l.dir)?;
     let rtx = db.read_tx();
     let b = bucket_of(&rtx, l.dir, l.bucket)?;
-    let limit = l.limit.unwrap_or(u64::MAX);
-    let mut n = 0u64;
+    let limit = l.limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     // A scan from the prefix, stopped at the first key without it: keys are sorted, so every
     // key with the prefix lies in one run starting there.
-    for kv in rtx.scan(&b, &prefix, None)? {
+    for kv in rtx.scan(&b, &prefix, None)?.take(limit) {
         let (k, v) = kv?;
-        if n >= limit || !k.starts_with(&prefix) {
+        if !k.starts_with(&prefix) {
             break;
         }
         if l.values {
@@ -287,7 +280,6 @@ pub fn list(out: &mut Out, l: &Listing<'_>) -> CliResult<()> {
         } else {
             writeln!(out, "{}", show(k, l.force_hex))?;
         }
-        n += 1;
     }
     Ok(())
 }
@@ -306,9 +298,9 @@ pub fn defrag(out: &mut Out, dir: &Path) -> CliResult<()> {
     let d = db.defrag()?;
     db.close()?;
     writeln!(out, "defragmented {}", dir.display())?;
-    writeln!(out, "  size before     {} ({} B)", human_bytes(d.size_before), grouped(d.size_before))?;
-    writeln!(out, "  size after      {} ({} B)", human_bytes(d.size_after), grouped(d.size_after))?;
-    writeln!(out, "  in use          {} ({} B)", human_bytes(d.size_in_use), grouped(d.size_in_use))?;
+    writeln!(out, "  size before     {}", sized(d.size_before))?;
+    writeln!(out, "  size after      {}", sized(d.size_after))?;
+    writeln!(out, "  in use          {}", sized(d.size_in_use))?;
     writeln!(out, "  took            {}", human_duration(d.duration))?;
     writeln!(out, "  writer paused   {} at most", human_duration(d.longest_writer_pause))?;
     writeln!(out, "  catch-up rounds {}", d.catch_up_rounds)?;
@@ -347,7 +339,7 @@ pub fn snapshot_save(out: &mut Out, dir: &Path, file: &Path, force: bool) -> Cli
     File::open(&parent).and_then(|d| d.sync_all()).map_err(|e| CliError::io("cannot fsync", &parent, e))?;
     let h = db.hash(&[])?;
     writeln!(out, "saved {} to {}", dir.display(), file.display())?;
-    writeln!(out, "  size  {} ({} B)", human_bytes(size), grouped(size))?;
+    writeln!(out, "  size  {}", sized(size))?;
     writeln!(out, "  seq   {}", snap.seq())?;
     writeln!(out, "  hash  0x{h:08x} ({h})")?;
     Ok(())
@@ -380,7 +372,7 @@ pub fn snapshot_restore(out: &mut Out, file: &Path, dir: &Path) -> CliResult<()>
     writeln!(out, "restored {} to {}", file.display(), dir.display())?;
     writeln!(out, "  buckets  {}", s.buckets)?;
     writeln!(out, "  keys     {}", grouped(s.keys))?;
-    writeln!(out, "  size     {} ({} B)", human_bytes(s.size), grouped(s.size))?;
+    writeln!(out, "  size     {}", sized(s.size))?;
     writeln!(out, "  hash     0x{h:08x} ({h})")?;
     Ok(())
 }
@@ -413,7 +405,7 @@ pub fn snapshot_status(out: &mut Out, file: &Path, json: bool) -> CliResult<()> 
         return Ok(());
     }
     writeln!(out, "{}: verified", file.display())?;
-    writeln!(out, "  size     {} ({} B)", human_bytes(info.size), grouped(info.size))?;
+    writeln!(out, "  size     {}", sized(info.size))?;
     writeln!(out, "  seq      {}", info.seq)?;
     writeln!(out, "  hash     0x{:08x} ({})", info.hash, info.hash)?;
     writeln!(out, "  buckets  {}", info.buckets)?;

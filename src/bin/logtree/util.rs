@@ -172,7 +172,7 @@ pub fn show(b: &[u8], force_hex: bool) -> String {
 /// Parses hex (upper or lower case, an optional `0x`) into bytes.
 pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     let digits = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("{s:?} is not hex: odd number of digits"));
     }
     (0..digits.len())
@@ -216,7 +216,7 @@ pub fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -237,6 +237,11 @@ pub fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     if v >= 100.0 { format!("{v:.1} {}", UNITS[unit]) } else { format!("{v:.2} {}", UNITS[unit]) }
+}
+
+/// A size in binary units with the exact count beside it: `318 B`, `1.50 KiB (1,536 B)`.
+pub fn sized(n: u64) -> String {
+    if n < 1024 { format!("{n} B") } else { format!("{} ({} B)", human_bytes(n), grouped(n)) }
 }
 
 /// A duration given in nanoseconds, in the unit that keeps 3 significant digits readable.
@@ -302,6 +307,8 @@ mod tests {
         assert_eq!(grouped(1_234_567), "1,234,567");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(sized(318), "318 B");
+        assert_eq!(sized(1536), "1.50 KiB (1,536 B)");
         assert_eq!(human_ns(812), "812 ns");
         assert_eq!(human_ns(1_500), "1.50 µs");
         assert_eq!(human_ns(2_500_000), "2.50 ms");

@@ -1,0 +1,555 @@
+//! The `logtree` command-line tool, run as a separate process on databases built with the
+//! library: every command's output, exit codes, one-line errors, read-only inspection, and a
+//! short benchmark whose JSON is parsed.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use logtree::{Backend, Config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_logtree");
+
+/// What a run of the tool left.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn logtree<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = Command::new(BIN)
+        // A backtrace, were there a panic, must not be what hides it from the assertions.
+        .env("RUST_BACKTRACE", "1")
+        .args(args)
+        .output()
+        .expect("run the logtree binary");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(&self) -> String {
+        assert_eq!(self.code, 0, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(self.stderr.is_empty(), "stderr: {}", self.stderr);
+        self.stdout.clone()
+    }
+
+    /// A failure: the given exit code, nothing but one `logtree: ...` line on stderr, no panic.
+    #[track_caller]
+    fn fails(&self, code: i32) -> String {
+        assert_eq!(self.code, code, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(!self.stderr.contains("panicked"), "a panic: {}", self.stderr);
+        assert!(!self.stderr.contains("backtrace"), "a backtrace: {}", self.stderr);
+        assert_eq!(self.stderr.lines().count(), 1, "one line on stderr: {:?}", self.stderr);
+        assert!(self.stderr.starts_with("logtree: "), "stderr: {}", self.stderr);
+        self.stderr.trim_end().to_string()
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+fn config(dir: &Path) -> Config {
+    let mut c = Config::new(dir);
+    // Fixtures need no durability; the tool's own opens use the defaults.
+    c.sync = false;
+    c
+}
+
+/// A database with a text bucket `users` (3 keys after an overwrite and a delete) and a binary
+/// bucket `bin` (2 keys with non-UTF-8 bytes).
+fn fixture(dir: &Path) -> Backend {
+    let db = Backend::open(config(dir)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("users").unwrap();
+    tx.create_bucket("bin").unwrap();
+    tx.put("users", "alice", "admin").unwrap();
+    tx.put("users", "bob", "guest").unwrap();
+    tx.put("users", "carol", "old").unwrap();
+    tx.put("users", "dave", "gone").unwrap();
+    tx.put("bin", [0x00, 0xff], [0xde, 0xad, 0xbe, 0xef]).unwrap();
+    tx.put("bin", [0x01], "line\nbreak").unwrap();
+    tx.commit().unwrap();
+    let mut tx = db.batch_tx();
+    tx.put("users", "carol", "editor").unwrap();
+    tx.delete("users", "dave").unwrap();
+    tx.commit().unwrap();
+    db
+}
+
+/// The fixture, closed, in a new temporary directory.
+fn fixture_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    fixture(&dir).close().unwrap();
+    (tmp, dir)
+}
+
+fn open_ro(dir: &Path) -> Backend {
+    let mut c = config(dir);
+    c.read_only = true;
+    Backend::open(c).unwrap()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+        })
+        .collect();
+    segs.sort();
+    segs
+}
+
+#[test]
+fn help_on_every_command() {
+    let top = logtree(["--help"]);
+    let text = top.ok();
+    for cmd in ["bench", "stats", "check", "get", "keys", "dump", "hash", "defrag", "snapshot"] {
+        assert!(text.contains(cmd), "--help lists {cmd}: {text}");
+    }
+    let commands: &[&[&str]] = &[
+        &["bench"],
+        &["stats"],
+        &["check"],
+        &["get"],
+        &["keys"],
+        &["dump"],
+        &["hash"],
+        &["defrag"],
+        &["snapshot"],
+        &["snapshot", "save"],
+        &["snapshot", "restore"],
+        &["snapshot", "status"],
+    ];
+    for cmd in commands {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let run = logtree(&args);
+        assert!(run.ok().contains("Usage: logtree"), "{cmd:?} --help: {}", run.stdout);
+    }
+    let bench = logtree(["bench", "--help"]);
+    for flag in [
+        "--dir",
+        "--keys",
+        "--key-size",
+        "--value-size",
+        "--batch-limit",
+        "--batch-interval",
+        "--writers",
+        "--readers",
+        "--duration",
+        "--workload",
+        "--json",
+    ] {
+        assert!(bench.stdout.contains(flag), "bench --help lists {flag}");
+    }
+    assert!(logtree(["--version"]).ok().starts_with("logtree "));
+}
+
+#[test]
+fn stats_text_and_json() {
+    let (_tmp, dir) = fixture_dir();
+    let run = logtree([OsStr::new("stats"), dir.as_os_str()]);
+    let text = run.ok();
+    assert!(text.contains("buckets       2"), "{text}");
+    assert!(text.contains("users  3 keys"), "{text}");
+    assert!(text.contains("bin    2 keys"), "{text}");
+    assert!(text.contains("keys          5"), "{text}");
+    assert!(text.contains("garbage"), "{text}");
+    assert!(text.contains("on disk, 1 segment\n"), "{text}");
+    assert!(text.contains("2 transactions replayed"), "{text}");
+
+    let db = open_ro(&dir);
+    let expected = db.stats();
+    drop(db);
+    let run = logtree([OsStr::new("stats"), dir.as_os_str(), OsStr::new("--json")]);
+    let v: serde_json::Value = serde_json::from_str(&run.ok()).expect("stats --json is JSON");
+    assert_eq!(v["keys"], 5);
+    assert_eq!(v["size"], expected.size);
+    assert_eq!(v["size_in_use"], expected.size_in_use);
+    assert_eq!(v["segments"], 1);
+    assert_eq!(v["buckets"].as_array().unwrap().len(), 2);
+    assert_eq!(v["buckets"][0]["name"], "bin");
+    assert_eq!(v["buckets"][1]["keys"], 3);
+    assert_eq!(v["recovery"]["transactions"], 2);
+    let ratio = v["garbage_ratio"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+}
+
+#[test]
+fn check_passes_on_a_sound_database() {
+    let (_tmp, dir) = fixture_dir();
+    let run = logtree([OsStr::new("check"), dir.as_os_str()]);
+    let text = run.ok();
+    assert!(text.starts_with("ok: "), "{text}");
+    assert!(text.contains("2 buckets, 5 keys"), "{text}");
+    assert!(text.contains("recounted = size_in_use()"), "{text}");
+}
+
+#[test]
+fn check_names_the_damaged_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let mut c = config(&dir);
+    c.segment_size = 4096;
+    let db = Backend::open(c).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    drop(tx);
+    for i in 0..200u32 {
+        let mut tx = db.batch_tx();
+        tx.put("b", format!("key-{i:05}"), [b'v'; 100]).unwrap();
+        drop(tx);
+    }
+    db.close().unwrap();
+    let segs = segments(&dir);
+    assert!(segs.len() >= 4, "a multi-segment log: {segs:?}");
+    logtree([OsStr::new("check"), dir.as_os_str()]).ok();
+
+    let victim = &segs[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+
+    let run = logtree([OsStr::new("check"), dir.as_os_str()]);
+    let line = run.fails(3);
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(line.contains(name), "names the file: {line}");
+    assert!(line.contains("corruption") && line.contains("offset"), "{line}");
+    // The inspection commands report the same damage, and none of them touched the file.
+    logtree([OsStr::new("stats"), dir.as_os_str()]).fails(3);
+    assert_eq!(std::fs::read(victim).unwrap(), bytes);
+}
+
+#[test]
+fn get_prints_text_or_hex() {
+    let (_tmp, dir) = fixture_dir();
+    let d = p(&dir);
+    assert_eq!(logtree(["get", d, "users", "carol"]).ok(), "editor\n");
+    assert_eq!(logtree(["get", d, "users", "carol", "--hex"]).ok(), "656469746f72\n");
+    // A binary key is given in hex; a non-UTF-8 value prints as hex.
+    assert_eq!(logtree(["get", d, "bin", "00ff", "--key-hex"]).ok(), "deadbeef\n");
+    // Valid UTF-8 with a control character is shown as hex too: output stays one line a value.
+    assert_eq!(logtree(["get", d, "bin", "01", "--key-hex"]).ok(), hex(b"line\nbreak") + "\n");
+
+    let line = logtree(["get", d, "users", "dave"]).fails(1);
+    assert!(line.contains("dave") && line.contains("not found"), "{line}");
+    let line = logtree(["get", d, "nobucket", "x"]).fails(1);
+    assert!(line.contains("bucket \"nobucket\" not found"), "{line}");
+    let line = logtree(["get", d, "bin", "0g", "--key-hex"]).fails(2);
+    assert!(line.contains("not hex"), "{line}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn keys_and_dump() {
+    let (_tmp, dir) = fixture_dir();
+    let d = p(&dir);
+    assert_eq!(logtree(["keys", d, "users"]).ok(), "alice\nbob\ncarol\n");
+    assert_eq!(logtree(["keys", d, "users", "--limit", "2"]).ok(), "alice\nbob\n");
+    assert_eq!(logtree(["keys", d, "users", "--prefix", "c"]).ok(), "carol\n");
+    assert_eq!(logtree(["keys", d, "users", "--prefix", "zz"]).ok(), "");
+    assert_eq!(logtree(["keys", d, "users", "--hex", "--limit", "1"]).ok(), "616c696365\n");
+    assert_eq!(logtree(["keys", d, "bin"]).ok(), "00ff\n01\n");
+    assert_eq!(logtree(["keys", d, "bin", "--prefix", "00", "--key-hex"]).ok(), "00ff\n");
+
+    assert_eq!(logtree(["dump", d, "users"]).ok(), "alice\tadmin\nbob\tguest\ncarol\teditor\n");
+    assert_eq!(logtree(["dump", d, "users", "--limit", "1"]).ok(), "alice\tadmin\n");
+    assert_eq!(logtree(["dump", d, "users", "--limit", "1", "--hex"]).ok(), "616c696365\t61646d696e\n");
+    assert_eq!(logtree(["dump", d, "bin", "--limit", "1"]).ok(), "00ff\tdeadbeef\n");
+    logtree(["dump", d, "nobucket"]).fails(1);
+    logtree(["keys", d, "users", "--limit", "lots"]).fails(2);
+}
+
+#[test]
+fn hash_matches_the_library() {
+    let (_tmp, dir) = fixture_dir();
+    let db = open_ro(&dir);
+    let h = db.hash(&[]).unwrap();
+    drop(db);
+    let run = logtree([OsStr::new("hash"), dir.as_os_str()]);
+    assert_eq!(run.ok(), format!("hash 0x{h:08x} ({h})\n"));
+}
+
+#[test]
+fn defrag_shrinks_and_keeps_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let db = Backend::open(config(&dir)).unwrap();
+    for round in 0..5u8 {
+        let mut tx = db.batch_tx();
+        tx.create_bucket("b").unwrap();
+        for i in 0..500u32 {
+            tx.put("b", i.to_be_bytes(), [round; 100]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (size, hash) = (db.size(), db.hash(&[]).unwrap());
+    db.close().unwrap();
+
+    let run = logtree([OsStr::new("defrag"), dir.as_os_str()]);
+    let text = run.ok();
+    assert!(text.contains(&format!("size before     {}", "")), "{text}");
+    assert!(text.contains("writer paused"), "{text}");
+    let db = open_ro(&dir);
+    assert!(db.size() < size / 3, "{} < {size} / 3", db.size());
+    assert_eq!(db.hash(&[]).unwrap(), hash);
+    drop(db);
+    logtree([OsStr::new("check"), dir.as_os_str()]).ok();
+    // A read-write command never creates a database where there was none.
+    let missing = tmp.path().join("missing");
+    logtree([OsStr::new("defrag"), missing.as_os_str()]).fails(1);
+    assert!(!missing.exists());
+}
+
+#[test]
+fn snapshot_save_status_restore() {
+    let (tmp, dir) = fixture_dir();
+    let db = open_ro(&dir);
+    let (hash, seq) = (db.hash(&[]).unwrap(), db.read_tx().seq());
+    drop(db);
+    let image = tmp.path().join("db.snap");
+
+    let run = logtree([OsStr::new("snapshot"), OsStr::new("save"), dir.as_os_str(), image.as_os_str()]);
+    let text = run.ok();
+    assert!(text.contains(&format!("seq   {seq}")), "{text}");
+    assert!(text.contains(&format!("hash  0x{hash:08x} ({hash})")), "{text}");
+    let size = std::fs::metadata(&image).unwrap().len();
+    assert!(size < 1024 && text.contains(&format!("size  {size} B\n")), "{size}: {text}");
+    // No temporary file left beside it.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".logtree"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // An existing image is kept unless --force.
+    let line = logtree([OsStr::new("snapshot"), OsStr::new("save"), dir.as_os_str(), image.as_os_str()]).fails(1);
+    assert!(line.contains("--force"), "{line}");
+    logtree([OsStr::new("snapshot"), OsStr::new("save"), dir.as_os_str(), image.as_os_str(), OsStr::new("--force")])
+        .ok();
+
+    let run = logtree([OsStr::new("snapshot"), OsStr::new("status"), image.as_os_str()]);
+    let text = run.ok();
+    assert!(text.contains("verified"), "{text}");
+    assert!(text.contains(&format!("0x{hash:08x}")), "{text}");
+    assert!(text.contains("buckets  2") && text.contains("keys     5"), "{text}");
+    let run = logtree([OsStr::new("snapshot"), OsStr::new("status"), image.as_os_str(), OsStr::new("--json")]);
+    let v: serde_json::Value = serde_json::from_str(&run.ok()).unwrap();
+    assert_eq!(v["hash"], hash);
+    assert_eq!(v["seq"], seq);
+    assert_eq!(v["keys"], 5);
+    assert_eq!(v["size"], size);
+
+    let copy = tmp.path().join("copy");
+    let run = logtree([OsStr::new("snapshot"), OsStr::new("restore"), image.as_os_str(), copy.as_os_str()]);
+    assert!(run.ok().contains(&format!("0x{hash:08x}")));
+    let db = open_ro(&copy);
+    assert_eq!(db.hash(&[]).unwrap(), hash);
+    assert_eq!(db.read_tx().get("users", "carol").unwrap(), Some(b"editor".to_vec()));
+    drop(db);
+    // Restore never overwrites.
+    let line = logtree([OsStr::new("snapshot"), OsStr::new("restore"), image.as_os_str(), copy.as_os_str()]).fails(1);
+    assert!(line.contains("not empty"), "{line}");
+
+    // A damaged image is corruption, named by its file.
+    let mut bytes = std::fs::read(&image).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    let bad = tmp.path().join("bad.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    let line = logtree([OsStr::new("snapshot"), OsStr::new("status"), bad.as_os_str()]).fails(3);
+    assert!(line.contains("bad.snap"), "{line}");
+    let target = tmp.path().join("never");
+    logtree([OsStr::new("snapshot"), OsStr::new("restore"), bad.as_os_str(), target.as_os_str()]).fails(3);
+    assert!(!target.exists());
+}
+
+#[test]
+fn errors_are_one_line() {
+    let (tmp, dir) = fixture_dir();
+    let missing = tmp.path().join("missing");
+    let m = p(&missing);
+    for cmd in ["stats", "check", "hash", "defrag"] {
+        let line = logtree([cmd, m]).fails(1);
+        assert!(line.contains("no such directory") && line.contains(m), "{cmd}: {line}");
+    }
+    logtree(["get", m, "b", "k"]).fails(1);
+    logtree(["keys", m, "b"]).fails(1);
+    logtree(["dump", m, "b"]).fails(1);
+    logtree(["snapshot", "save", m, p(&tmp.path().join("x.snap"))]).fails(1);
+    logtree(["snapshot", "status", m]).fails(1);
+
+    // A directory that is no database, and a file where a directory should be.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let line = logtree(["stats", p(&empty)]).fails(1);
+    assert!(line.contains("not a logtree database"), "{line}");
+    let line = logtree(["stats", p(&dir.join("MANIFEST"))]).fails(1);
+    assert!(line.contains("not a directory"), "{line}");
+
+    // Bad arguments: clap's several lines become one, exit 2.
+    logtree(["stats"]).fails(2);
+    logtree(["stats", p(&dir), "--bogus"]).fails(2);
+    logtree(["frobnicate"]).fails(2);
+    logtree(["bench", "--keys", "many"]).fails(2);
+    logtree(["bench", "--keys", "0"]).fails(2);
+    logtree(["bench", "--key-size", "4"]).fails(2);
+    logtree(["bench", "--workload", "nap"]).fails(2);
+    logtree(["bench", "--duration", "-1"]).fails(2);
+    // No command at all: the help, on stderr, as a usage error.
+    let run = logtree(std::iter::empty::<&str>());
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("Usage: logtree"), "{}", run.stderr);
+}
+
+#[test]
+fn inspection_is_read_only() {
+    let (_tmp, dir) = fixture_dir();
+    // A torn tail, as a crash mid-write leaves: a read-write open would cut it.
+    let seg = segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[0u8; 100]);
+    std::fs::write(&seg, &bytes).unwrap();
+    let d = p(&dir);
+    let text = logtree(["stats", d]).ok();
+    assert!(text.contains("torn tail 100 B"), "{text}");
+    let text = logtree(["check", d]).ok();
+    assert!(text.contains("100 B after the last complete transaction"), "{text}");
+    logtree(["dump", d, "users"]).ok();
+    logtree(["hash", d]).ok();
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "inspection modified a segment");
+
+    // A writer holds the directory's lock: inspection says so, in one line.
+    let db = Backend::open(config(&dir)).unwrap();
+    let line = logtree(["stats", d]).fails(1);
+    assert!(line.contains("locked"), "{line}");
+    drop(db);
+}
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let db = Backend::open(config(&dir)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    for i in 0..20_000u32 {
+        tx.put("b", format!("key-{i:08}"), [b'x'; 200]).unwrap();
+    }
+    tx.commit().unwrap();
+    db.close().unwrap();
+    // As `logtree dump DIR b | head -c 10`: the reader stops early and closes the pipe.
+    let mut child = Command::new(BIN)
+        .args([OsStr::new("dump"), dir.as_os_str(), OsStr::new("b")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(&first, b"key-000000");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bench_runs_every_phase_and_writes_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let run = logtree([
+        OsStr::new("bench"),
+        OsStr::new("--keys"),
+        OsStr::new("2000"),
+        OsStr::new("--duration"),
+        OsStr::new("1"),
+        OsStr::new("--json"),
+        json.as_os_str(),
+    ]);
+    let text = run.ok();
+    for want in ["load", "read", "range", "mixed", "defrag", "p50", "p99", "p99.9", "max", "get", "scan (100)"] {
+        assert!(text.contains(want), "output has {want}: {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["settings"]["keys"], 2000);
+    let phases = v["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["load", "read", "range", "mixed", "defrag"]);
+    for phase in phases {
+        let ops = phase["ops"].as_array().unwrap();
+        assert!(!ops.is_empty(), "{phase}");
+        for op in ops {
+            assert!(op["count"].as_u64().unwrap() >= 1, "{op}");
+            let l = &op["latency"];
+            let (p50, p99, p999, max) =
+                (l["p50_ns"].as_u64(), l["p99_ns"].as_u64(), l["p999_ns"].as_u64(), l["max_ns"].as_u64());
+            let (p50, p99, p999, max) = (p50.unwrap(), p99.unwrap(), p999.unwrap(), max.unwrap());
+            assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{op}");
+        }
+    }
+    let load = &phases[0]["ops"][0];
+    assert_eq!(load["op"], "batch_tx");
+    assert_eq!(load["items"], 2000);
+    let read = &phases[1]["ops"][0];
+    assert_eq!(read["op"], "get");
+    assert!(read["per_sec"].as_f64().unwrap() > 0.0);
+    let defrag = &phases[4]["defrag"];
+    assert!(defrag["size_after"].as_u64().unwrap() < defrag["size_before"].as_u64().unwrap(), "{defrag}");
+    assert!(defrag["longest_writer_pause_ns"].is_u64());
+}
+
+#[test]
+fn bench_single_workload_by_ops_in_a_kept_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bench-db");
+    let json = tmp.path().join("out.json");
+    let run = logtree([
+        OsStr::new("bench"),
+        OsStr::new("--dir"),
+        dir.as_os_str(),
+        OsStr::new("--keys"),
+        OsStr::new("1k"),
+        OsStr::new("--workload"),
+        OsStr::new("read"),
+        OsStr::new("--ops"),
+        OsStr::new("5000"),
+        OsStr::new("--readers"),
+        OsStr::new("3"),
+        OsStr::new("--no-sync"),
+        OsStr::new("--json"),
+        json.as_os_str(),
+    ]);
+    run.ok();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let names: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["load", "read"]);
+    assert_eq!(v["phases"][1]["ops"][0]["count"], 5000, "--ops is exact, split among readers");
+    // The database stays, and the other commands read it.
+    let text = logtree([OsStr::new("stats"), dir.as_os_str()]).ok();
+    assert!(text.contains("bench  1,000 keys"), "{text}");
+    logtree([OsStr::new("check"), dir.as_os_str()]).ok();
+    // A directory holding something is refused rather than mixed into.
+    let line =
+        logtree([OsStr::new("bench"), OsStr::new("--dir"), dir.as_os_str(), OsStr::new("--keys"), OsStr::new("10")])
+            .fails(1);
+    assert!(line.contains("not empty"), "{line}");
+}
