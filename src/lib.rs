@@ -41,6 +41,8 @@
 pub mod backend;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod log;
 pub mod vfs;
