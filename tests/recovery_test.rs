@@ -4,14 +4,20 @@
 //! (puts, overwrites, deletes, bucket creation and deletion) over 4 KiB segments, with the
 //! expected state after every transaction kept in a model and the position where every
 //! transaction ended recorded from the files' lengths. The log is then damaged in a copy of
-//! the directory — cut at every byte, a byte flipped, zeros or garbage appended, headers and
-//! the manifest broken — and `Backend::open` must recover exactly a prefix of the
-//! transactions (compared with the model: every bucket and every pair) or refuse with
-//! `Error::Corruption` (or `NotLogtree` / `UnsupportedVersion`) without changing a byte.
+//! the directory — every segment cut at every byte, bytes flipped (every header byte and a
+//! sample of every frame's), zeros or garbage appended, frames re-sealed under wrong sequence
+//! numbers, headers and the manifest broken — and `Backend::open` must recover exactly a prefix
+//! of the transactions (compared with the model: every bucket and every pair, so no read can
+//! return a value that was never written) or refuse with `Error::Corruption` (or `NotLogtree` /
+//! `UnsupportedVersion`) without changing a byte. Every recovery is also checked read-only
+//! (nothing changes), after a reopen, and with writes after it.
 //!
 //! The on-disk layout is checked independently of the engine: the test parses segment headers,
-//! frames (`[crc32][len][seq][kind + ops]`) and the manifest itself, following the format
-//! description in `src/log/format.rs` and `src/log/manifest.rs`.
+//! frames (`[crc32][len][seq][kind, …ops]`) and the manifest itself. It relies only on the
+//! frame header and the kind byte, not on how operations are encoded.
+//!
+//! Work directories live in `/dev/shm` where it exists: the tests open tens of thousands of
+//! copies, with `sync: false`, and measure recovery, not the disk.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -20,6 +26,13 @@ use std::time::Duration;
 
 use logtree::{Backend, Config, Error, RecoveryStats};
 
+/// Whether the engine has the fixes for the bugs pinned by the ignored `bug_*` tests at the end
+/// of this file. While false, the sweeps leave out exactly the cases those tests cover (a write
+/// in the session that recovered an unfinished multi-frame transaction; a sealed segment cut
+/// just before its trailing TX_PART frame). Once the fixes land: set it to true and remove the
+/// `#[ignore]`s.
+const KNOWN_BUGS_FIXED: bool = true;
+
 // ---------------------------------------------------------------------------------------------
 // The on-disk format, as the spec describes it.
 
@@ -27,6 +40,10 @@ const HEADER_LEN: u64 = 32;
 const FRAME_HEADER_LEN: usize = 16;
 const KIND_TX_END: u8 = 1;
 const KIND_TX_PART: u8 = 2;
+/// A frame closing a rolled-back transaction whose parts were written. The scripted database
+/// never rolls back, so it has none; the parser knows the kind so that "garbage" is never a
+/// valid frame of any kind.
+const KIND_TX_ABORT: u8 = 3;
 const MAGIC: &[u8; 8] = b"LOGTREE\0";
 const SEGMENT_KIND: u32 = 1;
 const MANIFEST_KIND: u32 = 2;
@@ -71,11 +88,22 @@ fn reseal_header(b: &mut [u8]) {
     b[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The manifest's bytes for a list of segment ids: header, count, ids, CRC32 of count + ids.
-fn encode_manifest(ids: &[u32]) -> Vec<u8> {
+/// The manifest as the test reads it: a file header of kind 2, a body, and a CRC32 of the body.
+/// The body ends with the segment count (u32) and the ids (u32 each); `prefix` is whatever the
+/// format puts before the count (nothing in format 1 as first documented; a base sequence number
+/// (u64) in the revision that records where the log begins). The test keeps the prefix as it
+/// found it, so it works with either.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Manifest {
+    prefix: Vec<u8>,
+    ids: Vec<u32>,
+}
+
+fn encode_manifest(m: &Manifest) -> Vec<u8> {
     let mut b = file_header(1, MANIFEST_KIND, 0);
-    b.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-    for id in ids {
+    b.extend_from_slice(&m.prefix);
+    b.extend_from_slice(&(m.ids.len() as u32).to_le_bytes());
+    for id in &m.ids {
         b.extend_from_slice(&id.to_le_bytes());
     }
     let crc = crc32fast::hash(&b[HEADER_LEN as usize..]);
@@ -83,13 +111,30 @@ fn encode_manifest(ids: &[u32]) -> Vec<u8> {
     b
 }
 
-fn read_manifest_ids(dir: &Path) -> Vec<u32> {
+fn read_manifest(dir: &Path) -> Manifest {
     let b = fs::read(dir.join("MANIFEST")).expect("read MANIFEST");
-    assert_eq!(&b[0..8], MAGIC, "MANIFEST magic");
-    let count = le_u32(&b, 32) as usize;
-    let ids: Vec<u32> = (0..count).map(|i| le_u32(&b, 36 + 4 * i)).collect();
-    assert_eq!(b, encode_manifest(&ids), "MANIFEST bytes are not the documented encoding of {ids:?}");
-    ids
+    assert_eq!(b[..HEADER_LEN as usize], file_header(1, MANIFEST_KIND, 0)[..], "MANIFEST header");
+    let body = &b[HEADER_LEN as usize..b.len() - 4];
+    assert_eq!(le_u32(&b, b.len() - 4), crc32fast::hash(body), "MANIFEST checksum");
+    // The prefix length for which the count matches the body's length (tried in this order;
+    // base sequence number 1, as in every database here, never matches the shorter layout).
+    for prefix_len in [0, 8] {
+        if body.len() < prefix_len + 4 {
+            continue;
+        }
+        let count = le_u32(body, prefix_len) as usize;
+        if body.len() == prefix_len + 4 + 4 * count {
+            let ids = (0..count).map(|i| le_u32(body, prefix_len + 4 + 4 * i)).collect();
+            let m = Manifest { prefix: body[..prefix_len].to_vec(), ids };
+            assert_eq!(encode_manifest(&m), b, "MANIFEST round trip");
+            return m;
+        }
+    }
+    panic!("MANIFEST layout not understood: {} body bytes", body.len());
+}
+
+fn read_manifest_ids(dir: &Path) -> Vec<u32> {
+    read_manifest(dir).ids
 }
 
 /// A frame found in a segment.
@@ -114,7 +159,7 @@ fn frame_at(b: &[u8], off: usize) -> Option<FrameInfo> {
         return None;
     }
     let kind = b[off + FRAME_HEADER_LEN];
-    if kind != KIND_TX_END && kind != KIND_TX_PART {
+    if !matches!(kind, KIND_TX_END | KIND_TX_PART | KIND_TX_ABORT) {
         return None;
     }
     Some(FrameInfo { start: off as u64, end: end as u64, seq: le_u64(b, off + 8), kind })
@@ -146,6 +191,18 @@ fn seal_frame(payload: &[u8], seq: u64) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------------
 // Files and directories.
+
+/// A temporary directory, in memory (`/dev/shm`) where there is one: these tests open tens of
+/// thousands of copies of a small database and measure recovery, not the disk.
+fn temp_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new().prefix("logtree-recovery-").tempdir_in(shm)
+    {
+        return d;
+    }
+    tempfile::tempdir().expect("temp dir")
+}
 
 type Files = BTreeMap<String, Vec<u8>>;
 
@@ -520,9 +577,9 @@ fn segment_lens(dir: &Path) -> BTreeMap<u32, u64> {
 /// Builds the scripted database and checks that the files match the documented layout and
 /// the recorded transaction boundaries.
 fn build(shape: LastSegment) -> Built {
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = temp_dir();
     let dir = tmp.path().join("db");
-    let mut rng = Rng(0x5EED_0F_10C7EE);
+    let mut rng = Rng(0x5EED_0F10_C7EE);
     let mut models = vec![State::default()];
     let mut ends = vec![(1u32, HEADER_LEN)];
     let mut spans = vec![false];
@@ -680,13 +737,16 @@ struct Expect {
 }
 
 /// Opens the damaged directory read-only (which must change nothing), then writable, and checks
-/// the recovered state, the truncation, writes after recovery and two further reopens.
+/// the recovered state and the truncation; reopens (the same state and files), writes, and
+/// reopens again. Then, on a fresh copy of the damaged directory, writes in the session that
+/// recovered and reopens.
 fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     let want_k = &b.models[exp.k];
-    let want_stats = RecoveryStats { transactions: exp.k as u64, torn_bytes: exp.torn };
+    let k = exp.k as u64;
+    let want_stats = RecoveryStats { transactions: k, torn_bytes: exp.torn };
+    let damaged = snapshot(dir);
 
     // Read-only: the prefix, no file touched, writes refused.
-    let before = snapshot(dir);
     {
         let db = Backend::open(ro_config(dir)).unwrap_or_else(|e| panic!("{ctx}: read-only open: {e}"));
         assert_state(&read_state(&db), want_k, &format!("{ctx} (read-only)"));
@@ -697,43 +757,51 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
         drop(tx);
         db.close().unwrap_or_else(|e| panic!("{ctx}: close read-only: {e}"));
     }
-    assert_files_unchanged(dir, &before, &format!("{ctx}: read-only open"));
+    assert_files_unchanged(dir, &damaged, &format!("{ctx}: read-only open"));
 
     // Writable: the prefix, the tail cut off.
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     assert_state(&read_state(&db), want_k, ctx);
     assert_eq!(db.recovery_stats(), want_stats, "{ctx}: recovery stats");
-    if !exp.seq_gap_bug {
-        assert_eq!(db.read_tx().seq(), exp.k as u64, "{ctx}: seq() of the recovered view");
-    }
+    let recovered_seq = db.read_tx().seq();
     b.assert_truncated_to(dir, exp.k, ctx);
     assert_eq!(db.stats().segments, segment_files(dir).len(), "{ctx}: stats().segments");
-    let mut want = want_k.clone();
-    let mut txs = exp.k as u64;
-    if !exp.seq_gap_bug {
-        // A write in the session that recovered (the writer continues on the cut segment).
-        put_after(&db, &mut want, "w1", &format!("{ctx} w1"));
-        assert_state(&read_state(&db), &want, &format!("{ctx}: after w1"));
-        txs += 1;
-    }
     db.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
+    let recovered = snapshot(dir);
 
-    // Reopen: the same state, nothing torn any more; write again.
+    // Reopen: the same state, nothing torn any more, no file changed; then a write.
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: second open: {e}"));
-    assert_state(&read_state(&db), &want, &format!("{ctx}: second open"));
-    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: txs, torn_bytes: 0 }, "{ctx}: second open");
-    if exp.seq_gap_bug {
-        b.assert_truncated_to(dir, exp.k, &format!("{ctx}: second open"));
-    }
+    assert_state(&read_state(&db), want_k, &format!("{ctx}: second open"));
+    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: k, torn_bytes: 0 }, "{ctx}: second open");
+    assert_files_unchanged(dir, &recovered, &format!("{ctx}: second open"));
+    let mut want = want_k.clone();
     put_after(&db, &mut want, "w2", &format!("{ctx} w2"));
-    txs += 1;
+    assert_state(&read_state(&db), &want, &format!("{ctx}: after w2"));
     db.close().unwrap_or_else(|e| panic!("{ctx}: second close: {e}"));
 
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: third open: {e}"));
     assert_state(&read_state(&db), &want, &format!("{ctx}: third open"));
-    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: txs, torn_bytes: 0 }, "{ctx}: third open");
-    assert_eq!(db.read_tx().seq(), txs, "{ctx}: third open: seq()");
+    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: k + 1, torn_bytes: 0 }, "{ctx}: third open");
+    assert_eq!(db.read_tx().seq(), k + 1, "{ctx}: third open: seq()");
     db.close().unwrap_or_else(|e| panic!("{ctx}: third close: {e}"));
+
+    if exp.seq_gap_bug {
+        return;
+    }
+    // A write in the session that recovered: the writer continues on the segment it just cut
+    // (or rolls over from it).
+    restore(dir, &damaged);
+    let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: open again: {e}"));
+    let mut want = want_k.clone();
+    put_after(&db, &mut want, "w1", &format!("{ctx} w1"));
+    assert_state(&read_state(&db), &want, &format!("{ctx}: after w1"));
+    db.close().unwrap_or_else(|e| panic!("{ctx}: close after w1: {e}"));
+    let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: reopen after w1: {e}"));
+    assert_state(&read_state(&db), &want, &format!("{ctx}: reopen after w1"));
+    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: k + 1, torn_bytes: 0 }, "{ctx}: reopen after w1");
+    assert_eq!(db.read_tx().seq(), k + 1, "{ctx}: reopen after w1: seq()");
+    db.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
+    assert_eq!(recovered_seq, k, "{ctx}: seq() of the recovered view");
 }
 
 /// Recovery expectations for the last segment cut at `cut` (>= header).
@@ -743,14 +811,14 @@ fn expect_for_last_cut(b: &Built, cut: u64) -> Expect {
     lens.insert(b.last, cut);
     let torn = b.expected_torn(&lens, k);
     // Transaction k+1 is cut, and its first part lies in the segment before the last.
-    let seq_gap_bug = k < b.n() && b.spans[k + 1];
+    let seq_gap_bug = !KNOWN_BUGS_FIXED && k < b.n() && b.spans[k + 1];
     Expect { k, torn, seq_gap_bug }
 }
 
 /// 1a/1g: the last segment cut at every byte.
 fn cut_last_segment_at_every_byte(shape: LastSegment) {
     let b = build(shape);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let name = seg_name(b.last);
     let full = b.lens[&b.last];
@@ -796,7 +864,7 @@ fn trailing_part_start(b: &Built, id: u32) -> Option<u64> {
 #[test]
 fn cut_sealed_segments_at_every_byte_is_corruption() {
     let b = build(LastSegment::BeginsWithSpanningTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     restore(dir, &b.files);
     let mut checked = 0;
@@ -806,14 +874,17 @@ fn cut_sealed_segments_at_every_byte_is_corruption() {
         let orig = b.seg_bytes(id).to_vec();
         let boundaries: BTreeSet<u64> = b.frames[&id].iter().map(|f| f.start).collect();
         for cut in 0..orig.len() as u64 {
-            if Some(cut) == trailing_part_start(&b, id) {
+            if !KNOWN_BUGS_FIXED && Some(cut) == trailing_part_start(&b, id) {
                 // Known bug: see bug_truncated_sealed_segment_before_its_trailing_part_frame_applies_half_a_tx.
                 continue;
             }
             truncate(&path, cut);
             let ctx = format!("sealed {name} cut at {cut} of {}", orig.len());
             let before = snapshot(dir);
-            for ro in [false, true] {
+            // Read-only too near frame boundaries and headers, and on every 16th cut.
+            let near_boundary = cut <= HEADER_LEN || boundaries.range(cut.saturating_sub(1)..=cut + 1).next().is_some();
+            let modes: &[bool] = if near_boundary || cut % 16 == 0 { &[false, true] } else { &[false] };
+            for &ro in modes {
                 let e = open_err(dir, ro, &ctx);
                 match &e {
                     // Cut inside its header or a frame: the damage is reported where it is.
@@ -847,6 +918,23 @@ fn cut_sealed_segments_at_every_byte_is_corruption() {
 // ---------------------------------------------------------------------------------------------
 // 1b: flipped bytes.
 
+/// The bytes of a frame to flip: its whole 16-byte header, its kind byte, and the first, a
+/// middle and the last byte of its operations.
+fn frame_sample(f: &FrameInfo) -> Vec<u64> {
+    let ops = f.start + FRAME_HEADER_LEN as u64 + 1;
+    let mut v: Vec<u64> = (f.start..ops).collect();
+    v.extend([ops, ops + (f.end - ops) / 2, f.end - 1]);
+    v.dedup();
+    v
+}
+
+/// Positions to flip in a segment: every header byte, and a sample of every frame.
+fn flip_positions(frames: &[FrameInfo]) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..HEADER_LEN).collect();
+    v.extend(frames.iter().flat_map(frame_sample));
+    v
+}
+
 /// Flips byte `pos` of `name` in `dir`.
 fn flip(dir: &Path, name: &str, pos: u64) {
     let path = dir.join(name);
@@ -870,15 +958,16 @@ fn assert_header_error(e: &Error, name: &str, pos: u64, ctx: &str) {
     }
 }
 
-/// Every byte of a sealed segment flipped: corruption naming the file and the damaged frame.
-fn flip_every_byte_of_sealed_segment(b: &Built, id: u32) {
-    assert!(id > 1 && id < b.last, "segment {id} is not a middle segment");
-    let work = tempfile::tempdir().expect("work dir");
+/// Bytes of a sealed segment flipped (every header byte and a sample of every frame's):
+/// corruption naming the file and the damaged frame, nothing changed.
+fn flip_bytes_of_sealed_segment(b: &Built, id: u32) {
+    assert!(id < b.last, "segment {id} is not sealed");
+    let work = temp_dir();
     let dir = work.path();
     restore(dir, &b.files);
     let name = seg_name(id);
     let frames = &b.frames[&id];
-    for pos in 0..b.lens[&id] {
+    for pos in flip_positions(frames) {
         flip(dir, &name, pos);
         let ctx = format!("{name} byte {pos} flipped");
         let before = snapshot(dir);
@@ -897,20 +986,21 @@ fn flip_every_byte_of_sealed_segment(b: &Built, id: u32) {
 }
 
 #[test]
-fn flipped_byte_in_a_middle_segment_is_corruption() {
+fn flipped_byte_in_a_sealed_segment_is_corruption() {
     let b = build(LastSegment::BeginsWithSpanningTx);
-    // Segment 2, and the segment before the last, which ends with the first part of a
+    // Among them the segment before the last, which ends with the first part of a
     // transaction that continues in the last segment.
-    flip_every_byte_of_sealed_segment(&b, 2);
     assert!(trailing_part_start(&b, b.last - 1).is_some(), "segment before the last ends with a TX_PART");
-    flip_every_byte_of_sealed_segment(&b, b.last - 1);
+    for id in 1..b.last {
+        flip_bytes_of_sealed_segment(&b, id);
+    }
 }
 
 #[test]
 fn flipped_byte_in_the_last_segment() {
     for shape in [LastSegment::BeginsWithSpanningTx, LastSegment::BeginsWithWholeTx] {
         let b = build(shape);
-        let work = tempfile::tempdir().expect("work dir");
+        let work = temp_dir();
         let dir = work.path();
         let name = seg_name(b.last);
         let frames = &b.frames[&b.last];
@@ -919,7 +1009,7 @@ fn flipped_byte_in_the_last_segment() {
         assert_eq!(last_frame.kind, KIND_TX_END);
         assert!(!b.spans[b.n()], "the last transaction is whole");
         restore(dir, &b.files);
-        for pos in 0..b.lens[&b.last] {
+        for pos in flip_positions(frames) {
             let ctx = format!("{shape:?}: {name} byte {pos} flipped");
             flip(dir, &name, pos);
             if pos < last_frame.start {
@@ -952,7 +1042,7 @@ fn flipped_byte_in_the_last_segment() {
 #[test]
 fn zero_filled_tail_is_truncated() {
     let b = build(LastSegment::BeginsWithSpanningTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let name = seg_name(b.last);
     let path = dir.join(&name);
@@ -998,12 +1088,12 @@ fn zero_filled_tail_is_truncated() {
 #[test]
 fn garbage_tail_is_truncated() {
     let b = build(LastSegment::BeginsWithWholeTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let name = seg_name(b.last);
     let path = dir.join(&name);
     let orig = b.seg_bytes(b.last).to_vec();
-    let mut rng = Rng(0x6A7B_A6E);
+    let mut rng = Rng(0x06A7_BA6E);
     for round in 0..24 {
         let len = match round {
             0 => 1,
@@ -1029,7 +1119,7 @@ fn garbage_tail_is_truncated() {
 #[test]
 fn verifying_frame_with_wrong_sequence_number_is_corruption() {
     let b = build(LastSegment::BeginsWithWholeTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let name = seg_name(b.last);
     let path = dir.join(&name);
@@ -1092,7 +1182,7 @@ fn verifying_frame_with_wrong_sequence_number_is_corruption() {
 #[test]
 fn bad_magic_and_unsupported_version_are_refused() {
     let b = build(LastSegment::BeginsWithWholeTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     for id in [1, 2, b.last] {
         let name = seg_name(id);
@@ -1155,7 +1245,7 @@ fn bad_magic_and_unsupported_version_are_refused() {
 #[test]
 fn damaged_manifest_is_corruption() {
     let b = build(LastSegment::BeginsWithWholeTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let orig = b.files["MANIFEST"].clone();
     restore(dir, &b.files);
@@ -1205,9 +1295,9 @@ fn damaged_manifest_is_corruption() {
 
     // A valid manifest listing a segment that does not exist.
     restore(dir, &b.files);
-    let mut ids: Vec<u32> = (1..=b.last).collect();
-    ids.push(b.last + 1);
-    fs::write(dir.join("MANIFEST"), encode_manifest(&ids)).expect("write MANIFEST");
+    let mut m = read_manifest(dir);
+    m.ids.push(b.last + 1);
+    fs::write(dir.join("MANIFEST"), encode_manifest(&m)).expect("write MANIFEST");
     let before = snapshot(dir);
     let e = open_err(dir, false, "MANIFEST lists a segment never created");
     assert_corruption_in(&e, "MANIFEST", 0..orig.len() as u64, "MANIFEST lists a segment never created");
@@ -1215,8 +1305,9 @@ fn damaged_manifest_is_corruption() {
 
     // A valid manifest that leaves out a middle segment: the log does not continue.
     restore(dir, &b.files);
-    let ids: Vec<u32> = (1..=b.last).filter(|&i| i != 2).collect();
-    fs::write(dir.join("MANIFEST"), encode_manifest(&ids)).expect("write MANIFEST");
+    let mut m = read_manifest(dir);
+    m.ids.retain(|&i| i != 2);
+    fs::write(dir.join("MANIFEST"), encode_manifest(&m)).expect("write MANIFEST");
     let before = snapshot(dir);
     let e = open_err(dir, false, "MANIFEST leaves out segment 2");
     assert!(matches!(e, Error::Corruption { .. }), "{e:?}");
@@ -1229,7 +1320,7 @@ fn damaged_manifest_is_corruption() {
 #[test]
 fn read_only_open_of_torn_tail_shows_prefix_and_changes_nothing() {
     let b = build(LastSegment::BeginsWithSpanningTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let name = seg_name(b.last);
     let frames = &b.frames[&b.last];
@@ -1300,13 +1391,16 @@ fn keys(db: &Backend) -> Vec<String> {
 /// away, but still counts their sequence number as used (`next_seq = pending.seq + 1`). The
 /// next transaction written in that session is therefore numbered one past the last one left
 /// in the log, and the open after that refuses the database: "transaction N+2 found where
-/// N+1 was expected". Reached without any crash by a rolled-back transaction that crossed a
-/// segment boundary, and by a crash (or a cut log) inside such a transaction's final frame.
+/// N+1 was expected". Reached by a crash (or a cut log) after a transaction's first part was
+/// written and before its final frame: a transaction crossing a segment roll-over, or one
+/// larger than a chunk. The SIGKILL test hits it within a few dozen kills
+/// (`sigkill_then_write_in_the_recovering_session` in tests/crash_test.rs). Stage (1) covers the
+/// same sequence without a crash (a rolled-back transaction that crossed a segment boundary),
+/// which a `FRAME_TX_ABORT` frame closes.
 #[test]
-#[ignore = "BUG: a write after recovering an unfinished multi-frame transaction leaves a sequence gap; the next open reports Corruption"]
 fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
     // (1) No crash at all: rollback of a transaction that crossed a segment boundary.
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = temp_dir();
     let dir = tmp.path();
     build_spanning(dir, false);
     let db = Backend::open(config(dir)).expect("open after rollback");
@@ -1320,7 +1414,7 @@ fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
     db.close().expect("close");
 
     // (2) A crash inside the final frame: segment 2 cut 10 bytes into it.
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = temp_dir();
     let dir = tmp.path();
     build_spanning(dir, true);
     truncate(&dir.join(seg_name(2)), HEADER_LEN + 10);
@@ -1337,11 +1431,15 @@ fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
     // (3) A crash after a TX_PART frame in the last segment (a transaction larger than a
     // chunk): simulated by appending a verifying TX_PART frame numbered next.
     let b = build(LastSegment::BeginsWithWholeTx);
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = temp_dir();
     let dir = tmp.path();
     restore(dir, &b.files);
     let mut bytes = b.seg_bytes(b.last).to_vec();
-    let part = seal_frame(&[KIND_TX_PART, 2, 1, 0, 0, 0, 1, 0, 0, 0, b'z'], b.n() as u64 + 1);
+    // The last transaction's frame, turned into a first part of the next one.
+    let last_frame = *b.frames[&b.last].last().expect("frames");
+    let mut payload = bytes[last_frame.start as usize + FRAME_HEADER_LEN..last_frame.end as usize].to_vec();
+    payload[0] = KIND_TX_PART;
+    let part = seal_frame(&payload, b.n() as u64 + 1);
     bytes.extend_from_slice(&part);
     fs::write(dir.join(seg_name(b.last)), &bytes).expect("append part");
     let exp = Expect { k: b.n(), torn: part.len() as u64, seq_gap_bug: false };
@@ -1349,7 +1447,7 @@ fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
 
     // (4) Every cut of the built log that leaves such a transaction unfinished.
     let b = build(LastSegment::BeginsWithSpanningTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     let name = seg_name(b.last);
     for cut in HEADER_LEN..=b.lens[&b.last] {
@@ -1370,22 +1468,26 @@ fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
 /// applies half of one. Sealed segments were synced before the next began, so any damage in
 /// them must be Corruption.
 #[test]
-#[ignore = "BUG: a sealed segment cut just before its trailing TX_PART frame opens and applies half a transaction"]
 fn bug_truncated_sealed_segment_before_its_trailing_part_frame_applies_half_a_tx() {
-    let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp = temp_dir();
     let dir = tmp.path();
     let end1 = build_spanning(dir, true);
     truncate(&dir.join(seg_name(1)), end1);
     let before = snapshot(dir);
     match Backend::open(config(dir)) {
         Ok(db) => panic!("opened with keys {:?}: transaction 2 applied without its first part (k1)", keys(&db)),
-        Err(e) => assert_corruption_in(&e, &seg_name(1), 0..end1 + 1, "segment 1 cut before its TX_PART"),
+        // Reported in segment 1 (where the part is missing) or at the start of segment 2 (where
+        // the transaction's final frame shows that something came before it).
+        Err(Error::Corruption { file, offset, .. })
+            if (file_name_of(&file) == seg_name(1) && offset <= end1)
+                || (file_name_of(&file) == seg_name(2) && offset == HEADER_LEN) => {}
+        Err(e) => panic!("segment 1 cut before its TX_PART: expected Corruption there or at segment 2's start: {e:?}"),
     }
     assert_files_unchanged(dir, &before, "refused open");
 
     // The same on the built database, for every sealed segment that ends with a TX_PART.
     let b = build(LastSegment::BeginsWithSpanningTx);
-    let work = tempfile::tempdir().expect("work dir");
+    let work = temp_dir();
     let dir = work.path();
     for id in 1..b.last {
         let Some(cut) = trailing_part_start(&b, id) else { continue };
@@ -1398,4 +1500,51 @@ fn bug_truncated_sealed_segment_before_its_trailing_part_frame_applies_half_a_tx
         }
         assert_files_unchanged(dir, &before, &ctx);
     }
+}
+
+/// The first segment of the log cut back to its header (every frame lost) is not noticed when
+/// the next segment happens to begin with a self-contained transaction: with nothing before it,
+/// recovery takes whatever sequence number comes first as the start of the log, and opens
+/// without the lost transactions. Sealed segments were synced before the next began, so this
+/// damage must be Corruption. (In the scripted database the same cut is caught only because
+/// the next segment puts into a bucket created in the lost one.)
+#[test]
+fn bug_first_segment_cut_to_its_header_loses_transactions_silently() {
+    let tmp = temp_dir();
+    let dir = tmp.path();
+    // Transaction 1 fills segment 1 to within 10 bytes of its end, so that transaction 2's
+    // first operation does not fit and the whole of transaction 2 goes to segment 2. The value
+    // size that does it is measured with a 1-byte value first (frame overhead is the format's).
+    let tx1 = |db: &Backend, len: usize| {
+        let mut tx = db.batch_tx();
+        tx.create_bucket("old").expect("create old");
+        tx.put("old", "a", vec![b'a'; len]).expect("put old/a");
+        drop(tx);
+    };
+    let probe = temp_dir();
+    let db = Backend::open(config(probe.path())).expect("open probe");
+    tx1(&db, 1);
+    let overhead = fs::metadata(probe.path().join(seg_name(1))).expect("stat").len() - 1;
+    db.close().expect("close probe");
+    let db = Backend::open(config(dir)).expect("open");
+    tx1(&db, (4086 - overhead) as usize);
+    assert_eq!(fs::metadata(dir.join(seg_name(1))).expect("stat").len(), 4086);
+    let mut tx = db.batch_tx();
+    tx.create_bucket("new").expect("create new");
+    tx.put("new", "b", "b").expect("put new/b");
+    drop(tx);
+    db.close().expect("close");
+    assert_eq!(segment_lens(dir).len(), 2, "two segments");
+    assert_eq!(fs::metadata(dir.join(seg_name(1))).expect("stat").len(), 4086, "segment 1 untouched by tx 2");
+
+    truncate(&dir.join(seg_name(1)), HEADER_LEN);
+    let before = snapshot(dir);
+    match Backend::open(config(dir)) {
+        Ok(db) => panic!(
+            "opened with buckets {:?} after segment 1 lost its only transaction",
+            db.read_tx().buckets().iter().map(|b| show(b)).collect::<Vec<_>>()
+        ),
+        Err(e) => assert!(matches!(e, Error::Corruption { .. }), "expected Corruption, got {e:?}"),
+    }
+    assert_files_unchanged(dir, &before, "refused open");
 }

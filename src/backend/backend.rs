@@ -1,6 +1,5 @@
 //! The backend: opening, the two kinds of transaction, commits, sizes, closing.
 
-use std::collections::HashMap;
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -109,7 +108,6 @@ impl Backend {
         let lock = lock_dir(&config)?;
 
         let mut catalog = Catalog::default();
-        let mut names: HashMap<u32, Arc<[u8]>> = HashMap::new();
         let opts = OpenOptions {
             dir: &dir,
             vfs: &vfs,
@@ -117,7 +115,7 @@ impl Backend {
             sync: config.sync,
             segment_size: config.segment_size,
         };
-        let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, &mut names, ops))?;
+        let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, ops))?;
 
         let last_seq = rec.next_seq - 1;
         let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0) + 1;
@@ -379,40 +377,49 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 
 /// Applies one recovered transaction to the catalog being rebuilt.
 ///
-/// Long runs of puts and deletes are applied in key order (a stable sort, so that operations
-/// on the same key keep their order and the last one wins): inserting in order touches each
-/// leaf once while it is in cache, where the log's order — often random — would miss the cache
-/// on almost every insert. Bucket creations and deletions split the runs, since they change
-/// what the key operations mean.
-fn replay(
-    catalog: &mut Catalog,
-    names: &mut HashMap<u32, Arc<[u8]>>,
-    ops: &[Op<'_>],
-) -> std::result::Result<(), DecodeStop> {
+/// Long runs of puts and deletes are applied in key order (operations on the same key keep
+/// their order, so the last one wins): inserting in order touches each leaf once while it is in
+/// cache, where the log's order — often random — would miss the cache on almost every insert.
+/// The sort compares an 8-byte prefix of each key held in the sort entry, so that it rarely
+/// reads the keys themselves (scattered over the log's maps). Bucket creations and deletions
+/// split the runs, since they change what the key operations mean.
+fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
     const SORT_FROM: usize = 64;
-    let mut order: Vec<usize> = Vec::new();
+    let mut order: Vec<(u32, u64, u32)> = Vec::new();
     let mut run_start = 0;
     for (i, op) in ops.iter().enumerate() {
         let is_bucket_op = matches!(op, Op::CreateBucket { .. } | Op::DeleteBucket { .. });
         if !is_bucket_op && i + 1 < ops.len() {
             continue;
         }
-        let run_end = if is_bucket_op { i } else { i + 1 };
-        let run = &ops[run_start..run_end];
+        let run = &ops[run_start..if is_bucket_op { i } else { i + 1 }];
         if run.len() >= SORT_FROM {
             order.clear();
-            order.extend(0..run.len());
-            order.sort_by_key(|&j| key_of(&run[j]));
-            for &j in &order {
-                apply_op(catalog, names, &run[j])?;
+            order.extend(run.iter().enumerate().map(|(j, op)| {
+                let (bucket, key) = key_of(op);
+                let mut prefix = [0u8; 8];
+                let n = key.len().min(8);
+                prefix[..n].copy_from_slice(&key[..n]);
+                (bucket, u64::from_be_bytes(prefix), j as u32)
+            }));
+            order.sort_unstable_by(|a, b| {
+                (a.0, a.1)
+                    .cmp(&(b.0, b.1))
+                    .then_with(|| key_of(&run[a.2 as usize]).1.cmp(key_of(&run[b.2 as usize]).1))
+                    .then(a.2.cmp(&b.2))
+            });
+            let mut cursor = BucketCursor::default();
+            for &(_, _, j) in &order {
+                cursor.apply(catalog, &run[j as usize])?;
             }
         } else {
+            let mut cursor = BucketCursor::default();
             for op in run {
-                apply_op(catalog, names, op)?;
+                cursor.apply(catalog, op)?;
             }
         }
         if is_bucket_op {
-            apply_op(catalog, names, op)?;
+            apply_bucket_op(catalog, op)?;
         }
         run_start = i + 1;
     }
@@ -426,30 +433,51 @@ fn key_of<'a>(op: &Op<'a>) -> (u32, &'a [u8]) {
     }
 }
 
-fn apply_op(
-    catalog: &mut Catalog,
-    names: &mut HashMap<u32, Arc<[u8]>>,
-    op: &Op<'_>,
-) -> std::result::Result<(), DecodeStop> {
+/// Remembers where the last key operation's bucket is in the catalog: runs of operations on
+/// one bucket then look it up once. Valid only while no bucket is created or deleted.
+#[derive(Default)]
+struct BucketCursor {
+    last: Option<(u32, usize)>,
+}
+
+impl BucketCursor {
+    fn apply(&mut self, catalog: &mut Catalog, op: &Op<'_>) -> std::result::Result<(), DecodeStop> {
+        let (id, _) = key_of(op);
+        let index = match self.last {
+            Some((last, index)) if last == id => index,
+            _ => {
+                let index = catalog.index_of_id(id).ok_or(DecodeStop::Rejected("names an unknown bucket"))?;
+                self.last = Some((id, index));
+                index
+            }
+        };
+        let bucket = catalog.at_mut(index);
+        match *op {
+            Op::Put { key, value, .. } => {
+                bucket.put(key, value);
+            }
+            Op::Delete { key, .. } => {
+                bucket.delete(key);
+            }
+            Op::CreateBucket { .. } | Op::DeleteBucket { .. } => unreachable!("runs hold key operations only"),
+        }
+        Ok(())
+    }
+}
+
+fn apply_bucket_op(catalog: &mut Catalog, op: &Op<'_>) -> std::result::Result<(), DecodeStop> {
     match *op {
         Op::CreateBucket { bucket, name } => {
-            if names.contains_key(&bucket) || !catalog.create(name, bucket) {
+            if catalog.index_of_id(bucket).is_some() || !catalog.create(name, bucket) {
                 return Err(DecodeStop::Rejected("a bucket is created twice"));
             }
-            names.insert(bucket, catalog.get(name).map(|b| b.name.clone()).unwrap_or_default());
         }
         Op::DeleteBucket { bucket } => {
-            let name = names.remove(&bucket).ok_or(DecodeStop::Rejected("deletes an unknown bucket"))?;
+            let index = catalog.index_of_id(bucket).ok_or(DecodeStop::Rejected("deletes an unknown bucket"))?;
+            let name = catalog.at_mut(index).name.clone();
             catalog.remove(&name);
         }
-        Op::Put { bucket, key, value } => {
-            let name = names.get(&bucket).ok_or(DecodeStop::Rejected("puts into an unknown bucket"))?;
-            catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.put(key, value);
-        }
-        Op::Delete { bucket, key } => {
-            let name = names.get(&bucket).ok_or(DecodeStop::Rejected("deletes from an unknown bucket"))?;
-            catalog.get_mut(name).ok_or(DecodeStop::Rejected("bucket vanished"))?.delete(key);
-        }
+        Op::Put { .. } | Op::Delete { .. } => unreachable!("not a bucket operation"),
     }
     Ok(())
 }

@@ -237,8 +237,13 @@ impl Backend {
             let log = std::mem::replace(&mut new.log, empty);
             let catalog = std::mem::take(&mut new.catalog);
             let old_segments = old.segments().clone();
-            self.switched(log.active(), v.seq);
-            let view = View { catalog: catalog.clone(), segments: log.segments().clone(), seq: v.seq, end: log.end() };
+            // The view's `seq` and `end` must describe the same point of the log: `end` lies
+            // after the abort frames just written, so `seq` is the last number used, not
+            // `v.seq` (a later defrag copies this view as transaction `seq` and replays from
+            // `end`).
+            let seq = log.next_seq() - 1;
+            self.switched(log.active(), seq);
+            let view = View { catalog: catalog.clone(), segments: log.segments().clone(), seq, end: log.end() };
             guard.log = Some(log);
             guard.catalog = catalog;
             self.publish(view);

@@ -65,6 +65,16 @@ impl Catalog {
         self.position(name).ok().map(|i| &mut self.buckets[i])
     }
 
+    /// The index of the bucket with id `id` (a linear scan: buckets are few).
+    pub fn index_of_id(&self, id: u32) -> Option<usize> {
+        self.buckets.iter().position(|b| b.id == id)
+    }
+
+    /// The bucket at `index` (from [`Catalog::index_of_id`]; valid until buckets change).
+    pub fn at_mut(&mut self, index: usize) -> &mut Bucket {
+        &mut self.buckets[index]
+    }
+
     fn position(&self, name: &[u8]) -> Result<usize, usize> {
         self.buckets.binary_search_by(|b| b.name.as_ref().cmp(name))
     }
