@@ -87,6 +87,20 @@ pub enum Error {
         /// The directory.
         path: PathBuf,
     },
+    /// The revision asked for has been compacted away (MVCC layer).
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The store's compacted revision.
+        compacted: i64,
+    },
+    /// The revision asked for is in the future (MVCC layer).
+    FutureRev {
+        /// The revision asked for.
+        requested: i64,
+        /// The store's current revision.
+        current: i64,
+    },
     /// The transaction can no longer be used (e.g. the same thread asked for a second
     /// `BatchTx` while holding one, which would otherwise deadlock).
     TxUnusable(String),
@@ -146,6 +160,12 @@ impl fmt::Display for Error {
             Error::InvalidConfig(why) => write!(f, "invalid configuration: {why}"),
             Error::NotEmpty { path } => {
                 write!(f, "{} is not empty; restore needs an empty or missing directory", path.display())
+            }
+            Error::Compacted { requested, compacted } => {
+                write!(f, "revision {requested} is compacted (compacted revision {compacted})")
+            }
+            Error::FutureRev { requested, current } => {
+                write!(f, "revision {requested} is in the future (current revision {current})")
             }
             Error::TxUnusable(why) => write!(f, "transaction unusable: {why}"),
         }

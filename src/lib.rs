@@ -45,6 +45,7 @@ mod error;
 pub mod fuzzing;
 mod index;
 mod log;
+pub mod mvcc;
 pub mod vfs;
 
 pub use backend::{

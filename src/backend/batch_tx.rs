@@ -221,6 +221,19 @@ impl<'a> BatchTx<'a> {
         self.backend.sync_written()
     }
 
+    /// Ends the transaction like dropping it — its writes become visible, and durable with the
+    /// next group commit — but reports a failure to write them, which `Drop` cannot.
+    pub fn finish(mut self) -> Result<()> {
+        if let Some(why) = self.unusable {
+            return Err(Error::TxUnusable(why.into()));
+        }
+        if self.failed {
+            self.end(false).ok();
+            return Err(Error::TxUnusable("an earlier write of this transaction failed".into()));
+        }
+        self.end(true)
+    }
+
     /// Ends the transaction without applying any of its writes.
     pub fn rollback(mut self) {
         self.end(false).ok();

@@ -1,0 +1,238 @@
+//! The in-memory key index: for each user key, the revisions at which it changed, grouped in
+//! generations (etcd's `keyIndex`).
+//!
+//! A generation runs from a key's creation to its deletion: `created` is its first revision,
+//! `revs` every revision that changed it, the last one being the tombstone if the generation
+//! ended. The last generation of a key is the open one (empty if the key is deleted now). With
+//! this a read at any revision finds, without touching the disk, the revision whose stored
+//! value it must return, and the key's version at that point.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::revision::Revision;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Generation {
+    /// Number of changes in this generation (including ones compacted away).
+    ver: i64,
+    created: Revision,
+    revs: Vec<Revision>,
+}
+
+/// The history of one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyIndex {
+    generations: Vec<Generation>,
+}
+
+/// What a key looked like at a revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The revision whose value to read.
+    pub modified: Revision,
+    pub created: Revision,
+    pub version: i64,
+}
+
+impl KeyIndex {
+    /// Records a put at `rev`.
+    pub fn put(&mut self, rev: Revision) {
+        if self.generations.is_empty() {
+            self.generations.push(Generation::default());
+        }
+        let g = self.generations.last_mut().expect("just ensured");
+        if g.revs.is_empty() {
+            g.created = rev;
+        }
+        g.revs.push(rev);
+        g.ver += 1;
+    }
+
+    /// Records a put found while rebuilding the index from the `key` bucket: after a
+    /// compaction a generation's first stored revision need not be its creation, so the
+    /// creation and the version come from the stored value (as etcd's `keyIndex.restore`).
+    pub fn restore(&mut self, rev: Revision, created: Revision, version: i64) {
+        match self.generations.last_mut() {
+            Some(g) if !g.revs.is_empty() => {
+                g.revs.push(rev);
+                g.ver = version;
+            }
+            _ => {
+                if self.generations.is_empty() {
+                    self.generations.push(Generation::default());
+                }
+                let g = self.generations.last_mut().expect("just ensured");
+                *g = Generation { ver: version, created, revs: vec![rev] };
+            }
+        }
+    }
+
+    /// Records a deletion at `rev`, ending the current generation. False if the key is not
+    /// live (nothing to delete).
+    pub fn tombstone(&mut self, rev: Revision) -> bool {
+        if !self.is_live() {
+            return false;
+        }
+        self.put(rev);
+        self.generations.push(Generation::default());
+        true
+    }
+
+    /// Whether the key exists now.
+    pub fn is_live(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.revs.is_empty())
+    }
+
+    /// The key at revision `at` (None if it did not exist then).
+    pub fn get(&self, at: i64) -> Option<Found> {
+        let g = self.find_generation(at)?;
+        let n = g.revs.iter().rposition(|r| r.main <= at)?;
+        Some(Found { modified: g.revs[n], created: g.created, version: g.ver - (g.revs.len() - n - 1) as i64 })
+    }
+
+    /// The latest revision below `rev` at which the key changed, and whether that change was a
+    /// put (the previous value of a key changed at `rev`).
+    pub fn previous(&self, rev: Revision) -> Option<Found> {
+        let at = Revision { main: rev.main, sub: rev.sub - 1 };
+        for (gi, g) in self.generations.iter().enumerate().rev() {
+            if let Some(n) = g.revs.iter().rposition(|r| *r <= at) {
+                let ended = gi + 1 < self.generations.len() && n + 1 == g.revs.len();
+                if ended {
+                    return None; // the change before was a deletion
+                }
+                return Some(Found {
+                    modified: g.revs[n],
+                    created: g.created,
+                    version: g.ver - (g.revs.len() - n - 1) as i64,
+                });
+            }
+        }
+        None
+    }
+
+    fn find_generation(&self, at: i64) -> Option<&Generation> {
+        let last = self.generations.len().checked_sub(1)?;
+        for (i, g) in self.generations.iter().enumerate().rev() {
+            let Some(first) = g.revs.first() else { continue };
+            if i != last && g.revs.last().is_some_and(|tomb| tomb.main <= at) {
+                return None; // deleted at or before `at`
+            }
+            if first.main <= at {
+                return Some(g);
+            }
+        }
+        None
+    }
+
+    /// Drops the history a compaction at `at` removes, adding to `keep` the revisions that
+    /// must stay in the bucket: for the generation that was current at `at`, its latest
+    /// revision ≤ `at`, unless that is a tombstone. Returns false when nothing is left (the key
+    /// can leave the index).
+    pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) -> bool {
+        if self.generations.is_empty() {
+            return false;
+        }
+        // The first generation that was still open at `at`, or created after it.
+        let mut gi = 0;
+        while gi + 1 < self.generations.len() {
+            match self.generations[gi].revs.last() {
+                Some(tomb) if tomb.main > at => break,
+                _ => gi += 1,
+            }
+        }
+        let last = self.generations.len() - 1;
+        let g = &mut self.generations[gi];
+        if let Some(n) = g.revs.iter().rposition(|r| r.main <= at) {
+            keep.insert(g.revs[n]);
+            g.revs.drain(..n);
+            if g.revs.len() == 1 && gi != last {
+                // Only the tombstone is left: the generation ended at or before `at`.
+                keep.remove(&g.revs[0]);
+                gi += 1;
+            }
+        }
+        self.generations.drain(..gi);
+        !(self.generations.len() == 1 && self.generations[0].revs.is_empty())
+    }
+}
+
+/// All keys' histories.
+pub type Index = BTreeMap<Vec<u8>, KeyIndex>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision { main, sub: 0 }
+    }
+
+    /// etcd's TestKeyIndexGet: generations {2,4,6(t)} {8,10,12(t)} {14,14.1,16(t)} {}.
+    fn sample() -> KeyIndex {
+        let mut ki = KeyIndex::default();
+        ki.put(r(2));
+        ki.put(r(4));
+        assert!(ki.tombstone(r(6)));
+        ki.put(r(8));
+        ki.put(r(10));
+        assert!(ki.tombstone(r(12)));
+        ki.put(r(14));
+        ki.put(Revision { main: 14, sub: 1 });
+        assert!(ki.tombstone(r(16)));
+        ki
+    }
+
+    #[test]
+    fn get_at_revisions() {
+        let ki = sample();
+        let at = |rev| ki.get(rev).map(|f| (f.modified, f.created, f.version));
+        assert_eq!(at(1), None);
+        assert_eq!(at(2), Some((r(2), r(2), 1)));
+        assert_eq!(at(5), Some((r(4), r(2), 2)));
+        assert_eq!(at(6), None, "deleted at 6");
+        assert_eq!(at(7), None);
+        assert_eq!(at(9), Some((r(8), r(8), 1)));
+        assert_eq!(at(11), Some((r(10), r(8), 2)));
+        assert_eq!(at(12), None);
+        assert_eq!(at(14), Some((Revision { main: 14, sub: 1 }, r(14), 2)));
+        assert_eq!(at(16), None);
+        assert_eq!(at(100), None);
+        assert!(!ki.is_live());
+    }
+
+    #[test]
+    fn previous_change() {
+        let ki = sample();
+        assert_eq!(ki.previous(r(4)).map(|f| f.modified), Some(r(2)));
+        assert_eq!(ki.previous(r(8)).map(|f| f.modified), None, "before 8 the key was deleted");
+        assert_eq!(ki.previous(Revision { main: 14, sub: 1 }).map(|f| f.modified), Some(r(14)));
+        assert_eq!(ki.previous(r(2)), None);
+    }
+
+    /// etcd's TestKeyIndexCompactAndKeep, in part.
+    #[test]
+    fn compaction_keeps_the_latest_non_tombstone() {
+        let mut keep = HashSet::new();
+        let mut ki = sample();
+        assert!(ki.compact(5, &mut keep));
+        assert_eq!(keep, HashSet::from([r(4)]));
+        assert_eq!(ki.get(5).map(|f| f.modified), Some(r(4)));
+        assert_eq!(ki.get(4).map(|f| f.version), Some(2), "versions survive compaction");
+
+        let mut keep = HashSet::new();
+        let mut ki = sample();
+        assert!(ki.compact(6, &mut keep));
+        assert!(keep.is_empty(), "the generation ended at 6: nothing to keep");
+        assert_eq!(ki.get(9).map(|f| f.modified), Some(r(8)));
+
+        let mut keep = HashSet::new();
+        let mut ki = sample();
+        assert!(ki.compact(15, &mut keep));
+        assert_eq!(keep, HashSet::from([Revision { main: 14, sub: 1 }]));
+
+        let mut keep = HashSet::new();
+        let mut ki = sample();
+        assert!(!ki.compact(16, &mut keep), "deleted at 16: the key leaves the index");
+        assert!(keep.is_empty());
+    }
+}

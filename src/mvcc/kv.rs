@@ -1,0 +1,316 @@
+//! The public value types of the MVCC layer and the encoding of a stored `KeyValue`.
+//!
+//! A `key` bucket value is: format byte (1), create_revision (i64 LE), mod_revision (i64 LE),
+//! version (i64 LE), lease (i64 LE), key length (u32 LE), key, value — fixed-width integers so
+//! that decoding is a few bounds-checked reads. A tombstone stores the key with an empty value.
+
+use crate::error::{Error, Result};
+
+/// A key's state at some revision, as etcd's `mvccpb.KeyValue`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (empty for a deletion event).
+    pub value: Vec<u8>,
+    /// The revision of the put that created this generation of the key.
+    pub create_revision: i64,
+    /// The revision of the last change.
+    pub mod_revision: i64,
+    /// Changes since creation: 1 for a new key.
+    pub version: i64,
+    /// The lease id attached by the put (0 for none).
+    pub lease: i64,
+}
+
+const FORMAT: u8 = 1;
+const FIXED: usize = 1 + 8 * 4 + 4;
+
+impl KeyValue {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FIXED + self.key.len() + self.value.len());
+        b.push(FORMAT);
+        for n in [self.create_revision, self.mod_revision, self.version, self.lease] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.key);
+        b.extend_from_slice(&self.value);
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<KeyValue> {
+        let (key, create_revision, version) = peek(b)?;
+        let i = |at: usize| i64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        Ok(KeyValue {
+            key: key.to_vec(),
+            value: b[FIXED + key.len()..].to_vec(),
+            create_revision,
+            mod_revision: i(9),
+            version,
+            lease: i(25),
+        })
+    }
+}
+
+/// The key, create revision and version of a stored `KeyValue`, without copying it (the index
+/// rebuild at open reads only these).
+pub(crate) fn peek(b: &[u8]) -> Result<(&[u8], i64, i64)> {
+    let bad = || Error::Corruption {
+        file: "<mvcc key bucket>".into(),
+        offset: 0,
+        reason: "malformed stored KeyValue".into(),
+    };
+    if b.len() < FIXED || b[0] != FORMAT {
+        return Err(bad());
+    }
+    let i = |at: usize| i64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let klen = u32::from_le_bytes(b[33..37].try_into().map_err(|_| bad())?) as usize;
+    let key = b.get(FIXED..FIXED.checked_add(klen).ok_or_else(bad)?).ok_or_else(bad)?;
+    Ok((key, i(1), i(17)))
+}
+
+/// Options of a range read.
+#[derive(Clone, Debug, Default)]
+pub struct RangeOptions {
+    /// The revision to read at; 0 for the current one.
+    pub rev: i64,
+    /// At most this many key-values in the result; 0 for all. `count` still counts all.
+    pub limit: usize,
+    /// Return only the count.
+    pub count_only: bool,
+    /// Return keys without values.
+    pub keys_only: bool,
+}
+
+/// The result of a range read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// The matching key-values, ascending by key, at most `limit`.
+    pub kvs: Vec<KeyValue>,
+    /// How many keys matched.
+    pub count: usize,
+    /// The store's current revision when the read was served.
+    pub rev: i64,
+}
+
+/// How a [`Compare`] compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    /// The target equals the operand.
+    Equal,
+    /// The target differs from the operand.
+    NotEqual,
+    /// The target is less than the operand.
+    Less,
+    /// The target is greater than the operand.
+    Greater,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Value(Vec<u8>),
+    Version(i64),
+    CreateRevision(i64),
+    ModRevision(i64),
+    Lease(i64),
+}
+
+/// A condition of a [`crate::mvcc::KvStore::txn`], on one key (etcd's `Compare`). A missing key
+/// has version, create and mod revision and lease 0, and no value (a value compare fails).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub(crate) key: Vec<u8>,
+    pub(crate) op: CompareOp,
+    pub(crate) target: Target,
+}
+
+impl Compare {
+    /// Compares the key's value.
+    pub fn value(key: &[u8], op: CompareOp, value: &[u8]) -> Compare {
+        Compare { key: key.to_vec(), op, target: Target::Value(value.to_vec()) }
+    }
+    /// Compares the key's version.
+    pub fn version(key: &[u8], op: CompareOp, v: i64) -> Compare {
+        Compare { key: key.to_vec(), op, target: Target::Version(v) }
+    }
+    /// Compares the key's create revision.
+    pub fn create_revision(key: &[u8], op: CompareOp, rev: i64) -> Compare {
+        Compare { key: key.to_vec(), op, target: Target::CreateRevision(rev) }
+    }
+    /// Compares the key's mod revision.
+    pub fn mod_revision(key: &[u8], op: CompareOp, rev: i64) -> Compare {
+        Compare { key: key.to_vec(), op, target: Target::ModRevision(rev) }
+    }
+    /// Compares the key's lease.
+    pub fn lease(key: &[u8], op: CompareOp, lease: i64) -> Compare {
+        Compare { key: key.to_vec(), op, target: Target::Lease(lease) }
+    }
+
+    pub(crate) fn holds(&self, kv: Option<&KeyValue>) -> bool {
+        use std::cmp::Ordering;
+        let ord: Ordering = match (&self.target, kv) {
+            (Target::Value(v), Some(kv)) => kv.value.as_slice().cmp(v),
+            (Target::Value(_), None) => return false,
+            (Target::Version(n), kv) => kv.map_or(0, |k| k.version).cmp(n),
+            (Target::CreateRevision(n), kv) => kv.map_or(0, |k| k.create_revision).cmp(n),
+            (Target::ModRevision(n), kv) => kv.map_or(0, |k| k.mod_revision).cmp(n),
+            (Target::Lease(n), kv) => kv.map_or(0, |k| k.lease).cmp(n),
+        };
+        match self.op {
+            CompareOp::Equal => ord == Ordering::Equal,
+            CompareOp::NotEqual => ord != Ordering::Equal,
+            CompareOp::Less => ord == Ordering::Less,
+            CompareOp::Greater => ord == Ordering::Greater,
+        }
+    }
+}
+
+/// An operation of a [`crate::mvcc::KvStore::txn`] branch.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Put a key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease id (0 for none).
+        lease: i64,
+    },
+    /// Delete the keys in a range.
+    DeleteRange {
+        /// Start of the range.
+        key: Vec<u8>,
+        /// End of the range, as in `range`.
+        end: Vec<u8>,
+    },
+    /// Read a range.
+    Range {
+        /// Start of the range.
+        key: Vec<u8>,
+        /// End of the range: empty for the single key, `\0` for every key ≥ `key`.
+        end: Vec<u8>,
+        /// Options.
+        opts: RangeOptions,
+    },
+}
+
+impl Op {
+    /// A put.
+    pub fn put(key: &[u8], value: &[u8], lease: i64) -> Op {
+        Op::Put { key: key.to_vec(), value: value.to_vec(), lease }
+    }
+    /// A delete of `[key, end)`.
+    pub fn delete_range(key: &[u8], end: &[u8]) -> Op {
+        Op::DeleteRange { key: key.to_vec(), end: end.to_vec() }
+    }
+    /// A read of `[key, end)`.
+    pub fn range(key: &[u8], end: &[u8], opts: RangeOptions) -> Op {
+        Op::Range { key: key.to_vec(), end: end.to_vec(), opts }
+    }
+}
+
+/// What one [`Op`] of a txn returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResponse {
+    /// A put: the revision it got.
+    Put {
+        /// The revision.
+        revision: i64,
+    },
+    /// A delete: how many keys it deleted.
+    DeleteRange {
+        /// The count.
+        deleted: u64,
+    },
+    /// A range read.
+    Range(RangeResult),
+}
+
+/// The result of a txn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnResult {
+    /// Whether every compare held (so the success branch ran).
+    pub succeeded: bool,
+    /// The store's revision after the txn.
+    pub revision: i64,
+    /// One response per op of the branch that ran.
+    pub responses: Vec<OpResponse>,
+}
+
+/// The result of [`crate::mvcc::KvStore::hash_by_rev`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKv {
+    /// CRC32 over the stored revisions ≤ the requested revision.
+    pub hash: u32,
+    /// The compacted revision when hashed.
+    pub compact_revision: i64,
+    /// The store's current revision when hashed.
+    pub revision: i64,
+}
+
+/// What kind of change a [`WatchEvent`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key was put.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change, as delivered to a watcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key after the change; for a delete, the key with `mod_revision` the deleting
+    /// revision and an empty value.
+    pub kv: KeyValue,
+    /// The key before the change, if it existed and its revision is not compacted.
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_round_trip_and_damage() {
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: b"value".to_vec(),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: -1,
+        };
+        let b = kv.encode();
+        assert_eq!(KeyValue::decode(&b).unwrap(), kv);
+        for cut in 0..FIXED + 1 {
+            assert!(KeyValue::decode(&b[..cut]).is_err(), "cut {cut}");
+        }
+        let mut bad = b.clone();
+        bad[0] = 9;
+        assert!(KeyValue::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn compares() {
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: b"b".to_vec(),
+            create_revision: 2,
+            mod_revision: 4,
+            version: 2,
+            lease: 0,
+        };
+        assert!(Compare::value(b"k", CompareOp::Equal, b"b").holds(Some(&kv)));
+        assert!(Compare::value(b"k", CompareOp::Greater, b"a").holds(Some(&kv)));
+        assert!(!Compare::value(b"k", CompareOp::Equal, b"b").holds(None));
+        assert!(Compare::version(b"k", CompareOp::Equal, 0).holds(None), "a missing key has version 0");
+        assert!(Compare::create_revision(b"k", CompareOp::Less, 3).holds(Some(&kv)));
+        assert!(Compare::mod_revision(b"k", CompareOp::NotEqual, 3).holds(Some(&kv)));
+        assert!(Compare::lease(b"k", CompareOp::Equal, 0).holds(Some(&kv)));
+    }
+}

@@ -1,0 +1,631 @@
+//! The MVCC revision layer: etcd's key-value semantics (revisions, range at a revision, txn,
+//! compaction, hash by revision, watch) over a [`Backend`], as etcd's `mvcc` package over its
+//! backend.
+//!
+//! Storage, as etcd's: bucket `key` maps each revision (see [`revision`](self) keys: 17 bytes,
+//! `t` appended for a deletion) to the encoded [`KeyValue`] written at it, with `seq_put` since
+//! revisions only grow; bucket `meta` holds the scheduled and finished compaction revisions.
+//! In memory, a key index maps each key to its generations of revisions; it is rebuilt from the
+//! `key` bucket on open.
+//!
+//! Each write (a put, a delete that deletes something, a txn with writes) is one `BatchTx`, so
+//! after a crash the store is exactly a prefix of its revisions, with every one that a
+//! `force_commit` (or the group committer) made durable.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use logtree::mvcc::{KvStore, RangeOptions};
+//!
+//! let (backend, _dir) = logtree::Backend::open_temp()?;
+//! let store = KvStore::open(Arc::new(backend))?;
+//! assert_eq!(store.current_revision(), 1);
+//! let r1 = store.put(b"foo", b"bar", 0)?;
+//! store.put(b"foo", b"baz", 0)?;
+//! let old = store.range(b"foo", b"", RangeOptions { rev: r1, ..Default::default() })?;
+//! assert_eq!(old.kvs[0].value, b"bar");
+//! assert_eq!(store.range(b"foo", b"", RangeOptions::default())?.kvs[0].version, 2);
+//! # Ok::<(), logtree::Error>(())
+//! ```
+
+mod key_index;
+mod kv;
+mod revision;
+mod watch;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, select, tick};
+
+use crate::backend::{Backend, BatchTx, ReadTx};
+use crate::error::{Error, Result};
+use key_index::{Index, KeyIndex};
+pub use kv::{
+    Compare, CompareOp, EventKind, HashKv, KeyValue, Op, OpResponse, RangeOptions, RangeResult, TxnResult, WatchEvent,
+};
+pub use revision::Revision;
+pub use watch::Watcher;
+
+const KEY_BUCKET: &[u8] = b"key";
+const META_BUCKET: &[u8] = b"meta";
+const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
+const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+/// Revisions removed per `BatchTx` by a compaction, so the writer never waits long.
+const COMPACT_BATCH: usize = 1000;
+
+/// Whether `key` is in the range `[start, end)` with etcd's conventions: an empty `end` means
+/// the single key `start`; `end == "\0"` means every key ≥ `start`.
+pub(crate) fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    match end {
+        [] => key == start,
+        [0] => key >= start,
+        _ => key >= start && key < end,
+    }
+}
+
+/// A key range as `BTreeMap::range` bounds.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
+    match end {
+        [] => Some((Bound::Included(start), Bound::Included(start))),
+        [0] => Some((Bound::Included(start), Bound::Unbounded)),
+        _ if end <= start => None,
+        _ => Some((Bound::Included(start), Bound::Excluded(end))),
+    }
+}
+
+struct State {
+    index: Index,
+    current: i64,
+    compacted: i64,
+}
+
+struct Inner {
+    backend: Arc<Backend>,
+    /// Serializes the store's writes (and compaction batches) so revisions are assigned in
+    /// the order their `BatchTx`s are written.
+    write: Mutex<()>,
+    /// One compaction at a time; hash_by_rev waits for a running one.
+    compaction: Mutex<()>,
+    state: RwLock<State>,
+    watchers: watch::Shared,
+    wake: Sender<()>,
+}
+
+/// etcd's MVCC key-value store, embedded. `Send + Sync`; share it by reference or `Arc`.
+pub struct KvStore {
+    inner: Arc<Inner>,
+    stop: Option<Sender<()>>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl KvStore {
+    /// Opens the store kept in `backend` (creating its buckets if needed), rebuilding the key
+    /// index from the `key` bucket and finishing a compaction that a crash interrupted.
+    pub fn open(backend: Arc<Backend>) -> Result<KvStore> {
+        let mut tx = backend.batch_tx();
+        tx.create_bucket(KEY_BUCKET)?;
+        tx.create_bucket(META_BUCKET)?;
+        tx.finish()?;
+        let rtx = backend.read_tx();
+        let meta_rev = |k: &[u8]| -> Result<i64> {
+            Ok(match rtx.get_ref(META_BUCKET, k)? {
+                Some(v) => i64::from_le_bytes(v.try_into().map_err(|_| Error::Corruption {
+                    file: "<mvcc meta bucket>".into(),
+                    offset: 0,
+                    reason: "malformed compaction revision".into(),
+                })?),
+                None => 0,
+            })
+        };
+        let scheduled = meta_rev(SCHEDULED_COMPACT)?;
+        let finished = meta_rev(FINISHED_COMPACT)?;
+        let mut index = Index::new();
+        let mut last = 0i64;
+        for entry in rtx.scan(KEY_BUCKET, [], None)? {
+            let (k, v) = entry?;
+            let (rev, tombstone) = Revision::from_key(k)?;
+            let (key, create, version) = kv::peek(v)?;
+            let ki = index.entry(key.to_vec()).or_default();
+            if tombstone {
+                ki.tombstone(rev);
+            } else {
+                ki.restore(rev, Revision { main: create, sub: 0 }, version);
+            }
+            last = last.max(rev.main);
+        }
+        drop(rtx);
+        let current = last.max(finished).max(1);
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let inner = Arc::new(Inner {
+            backend,
+            write: Mutex::new(()),
+            compaction: Mutex::new(()),
+            state: RwLock::new(State { index, current, compacted: finished }),
+            watchers: Arc::new(Mutex::new(watch::Registry::default())),
+            wake: wake_tx,
+        });
+        if scheduled > finished {
+            inner.compact_now(scheduled)?;
+        }
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let syncer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("logtree-watch-sync".into())
+                .spawn(move || inner.sync_loop(stop_rx, wake_rx))
+                .map_err(|e| Error::io("start the watch syncer", None, e))?
+        };
+        Ok(KvStore { inner, stop: Some(stop_tx), syncer: Some(syncer) })
+    }
+
+    /// The backend the store lives in.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.inner.backend
+    }
+
+    /// Puts `key`; returns the new revision.
+    pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64> {
+        let r = self.txn(&[], &[Op::put(key, value, lease)], &[])?;
+        Ok(r.revision)
+    }
+
+    /// Reads `[key, end)` (`end` empty: the single key; `end == "\0"`: every key ≥ `key`).
+    pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        let st = self.inner.read_state();
+        let rtx = self.inner.backend.read_tx();
+        st.range(&Source::Read(&rtx), &BTreeMap::new(), key, end, &opts, st.current)
+    }
+
+    /// Deletes every live key in `[key, end)`; returns how many and the revision (unchanged if
+    /// nothing was deleted).
+    pub fn delete_range(&self, key: &[u8], end: &[u8]) -> Result<(u64, i64)> {
+        let r = self.txn(&[], &[Op::delete_range(key, end)], &[])?;
+        let deleted = match r.responses.first() {
+            Some(OpResponse::DeleteRange { deleted }) => *deleted,
+            _ => 0,
+        };
+        Ok((deleted, r.revision))
+    }
+
+    /// Evaluates every compare against one consistent state, then applies `success` (all held)
+    /// or `failure` atomically as one revision (none if the branch writes nothing). Ranges in
+    /// the branch see the branch's earlier writes.
+    pub fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult> {
+        for op in success.iter().chain(failure) {
+            if let Op::Put { key, .. } = op {
+                crate::backend::check_key(key)?;
+            }
+        }
+        let inner = &self.inner;
+        let _w = lock(&inner.write);
+        let st = inner.read_state();
+        let mut tx = inner.backend.batch_tx();
+        let begin = st.current;
+        let rev = begin + 1;
+        let mut overlay: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+        let succeeded = {
+            let src = Source::Batch(&tx);
+            let mut ok = true;
+            for c in compares {
+                if !c.holds(st.get(&src, &overlay, &c.key, begin)?.as_ref()) {
+                    ok = false;
+                    break;
+                }
+            }
+            ok
+        };
+        let ops = if succeeded { success } else { failure };
+        let mut sub = 0i64;
+        let mut events: Vec<WatchEvent> = Vec::new();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let at = if sub > 0 { rev } else { begin };
+            match op {
+                Op::Put { key, value, lease } => {
+                    let prev = st.get(&Source::Batch(&tx), &overlay, key, at)?;
+                    let r = Revision { main: rev, sub };
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value: value.clone(),
+                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                        mod_revision: rev,
+                        version: prev.as_ref().map_or(1, |p| p.version + 1),
+                        lease: *lease,
+                    };
+                    tx.seq_put(KEY_BUCKET, r.to_key(false), kv.encode())?;
+                    st.overlay_entry(&mut overlay, key).put(r);
+                    events.push(WatchEvent { kind: EventKind::Put, kv, prev_kv: prev });
+                    responses.push(OpResponse::Put { revision: rev });
+                    sub += 1;
+                }
+                Op::DeleteRange { key, end } => {
+                    let live = st.range(&Source::Batch(&tx), &overlay, key, end, &RangeOptions::default(), at)?.kvs;
+                    let deleted = live.len() as u64;
+                    for prev in live {
+                        let r = Revision { main: rev, sub };
+                        let kv = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
+                        tx.seq_put(KEY_BUCKET, r.to_key(true), kv.encode())?;
+                        st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
+                        events.push(WatchEvent { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
+                        sub += 1;
+                    }
+                    responses.push(OpResponse::DeleteRange { deleted });
+                }
+                Op::Range { key, end, opts } => {
+                    let result = st.range(&Source::Batch(&tx), &overlay, key, end, opts, at)?;
+                    responses.push(OpResponse::Range(RangeResult { rev: at, ..result }));
+                }
+            }
+        }
+        if events.is_empty() {
+            tx.rollback();
+            return Ok(TxnResult { succeeded, revision: begin, responses });
+        }
+        tx.finish()?;
+        drop(st);
+        {
+            let mut st = inner.write_state();
+            for (k, ki) in overlay {
+                st.index.insert(k, ki);
+            }
+            st.current = rev;
+        }
+        for r in responses.iter_mut() {
+            if let OpResponse::Range(rr) = r {
+                rr.rev = rev;
+            }
+        }
+        if watch::lock(&inner.watchers).notify(rev, &events) {
+            let _ = inner.wake.try_send(());
+        }
+        Ok(TxnResult { succeeded, revision: rev, responses })
+    }
+
+    /// Compacts history up to `rev`: for each key only its latest revision ≤ `rev` is kept
+    /// (none if that is a deletion); reads below `rev` then fail with `Error::Compacted`. The
+    /// revisions are removed in batches so the writer never waits long.
+    pub fn compact(&self, rev: i64) -> Result<()> {
+        {
+            let st = self.inner.read_state();
+            if rev <= st.compacted {
+                return Err(Error::Compacted { requested: rev, compacted: st.compacted });
+            }
+            if rev > st.current {
+                return Err(Error::FutureRev { requested: rev, current: st.current });
+            }
+        }
+        self.inner.compact_now(rev)
+    }
+
+    /// etcd's HashKV: a CRC32 over the `key` bucket's entries (revision key, then stored value)
+    /// with main revision ≤ `rev` (0: current). Stores with the same history and compactions
+    /// hash alike.
+    pub fn hash_by_rev(&self, rev: i64) -> Result<HashKv> {
+        let _c = lock(&self.inner.compaction);
+        let st = self.inner.read_state();
+        let rev = if rev == 0 { st.current } else { rev };
+        st.check_rev(rev)?;
+        let rtx = self.inner.backend.read_tx();
+        let mut h = crc32fast::Hasher::new();
+        let end = Revision { main: rev + 1, sub: 0 }.to_key(false);
+        for entry in rtx.scan(KEY_BUCKET, [], Some(&end))? {
+            let (k, v) = entry?;
+            h.update(k);
+            h.update(v);
+        }
+        Ok(HashKv { hash: h.finalize(), compact_revision: st.compacted, revision: st.current })
+    }
+
+    /// The revision of the last write (1 for a new store).
+    pub fn current_revision(&self) -> i64 {
+        self.inner.read_state().current
+    }
+
+    /// The revision of the last compaction (0 for none).
+    pub fn compacted_revision(&self) -> i64 {
+        self.inner.read_state().compacted
+    }
+
+    /// Watches `[key, end)` (range conventions as [`range`](Self::range)): events from
+    /// `start_rev` (0: from the next write) in revision order. History from a compacted
+    /// revision (`start_rev` ≤ the compacted revision) is `Error::Compacted`.
+    pub fn watch(&self, key: &[u8], end: &[u8], start_rev: i64) -> Result<Watcher> {
+        let st = self.inner.read_state();
+        if start_rev != 0 && st.compacted > 0 && start_rev <= st.compacted {
+            return Err(Error::Compacted { requested: start_rev, compacted: st.compacted });
+        }
+        let mut reg = watch::lock(&self.inner.watchers);
+        let (next, synced) = if start_rev == 0 || start_rev > st.current {
+            (start_rev.max(st.current + 1), true)
+        } else {
+            (start_rev, false)
+        };
+        let (id, rx) = reg.add(key.to_vec(), end.to_vec(), next, synced);
+        drop(reg);
+        drop(st);
+        if !synced {
+            let _ = self.inner.wake.try_send(());
+        }
+        Ok(Watcher { id, rx, registry: self.inner.watchers.clone() })
+    }
+}
+
+impl Drop for KvStore {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore").field("current_revision", &self.current_revision()).finish_non_exhaustive()
+    }
+}
+
+/// Where values are read: a snapshot, or the write transaction (which sees its own writes).
+enum Source<'a, 'b> {
+    Read(&'a ReadTx),
+    Batch(&'a BatchTx<'b>),
+}
+
+impl Source<'_, '_> {
+    fn kv(&self, rev: Revision) -> Result<KeyValue> {
+        let k = rev.to_key(false);
+        let v = match self {
+            Source::Read(t) => t.get_ref(KEY_BUCKET, &k)?,
+            Source::Batch(t) => t.get_ref(KEY_BUCKET, &k)?,
+        };
+        let v = v.ok_or_else(|| Error::Corruption {
+            file: "<mvcc key bucket>".into(),
+            offset: 0,
+            reason: format!("revision {}.{} is in the index but not in the key bucket", rev.main, rev.sub),
+        })?;
+        KeyValue::decode(v)
+    }
+}
+
+impl State {
+    fn check_rev(&self, rev: i64) -> Result<()> {
+        if rev > self.current {
+            return Err(Error::FutureRev { requested: rev, current: self.current });
+        }
+        if rev < self.compacted {
+            return Err(Error::Compacted { requested: rev, compacted: self.compacted });
+        }
+        Ok(())
+    }
+
+    fn key_index<'a>(&'a self, overlay: &'a BTreeMap<Vec<u8>, KeyIndex>, key: &[u8]) -> Option<&'a KeyIndex> {
+        overlay.get(key).or_else(|| self.index.get(key))
+    }
+
+    fn overlay_entry<'a>(&self, overlay: &'a mut BTreeMap<Vec<u8>, KeyIndex>, key: &[u8]) -> &'a mut KeyIndex {
+        overlay.entry(key.to_vec()).or_insert_with(|| self.index.get(key).cloned().unwrap_or_default())
+    }
+
+    /// The key at revision `at`.
+    fn get(
+        &self,
+        src: &Source,
+        overlay: &BTreeMap<Vec<u8>, KeyIndex>,
+        key: &[u8],
+        at: i64,
+    ) -> Result<Option<KeyValue>> {
+        match self.key_index(overlay, key).and_then(|ki| ki.get(at)) {
+            Some(found) => src.kv(found.modified).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn range(
+        &self,
+        src: &Source,
+        overlay: &BTreeMap<Vec<u8>, KeyIndex>,
+        key: &[u8],
+        end: &[u8],
+        opts: &RangeOptions,
+        current: i64,
+    ) -> Result<RangeResult> {
+        let at = if opts.rev == 0 { current } else { opts.rev };
+        if at > current {
+            return Err(Error::FutureRev { requested: at, current });
+        }
+        if at < self.compacted {
+            return Err(Error::Compacted { requested: at, compacted: self.compacted });
+        }
+        let mut result = RangeResult { kvs: Vec::new(), count: 0, rev: current };
+        let Some(range) = bounds(key, end) else { return Ok(result) };
+        // Merge the base index with the transaction's overlay, the overlay winning.
+        let mut base = self.index.range::<[u8], _>(range).peekable();
+        let mut over = overlay.range::<[u8], _>(range).peekable();
+        loop {
+            let (k, ki) = match (base.peek(), over.peek()) {
+                (None, None) => break,
+                (Some(_), None) => base.next().expect("peeked"),
+                (None, Some(_)) => over.next().expect("peeked"),
+                (Some((bk, _)), Some((ok, _))) => {
+                    if bk < ok {
+                        base.next().expect("peeked")
+                    } else {
+                        if bk == ok {
+                            base.next();
+                        }
+                        over.next().expect("peeked")
+                    }
+                }
+            };
+            let Some(found) = ki.get(at) else { continue };
+            result.count += 1;
+            if opts.count_only || (opts.limit > 0 && result.kvs.len() >= opts.limit) {
+                continue;
+            }
+            let mut kv = src.kv(found.modified)?;
+            debug_assert_eq!(&kv.key, k);
+            if opts.keys_only {
+                kv.value.clear();
+            }
+            result.kvs.push(kv);
+        }
+        Ok(result)
+    }
+}
+
+impl Inner {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_meta(&self, key: &[u8], rev: i64) -> Result<()> {
+        let mut tx = self.backend.batch_tx();
+        tx.put(META_BUCKET, key, rev.to_le_bytes())?;
+        tx.commit()
+    }
+
+    /// Records the compaction as scheduled (durably), compacts the index, removes the dropped
+    /// revisions from the `key` bucket in batches, then records it as finished. Rerun on open
+    /// if a crash interrupted it.
+    fn compact_now(&self, rev: i64) -> Result<()> {
+        let _c = lock(&self.compaction);
+        let mut keep: HashSet<Revision> = HashSet::new();
+        {
+            // Under the write lock: a txn in flight works on copies of index entries, which
+            // must not be put back over compacted ones.
+            let _w = lock(&self.write);
+            self.set_meta(SCHEDULED_COMPACT, rev)?;
+            let mut st = self.write_state();
+            st.index.retain(|_, ki| ki.compact(rev, &mut keep));
+            st.compacted = st.compacted.max(rev);
+        }
+        let end = Revision { main: rev + 1, sub: 0 }.to_key(false);
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            // Collect a batch from a snapshot, then delete it under the write lock.
+            let rtx = self.backend.read_tx();
+            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            for entry in rtx.scan(KEY_BUCKET, &from, Some(&end))? {
+                let (k, _) = entry?;
+                last = Some(k.to_vec());
+                let (r, _) = Revision::from_key(k)?;
+                if !keep.contains(&r) {
+                    batch.push(k.to_vec());
+                }
+                if batch.len() >= COMPACT_BATCH {
+                    break;
+                }
+            }
+            drop(rtx);
+            let Some(last) = last else { break };
+            if !batch.is_empty() {
+                let _w = lock(&self.write);
+                let mut tx = self.backend.batch_tx();
+                for k in &batch {
+                    tx.delete(KEY_BUCKET, k)?;
+                }
+                tx.finish()?;
+            }
+            if batch.len() < COMPACT_BATCH {
+                break;
+            }
+            from = last;
+            from.push(0); // just after the last key looked at
+        }
+        let _w = lock(&self.write);
+        self.set_meta(FINISHED_COMPACT, rev)
+    }
+
+    /// The syncer thread: replays history to watchers that fell behind.
+    fn sync_loop(self: Arc<Self>, stop: Receiver<()>, wake: Receiver<()>) {
+        let ticker = tick(Duration::from_millis(10));
+        loop {
+            select! {
+                recv(stop) -> _ => return,
+                recv(wake) -> _ => {}
+                recv(ticker) -> _ => {}
+            }
+            // Errors (a failed read) leave the watcher unsynced; the next round retries.
+            let _ = self.sync_watchers();
+        }
+    }
+
+    fn sync_watchers(&self) -> Result<()> {
+        let st = self.read_state();
+        let mut reg = watch::lock(&self.watchers);
+        let current = st.current;
+        let rtx = self.backend.read_tx();
+        let mut gone = Vec::new();
+        for (&id, w) in reg.entries.iter_mut().filter(|(_, w)| !w.synced) {
+            if st.compacted > 0 && w.next_rev <= st.compacted {
+                let e = Error::Compacted { requested: w.next_rev, compacted: st.compacted };
+                let _ = w.tx.try_send(Err(e));
+                gone.push(id);
+                continue;
+            }
+            let from = Revision { main: w.next_rev, sub: 0 }.to_key(false);
+            let to = Revision { main: current + 1, sub: 0 }.to_key(false);
+            let mut pending: Vec<WatchEvent> = Vec::new();
+            let mut pending_rev = w.next_rev;
+            let mut room = w.room();
+            let mut full = false;
+            for entry in rtx.scan(KEY_BUCKET, &from, Some(&to))? {
+                let (k, v) = entry?;
+                let (r, tombstone) = Revision::from_key(k)?;
+                if r.main != pending_rev {
+                    // A whole revision is collected: send it if it fits.
+                    if pending.len() > room {
+                        full = true;
+                        break;
+                    }
+                    room -= pending.len();
+                    for e in pending.drain(..) {
+                        let _ = w.tx.try_send(Ok(e));
+                    }
+                    w.next_rev = r.main;
+                    pending_rev = r.main;
+                }
+                let kv = KeyValue::decode(v)?;
+                if !in_range(&kv.key, &w.key, &w.end) {
+                    continue;
+                }
+                let prev_kv = match st.index.get(&kv.key).and_then(|ki| ki.previous(r)) {
+                    Some(p) => Source::Read(&rtx).kv(p.modified).ok(),
+                    None => None,
+                };
+                let kind = if tombstone { EventKind::Delete } else { EventKind::Put };
+                pending.push(WatchEvent { kind, kv, prev_kv });
+            }
+            if !full {
+                if pending.len() > room {
+                    continue;
+                }
+                for e in pending.drain(..) {
+                    let _ = w.tx.try_send(Ok(e));
+                }
+                // Everything up to `current` is delivered; the writer (which updates `current`
+                // before notifying, and cannot notify while we hold the registry) takes over.
+                w.next_rev = current + 1;
+                w.synced = true;
+            }
+        }
+        for id in gone {
+            reg.entries.remove(&id);
+        }
+        Ok(())
+    }
+}
