@@ -268,11 +268,12 @@ impl Backend {
         self.current_view().catalog.clone()
     }
 
-    pub(crate) fn publish(&self, view: View) {
-        let view = Arc::new(view);
-        // The old view is dropped outside the lock: freeing a large tree must not hold readers.
-        let old = std::mem::replace(&mut *self.view.write().unwrap_or_else(|e| e.into_inner()), view);
-        drop(old);
+    /// Makes `view` the one new read transactions see; returns the one it replaces, for the
+    /// caller to drop once it has released the writer lock (freeing the nodes only the old
+    /// view held must delay neither readers nor the next writer).
+    #[must_use = "drop the old view after releasing the writer lock"]
+    pub(crate) fn publish(&self, view: View) -> Arc<View> {
+        std::mem::replace(&mut *self.view.write().unwrap_or_else(|e| e.into_inner()), Arc::new(view))
     }
 
     /// Takes the writer lock, recording this thread as its holder.

@@ -246,13 +246,14 @@ impl<'a> BatchTx<'a> {
         let w = &mut *guard;
         let mut result = Ok(());
         let mut limit_reached = None;
+        let mut old_view = None;
         if let Some(log) = w.log.as_mut() {
             if keep && !self.failed {
                 match log.commit_tx() {
                     Ok(Some(seq)) => {
                         let view =
                             View { catalog: w.catalog.clone(), segments: log.segments().clone(), seq, end: log.end() };
-                        self.backend.publish(view);
+                        old_view = Some(self.backend.publish(view));
                         if self.backend.wrote(seq, self.ops, log.active()) {
                             limit_reached = Some(seq);
                         }
@@ -275,6 +276,7 @@ impl<'a> BatchTx<'a> {
         }
         self.backend.release_writer();
         drop(guard);
+        drop(old_view);
         if let Some(seq) = limit_reached {
             // As etcd's Unlock: the transaction that reaches the batch limit commits inline,
             // after releasing the writer so that the next transaction may start meanwhile.

@@ -207,8 +207,15 @@ impl Backend {
             }
         }
 
+        // Sync what the copy wrote now, so that the fdatasync under the lock has only the last
+        // catch-up to write.
+        new.log.active().sync()?;
+
         let mut guard = self.lock_writer();
         let paused = Instant::now();
+        // What the switch replaces is dropped only after the lock is released: freeing an old
+        // index and unmapping old segments can take tens of milliseconds.
+        let mut leftovers: Vec<Box<dyn std::any::Any>> = Vec::new();
         let result = (|| {
             self.check_writable()?;
             let v = self.current_view();
@@ -244,17 +251,20 @@ impl Backend {
             let seq = log.next_seq() - 1;
             self.switched(log.active(), seq);
             let view = View { catalog: catalog.clone(), segments: log.segments().clone(), seq, end: log.end() };
-            guard.log = Some(log);
-            guard.catalog = catalog;
-            self.publish(view);
+            leftovers.push(Box::new(guard.log.replace(log)));
+            leftovers.push(Box::new(std::mem::replace(&mut guard.catalog, catalog)));
+            leftovers.push(Box::new(self.publish(view)));
             for s in old_segments.iter() {
                 s.mark_obsolete();
             }
+            leftovers.push(Box::new(old_segments));
+            leftovers.push(Box::new(v));
             Ok(())
         })();
         let pause = paused.elapsed();
         self.release_writer();
         drop(guard);
+        drop(leftovers);
         result.map(|()| (pause, rounds))
     }
 }
