@@ -91,6 +91,40 @@ fn harness_fixup_reaches_the_decoders() {
     assert!(plain(&bad, FLAG_FIX_CHECKSUMS).restore_ok, "the fix-up recomputes the content hash");
 }
 
+/// Found by the `open_segments` fuzzer (first minimized input: a header-less empty
+/// `seg-0000000001.log` and a `seg-0000000002.log` holding data, no MANIFEST). DESIGN.md §6:
+/// "On `Error::Corruption` nothing has been modified or deleted: the files are as found." With
+/// no MANIFEST, `create_log` removes each segment file of at most a header as it lists the
+/// directory, and reports corruption only when it reaches one holding data: the files removed
+/// before that are gone. (Nine header-only segments make it all but certain that the
+/// directory listing yields one of them before the one with data.)
+#[test]
+#[ignore = "BUG: open without a MANIFEST deletes header-only segments, then reports corruption"]
+fn corrupt_open_without_manifest_deletes_nothing() {
+    let (files, _dir) = small_database();
+    let dir = tempfile::tempdir().unwrap();
+    let data = files.iter().find(|(n, _)| n.starts_with("seg-")).unwrap();
+    assert!(data.1.len() > 32);
+    fs::write(dir.path().join("seg-0000000010.log"), segment_with_id(&data.1, 10)).unwrap();
+    for id in 1..10u64 {
+        fs::write(dir.path().join(format!("seg-{id:010}.log")), &segment_with_id(&data.1, id)[..32]).unwrap();
+    }
+    let before = dir_files(dir.path());
+    let e = Backend::open(seed_config(dir.path())).expect_err("a segment holds data and there is no MANIFEST");
+    assert!(e.is_corruption(), "{e}");
+    let after: Vec<(String, Vec<u8>)> = dir_files(dir.path()).into_iter().filter(|(n, _)| n != "LOCK").collect();
+    assert_eq!(after.iter().map(|(n, _)| n).collect::<Vec<_>>(), before.iter().map(|(n, _)| n).collect::<Vec<_>>());
+}
+
+/// A segment file's bytes with its header rewritten to name segment `id` (DESIGN.md §2.1).
+fn segment_with_id(seg: &[u8], id: u64) -> Vec<u8> {
+    let mut b = seg.to_vec();
+    b[16..24].copy_from_slice(&id.to_le_bytes());
+    let crc = crc32fast::hash(&b[..28]);
+    b[28..32].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seed generation
 
@@ -176,7 +210,10 @@ fn write_seed_corpus() {
     let (files, _dir) = small_database();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     seeds.insert(("open_segments", "valid-small-db".into()), fuzzing::encode_open_input(0, &refs));
-    seeds.insert(("open_segments", "valid-small-db-fixup".into()), fuzzing::encode_open_input(FLAG_FIX_CHECKSUMS, &refs));
+    seeds.insert(
+        ("open_segments", "valid-small-db-fixup".into()),
+        fuzzing::encode_open_input(FLAG_FIX_CHECKSUMS, &refs),
+    );
     // The last segment cut inside its last frame: a torn tail.
     let mut torn = files.clone();
     let last = torn.iter().rposition(|(n, _)| n.starts_with("seg-")).unwrap();
@@ -193,9 +230,11 @@ fn write_seed_corpus() {
     let refs: Vec<(&str, &[u8])> = fresh.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     seeds.insert(("open_segments", "valid-empty-db".into()), fuzzing::encode_open_input(0, &refs));
     // No manifest, a segment holding data: corruption. A foreign file.
-    let refs: Vec<(&str, &[u8])> = files.iter().filter(|(n, _)| n != "MANIFEST").map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> =
+        files.iter().filter(|(n, _)| n != "MANIFEST").map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     seeds.insert(("open_segments", "no-manifest".into()), fuzzing::encode_open_input(0, &refs));
-    seeds.insert(("open_segments", "foreign".into()), fuzzing::encode_open_input(0, &[("MANIFEST", b"not a database")]));
+    seeds
+        .insert(("open_segments", "foreign".into()), fuzzing::encode_open_input(0, &[("MANIFEST", b"not a database")]));
 
     for (i, (len, cfg)) in [(64usize, 0u8), (128, 1), (200, 2), (256, 3), (96, 6)].into_iter().enumerate() {
         let mut b = pseudo_random(i as u64 + 1, len);
@@ -204,7 +243,10 @@ fn write_seed_corpus() {
     }
     // A transaction creating bucket b0 and putting key a (decoded by fuzzing::decode_ops_input),
     // then a close-reopen, a checkpoint, a snapshot-restore and a defrag.
-    seeds.insert(("ops_model", "tx-reopen-snapshot-defrag".into()), vec![2, 0, 3, 0, 0, 3, 0, 0, 1, 5, 2, 13, 15, 17, 1, 19]);
+    seeds.insert(
+        ("ops_model", "tx-reopen-snapshot-defrag".into()),
+        vec![2, 0, 3, 0, 0, 3, 0, 0, 1, 5, 2, 13, 15, 17, 1, 19],
+    );
 
     let image = snapshot_image();
     seeds.insert(("restore_image", "valid-image".into()), [&[0u8][..], &image].concat());
