@@ -172,7 +172,8 @@ fn parent(args: &Args) {
         COLUMNS.iter().copied().filter(|(id, _)| args.only.is_empty() || args.only.iter().any(|o| o == id)).collect();
     let machine = report::Machine::probe(&args.dir);
     eprintln!(
-        "logtree-compare: {} elements, {} run(s), in {} ({}); load average {}",
+        "logtree-compare: logtree {}; {} elements, {} run(s), in {} ({}); load average {}",
+        machine.logtree,
         args.elements,
         args.runs,
         args.dir.display(),

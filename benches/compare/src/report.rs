@@ -57,6 +57,8 @@ pub struct Machine {
     pub disk: String,
     pub kernel: String,
     pub rustc: String,
+    /// The logtree commit measured, "+ local changes" when src/ differs from it.
+    pub logtree: String,
     pub load_before: String,
     pub load_after: String,
     pub wall_seconds: f64,
@@ -83,6 +85,7 @@ impl Machine {
             disk: disk(dir),
             kernel: command("uname", &["-r"]),
             rustc: command("rustc", &["--version"]),
+            logtree: logtree_commit(),
             load_before: load(),
             load_after: String::new(),
             wall_seconds: 0.0,
@@ -93,6 +96,16 @@ impl Machine {
         self.load_after = load();
         self.wall_seconds = wall.as_secs_f64();
     }
+}
+
+fn logtree_commit() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let head = command("git", &["-C", root, "log", "-1", "--format=%h %cs"]);
+    if head.is_empty() {
+        return "unknown (not a git checkout)".into();
+    }
+    let dirty = command("git", &["-C", root, "status", "--porcelain", "--", "src", "Cargo.toml"]);
+    if dirty.is_empty() { head } else { format!("{head} + local changes") }
 }
 
 /// The file system holding `dir`: device, type, and whether the block device says it rotates.
@@ -268,7 +281,7 @@ impl Report<'_> {
         let _ = writeln!(s, "  \"elements\": {},\n  \"runs\": {},", self.elements, self.runs);
         let _ = writeln!(
             s,
-            "  \"machine\": {{\"date\": {}, \"cpus\": {}, \"cpu_model\": {}, \"memory_gib\": {:.1}, \"disk\": {}, \"kernel\": {}, \"rustc\": {}, \"load_before\": {}, \"load_after\": {}, \"wall_seconds\": {:.0}}},",
+            "  \"machine\": {{\"date\": {}, \"cpus\": {}, \"cpu_model\": {}, \"memory_gib\": {:.1}, \"disk\": {}, \"kernel\": {}, \"rustc\": {}, \"logtree\": {}, \"load_before\": {}, \"load_after\": {}, \"wall_seconds\": {:.0}}},",
             q(&m.date),
             m.cpus,
             q(&m.cpu_model),
@@ -276,6 +289,7 @@ impl Report<'_> {
             q(&m.disk),
             q(&m.kernel),
             q(&m.rustc),
+            q(&m.logtree),
             q(&m.load_before),
             q(&m.load_after),
             m.wall_seconds
