@@ -621,6 +621,9 @@ pub enum Op {
     Hash(Option<(u8, u8)>),
     /// `close`, then open the directory again: everything is there, no torn tail.
     CloseReopen,
+    /// The backend dropped without `close`, then the directory opened again: everything is
+    /// there, no torn tail.
+    DropReopen,
     /// A crash: the directory's files are copied as they are (the page cache survives a
     /// process crash), the copy is opened, and the old backend abandoned. Everything written is
     /// there, no torn tail.
@@ -983,6 +986,13 @@ impl Machine {
                 assert_eq!(db.recovery_stats().torn_bytes, 0, "{ctx}: torn bytes after a clean close");
                 self.db = Some(db);
             }
+            Op::DropReopen => {
+                self.db = None;
+                let dir = self.dir.clone();
+                let db = self.open(&dir, ctx);
+                assert_eq!(db.recovery_stats().torn_bytes, 0, "{ctx}: torn bytes after a drop");
+                self.db = Some(db);
+            }
             Op::CrashReopen => {
                 let copy = self.new_dir();
                 copy_dir(&self.dir, &copy);
@@ -1293,7 +1303,10 @@ impl Bytes<'_> {
             10 => Op::DropReadTx(self.u8()),
             11 => Op::ForceCommit,
             12 => Op::Hash(self.opt().map(|b| (b, self.u8()))),
-            13 => Op::CloseReopen,
+            13 => match self.u8() % 2 {
+                0 => Op::CloseReopen,
+                _ => Op::DropReopen,
+            },
             14 => Op::CrashReopen,
             15 => Op::Checkpoint,
             16 => Op::ReopenCheckpoint { which: self.u8(), tear: self.u16() },
