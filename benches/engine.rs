@@ -117,6 +117,19 @@ fn reads(c: &mut Criterion) {
     g.finish();
 }
 
+/// Snapshot `write_to` (into a sink: the engine's side of the stream) and the content hash.
+fn snapshot_and_hash(c: &mut Criterion) {
+    let n = keys();
+    let (db, _dir) = loaded(n);
+    let snap = db.snapshot().unwrap();
+    let mut g = c.benchmark_group("snapshot");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Bytes(snap.size()));
+    g.bench_function("write_to_sink", |b| b.iter(|| snap.write_to(&mut std::io::sink()).unwrap()));
+    g.bench_function("hash", |b| b.iter(|| black_box(db.hash(&[]).unwrap())));
+    g.finish();
+}
+
 /// (c) opening a database of 1M keys (recovery replays the log into the index).
 fn reopen(c: &mut Criterion) {
     let n = keys();
@@ -140,5 +153,5 @@ fn reopen(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, put_commit, reads, reopen);
+criterion_group!(benches, put_commit, reads, snapshot_and_hash, reopen);
 criterion_main!(benches);

@@ -208,8 +208,14 @@ impl Backend {
         }
 
         // Sync what the copy wrote now, so that the fdatasync under the lock has only the last
-        // catch-up to write.
+        // catch-up to write; then catch up with what was written during that sync.
         new.log.active().sync()?;
+        let v = self.current_view();
+        if v.seq != done_seq {
+            new.catch_up(&v, done)?;
+            (done, done_seq) = (v.end, v.seq);
+        }
+        drop(v);
 
         let mut guard = self.lock_writer();
         let paused = Instant::now();
