@@ -289,7 +289,15 @@ struct Summary {
     segments: usize,
 }
 
+/// The kill loops run one at a time. A child is forked from the test process, and between fork
+/// and exec it holds copies of every descriptor the parent has open — including another test
+/// thread's database lock file (a `flock` belongs to the open file description, which the copy
+/// shares). That thread's close-then-reopen could then find its own lock still held for a
+/// moment and fail with `Locked`. Serializing the loops removes that interference.
+static KILL_LOOPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_kill_loop(write_in_recovering_session: bool) {
+    let _one_at_a_time = KILL_LOOPS.lock().unwrap_or_else(|e| e.into_inner());
     let kills: usize = match std::env::var("LOGTREE_CRASH_KILLS") {
         Ok(s) => s.parse().unwrap_or_else(|e| panic!("LOGTREE_CRASH_KILLS={s:?}: {e}")),
         Err(_) => 50,

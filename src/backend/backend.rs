@@ -368,11 +368,22 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
         }
     }
     .map_err(|e| Error::io("open lock file", Some(path.clone()), e))?;
-    let r = if config.read_only { file.as_file().try_lock_shared() } else { file.as_file().try_lock() };
-    match r {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::Locked { path: config.path.clone() }),
-        Err(TryLockError::Error(e)) => Err(Error::io("lock database directory", Some(path), e)),
+    // A process forked from this one holds a copy of every open descriptor — and with it the
+    // `flock` — until it execs, a moment later. A close-and-reopen that meets such a copy would
+    // see its own lock as another's; a few short retries (10 ms at most) ride that out while a
+    // real second owner is still reported at once.
+    let mut attempts = 0;
+    loop {
+        let r = if config.read_only { file.as_file().try_lock_shared() } else { file.as_file().try_lock() };
+        match r {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if attempts < 5 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: config.path.clone() }),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock database directory", Some(path), e)),
+        }
     }
 }
 
