@@ -104,6 +104,17 @@ pub enum Error {
     /// The transaction can no longer be used (e.g. the same thread asked for a second
     /// `BatchTx` while holding one, which would otherwise deadlock).
     TxUnusable(String),
+    /// An atomic create (`kv::Store::atomic_put` with no previous pair) found the key present
+    /// (libkv's `ErrKeyExists`).
+    KeyExists,
+    /// An atomic operation's previous pair is out of date: the key has been written since
+    /// (libkv's `ErrKeyModified`).
+    KeyModified,
+    /// An atomic operation's key is missing or expired (libkv's `ErrKeyNotFound`).
+    KeyNotFound,
+    /// An argument of a `kv::Store` call is unusable (e.g. a previous pair of another key);
+    /// the text says which and why. Nothing was changed.
+    InvalidArgument(String),
 }
 
 impl Error {
@@ -168,6 +179,10 @@ impl fmt::Display for Error {
                 write!(f, "revision {requested} is in the future (current revision {current})")
             }
             Error::TxUnusable(why) => write!(f, "transaction unusable: {why}"),
+            Error::KeyExists => write!(f, "the key exists, cannot complete the atomic operation"),
+            Error::KeyModified => write!(f, "the key was modified since the previous pair was read"),
+            Error::KeyNotFound => write!(f, "the key was not found (missing or expired)"),
+            Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
         }
     }
 }

@@ -44,6 +44,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
+pub mod kv;
 mod log;
 pub mod mvcc;
 pub mod vfs;
