@@ -41,6 +41,7 @@
 pub mod backend;
 mod config;
 mod error;
+mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;

@@ -189,6 +189,7 @@ impl Backend {
     fn build_and_switch(&self, new: &mut NewLog) -> Result<(Duration, u32)> {
         let v0 = self.current_view();
         new.copy_image(&v0)?;
+        crate::failpoint::hit("defrag:copied");
         let (mut done, mut done_seq) = (v0.end, v0.seq);
         drop(v0);
         let mut rounds = 0;
@@ -210,6 +211,7 @@ impl Backend {
         // Sync what the copy wrote now, so that the fdatasync under the lock has only the last
         // catch-up to write; then catch up with what was written during that sync.
         new.log.active().sync()?;
+        crate::failpoint::hit("defrag:synced");
         let v = self.current_view();
         if v.seq != done_seq {
             new.catch_up(&v, done)?;
@@ -244,6 +246,7 @@ impl Backend {
                 self.poison(&e);
                 return Err(e);
             }
+            crate::failpoint::hit("defrag:switched");
             // The switch: from here on nothing can fail.
             new.log.set_in_manifest(true);
             let empty = LogWriter::new(new.log.config().clone(), vec![new.log.active().clone()], 1, None);
@@ -270,6 +273,7 @@ impl Backend {
         let pause = paused.elapsed();
         self.release_writer();
         drop(guard);
+        crate::failpoint::hit("defrag:before-remove");
         drop(leftovers);
         result.map(|()| (pause, rounds))
     }

@@ -385,6 +385,7 @@ pub fn restore(from: &mut dyn Read, dir: &Path) -> Result<()> {
     }
     db.close()?;
     sync_tree(tmp.path())?;
+    crate::failpoint::hit("restore:before-rename");
     let built = tmp.keep();
     let moved = std::fs::rename(&built, dir);
     if let Err(e) = moved {

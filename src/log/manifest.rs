@@ -100,6 +100,7 @@ pub fn write(dir: &Path, vfs: &Arc<dyn Vfs>, m: &Manifest, sync: bool) -> Result
         f.sync_data().map_err(|e| io("fdatasync manifest", &tmp, e))?;
     }
     drop(f);
+    crate::failpoint::hit("manifest:before-rename");
     vfs.rename(&tmp, &path).map_err(|e| io("rename manifest", &path, e))?;
     if sync {
         vfs.sync_dir(dir).map_err(|e| io("fsync directory", dir, e))?;

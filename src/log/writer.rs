@@ -175,6 +175,7 @@ impl LogWriter {
         let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;
         let capacity = self.cfg.segment_size.max(need);
         let seg = Arc::new(LogWriter::create_segment(&self.cfg, capacity)?);
+        crate::failpoint::hit("rollover:created");
         let mut list: Vec<Arc<Segment>> = self.segments.as_ref().clone();
         list.push(seg.clone());
         let old = std::mem::replace(&mut self.segments, Arc::new(list));
