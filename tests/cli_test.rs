@@ -553,3 +553,140 @@ fn bench_single_workload_by_ops_in_a_kept_directory() {
             .fails(1);
     assert!(line.contains("not empty"), "{line}");
 }
+
+/// The latency percentiles of one operation of a bench's JSON are present and ordered.
+#[track_caller]
+fn assert_latency(op: &serde_json::Value) {
+    let l = &op["latency"];
+    let ns = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("{k} in {op}"));
+    let (p50, p99, p999, max) = (ns("p50_ns"), ns("p99_ns"), ns("p999_ns"), ns("max_ns"));
+    assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{op}");
+}
+
+/// The phase named `name` of a bench's JSON.
+#[track_caller]
+fn phase<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["phases"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no phase {name}: {v}"))
+}
+
+/// The operation `op` of a phase.
+#[track_caller]
+fn phase_op<'a>(phase: &'a serde_json::Value, op: &str) -> &'a serde_json::Value {
+    phase["ops"].as_array().unwrap().iter().find(|o| o["op"] == op).unwrap_or_else(|| panic!("no op {op}: {phase}"))
+}
+
+#[test]
+fn bench_mvcc_runs_the_four_workloads_by_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let run = logtree([
+        OsStr::new("bench"),
+        OsStr::new("--workload"),
+        OsStr::new("mvcc"),
+        OsStr::new("--keys"),
+        OsStr::new("500"),
+        OsStr::new("--duration"),
+        OsStr::new("0.5"),
+        OsStr::new("--watchers"),
+        OsStr::new("5"),
+        OsStr::new("--json"),
+        json.as_os_str(),
+    ]);
+    let text = run.ok();
+    for want in [
+        "values of 256 B",
+        "mvcc-load",
+        "mvcc-put",
+        "mvcc-range",
+        "range (1 key)",
+        "mvcc-txn-put",
+        "txn (mod_rev cmp, put)",
+        "mvcc-watch",
+        "put (0 watchers)",
+        "put (5 watchers)",
+        "event delivery",
+        "goal < 2.00 µs",
+        "every watcher got every event in order",
+    ] {
+        assert!(text.contains(want), "output has {want}: {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &v["settings"];
+    assert_eq!((s["keys"].as_u64(), s["value_size"].as_u64()), (Some(500), Some(256)), "{s}");
+    assert_eq!((s["workload"].as_str(), s["watchers"].as_u64()), (Some("mvcc"), Some(5)), "{s}");
+    assert_eq!(s["txn_compare"], "mod-revision");
+    let names: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mvcc-load", "mvcc-put", "mvcc-range", "mvcc-txn-put", "mvcc-watch"]);
+    for p in v["phases"].as_array().unwrap() {
+        for op in p["ops"].as_array().unwrap() {
+            assert!(op["count"].as_u64().unwrap() >= 1, "{op}");
+            assert_latency(op);
+        }
+    }
+    assert_eq!(phase_op(phase(&v, "mvcc-load"), "put")["count"], 500);
+    assert!(phase_op(phase(&v, "mvcc-put"), "put")["per_sec"].as_f64().unwrap() > 0.0);
+    assert!(phase_op(phase(&v, "mvcc-range"), "range")["per_sec"].as_f64().unwrap() > 0.0);
+    let txn = phase(&v, "mvcc-txn-put");
+    assert!(phase_op(txn, "txn")["count"].as_u64().unwrap() >= 1);
+    assert_eq!(txn["txn"]["compare"], "mod-revision");
+    assert!(txn["txn"]["failed_compares"].is_u64());
+    let w = &phase(&v, "mvcc-watch")["watch"];
+    assert_eq!(w["watchers"], 5);
+    assert_eq!(w["all_delivered"], true, "{w}");
+    let revisions = w["revisions"].as_u64().unwrap();
+    assert!(revisions >= 1);
+    assert_eq!(w["events_expected"].as_u64(), Some(revisions * 5));
+    assert_eq!(w["events_received"].as_u64(), Some(revisions * 5));
+    assert_eq!(w["events_out_of_order"], 0);
+    assert!(w["throughput_ratio"].as_f64().unwrap() > 0.0, "{w}");
+    assert!(w["delivery"]["p99_ns"].is_u64());
+    assert_eq!(phase_op(phase(&v, "mvcc-watch"), "put_with_watchers")["count"].as_u64(), Some(revisions));
+}
+
+#[test]
+fn bench_each_mvcc_workload_by_ops() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (workload, op) in
+        [("mvcc-put", "put"), ("mvcc-range", "range"), ("mvcc-txn-put", "txn"), ("mvcc-watch", "put_with_watchers")]
+    {
+        let json = tmp.path().join(format!("{workload}.json"));
+        let mut args = vec!["bench", "--workload", workload, "--keys", "500", "--ops", "2000", "--watchers", "5"];
+        args.extend(["--no-sync", "--txn-compare", "none", "--json", p(&json)]);
+        let text = logtree(&args).ok();
+        assert!(text.contains(workload), "{workload}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let names: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["mvcc-load", workload]);
+        let ph = phase(&v, workload);
+        let o = phase_op(ph, op);
+        assert_eq!(o["count"], 2000, "{workload}: --ops is exact, split among the threads: {o}");
+        assert_latency(o);
+        // Only the phases that run record their settings and their extra results.
+        let settings = &v["settings"];
+        assert_eq!(settings["watchers"].is_u64(), workload == "mvcc-watch", "{settings}");
+        assert_eq!(settings["txn_compare"].is_string(), workload == "mvcc-txn-put", "{settings}");
+        match workload {
+            "mvcc-txn-put" => {
+                assert_eq!(ph["txn"]["compare"], "none");
+                assert_eq!(ph["txn"]["failed_compares"], 0, "without a compare nothing fails");
+                assert!(text.contains("txn (put)"), "{text}");
+            }
+            "mvcc-watch" => {
+                assert_eq!(phase_op(ph, "put_without_watchers")["count"], 2000);
+                let w = &ph["watch"];
+                assert_eq!(w["revisions"], 2000);
+                assert_eq!(w["events_received"], 10_000, "{w}");
+                assert_eq!(w["all_delivered"], true);
+                assert_eq!(phase_op(ph, "watch_event")["count"], 10_000);
+            }
+            _ => assert!(ph.get("txn").is_none() && ph.get("watch").is_none(), "{ph}"),
+        }
+    }
+    // The flags are listed and checked.
+    let help = logtree(["bench", "--help"]).ok();
+    for want in ["--watchers", "--txn-compare", "mvcc-txn-put", "mod-revision"] {
+        assert!(help.contains(want), "bench --help lists {want}: {help}");
+    }
+    logtree(["bench", "--workload", "mvcc", "--watchers", "0"]).fails(2);
+    logtree(["bench", "--workload", "mvcc-txn-put", "--txn-compare", "maybe"]).fails(2);
+}

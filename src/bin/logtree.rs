@@ -11,6 +11,8 @@
 mod bench;
 #[path = "logtree/inspect.rs"]
 mod inspect;
+#[path = "logtree/mvcc_bench.rs"]
+mod mvcc_bench;
 #[path = "logtree/util.rs"]
 mod util;
 
@@ -40,7 +42,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Load a database and measure throughput and latency percentiles of load, random reads,
-    /// range scans, mixed group-committed writes with readers, and an online defrag.
+    /// range scans, mixed group-committed writes with readers, and an online defrag; or, with
+    /// `--workload mvcc…`, of the MVCC layer's puts, ranges, txns and watches (after etcd's
+    /// benchmark tool).
     Bench(bench::BenchArgs),
     /// Print buckets, keys, live and on-disk bytes, segments, the garbage ratio and what
     /// opening recovered.

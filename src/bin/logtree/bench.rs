@@ -6,10 +6,14 @@
 //! Keys are `--key-size` bytes whose first 8 are a bijective mix of the key's number, so they
 //! are unique and land at random places in the index (as hashed or revision keys would), and a
 //! key's number is all a thread needs to find an existing key again.
+//!
+//! The `mvcc…` workloads run the MVCC layer instead (`mvcc_bench.rs`); they share the threads,
+//! histograms, table and JSON defined here.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +25,7 @@ use logtree::{Backend, Config, DEFAULT_BATCH_LIMIT, MAX_KEY_LEN, MAX_SEGMENT_SIZ
 use serde::Serialize;
 
 use crate::inspect::progress_bar;
+use crate::mvcc_bench::{self, TxnReport, WatchReport};
 use crate::util::{CliError, CliResult, Out, grouped, human_bytes, human_duration, human_ns, interactive, parse_count};
 
 /// The bucket the benchmark writes.
@@ -36,12 +41,21 @@ const MAX_SMALL_TX: u64 = 10;
 const MAX_BENCH_VALUE: u64 = 16 << 20;
 /// Highest latency the histograms track (one hour, in ns); anything slower is clamped to it.
 const HIST_MAX_NS: u64 = 3_600_000_000_000;
+/// Width of the table's phase column: the longest name, `mvcc-txn-put`.
+const PHASE_WIDTH: usize = 12;
+/// `--keys` and `--value-size` when not given: the engine's own workloads load 1M keys of
+/// 150 B; the MVCC ones follow etcd's benchmarks (100k keys of 256 B).
+const DEFAULT_KEYS: u64 = 1_000_000;
+const DEFAULT_VALUE_SIZE: u64 = 150;
+const DEFAULT_MVCC_KEYS: u64 = 100_000;
+const DEFAULT_MVCC_VALUE_SIZE: u64 = 256;
 
-/// Which phases `bench` runs. The load phase always runs first: the others need its keys.
+/// Which phases `bench` runs. A load phase always runs first: the others need its keys
+/// (`load` for the engine's workloads, `mvcc-load` for the MVCC ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
-    /// Every phase, in order.
+    /// Every phase of the engine (not the MVCC ones), in order.
     All,
     /// Bulk insert only.
     Load,
@@ -53,6 +67,44 @@ pub enum Workload {
     Mixed,
     /// Overwrite every key, then defrag while a writer runs.
     Defrag,
+    /// The four MVCC workloads, in order.
+    Mvcc,
+    /// MVCC puts of random keys from --writers threads, one revision (one BatchTx) each.
+    MvccPut,
+    /// Single-key MVCC ranges of random existing keys from --readers threads.
+    MvccRange,
+    /// MVCC txns of one put, with a compare on the key's mod revision or none (--txn-compare).
+    MvccTxnPut,
+    /// MVCC puts from one writer, first unwatched, then with --watchers watchers on every key.
+    MvccWatch,
+}
+
+impl Workload {
+    /// Whether the workload runs on the MVCC layer.
+    pub fn is_mvcc(self) -> bool {
+        matches!(
+            self,
+            Workload::Mvcc | Workload::MvccPut | Workload::MvccRange | Workload::MvccTxnPut | Workload::MvccWatch
+        )
+    }
+
+    /// Whether running `self` includes the phase of workload `w`.
+    pub fn runs(self, w: Workload) -> bool {
+        self == w || (self == Workload::All && !w.is_mvcc()) || (self == Workload::Mvcc && w.is_mvcc())
+    }
+}
+
+/// What `mvcc-txn-put` compares before its put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TxnCompare {
+    /// `mod_revision(key) == last seen` (current etcd's txn-put: a compare-and-swap, retried
+    /// after reading the key when another writer got there first).
+    ModRevision,
+    /// No compare: the put always applies (etcd's txn-put before it took compares).
+    #[value(name = "none")]
+    #[serde(rename = "none")]
+    NoCompare,
 }
 
 /// The arguments of `logtree bench`.
@@ -62,15 +114,15 @@ pub struct BenchArgs {
     /// afterwards. Default: a temporary directory, removed at the end.
     #[arg(long, value_name = "D")]
     dir: Option<PathBuf>,
-    /// Number of keys to load (accepts 100k, 1m, 1e6).
-    #[arg(long, value_name = "N", default_value = "1000000", value_parser = parse_count)]
-    keys: u64,
+    /// Number of keys to load (accepts 100k, 1m, 1e6) [default: 1m; 100k for the mvcc workloads].
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    keys: Option<u64>,
     /// Key size in bytes (at least 8: the first 8 bytes make keys unique).
     #[arg(long, value_name = "B", default_value_t = 24, value_parser = clap::value_parser!(u64).range(8..=MAX_KEY_LEN as u64))]
     key_size: u64,
-    /// Value size in bytes.
-    #[arg(long, value_name = "B", default_value_t = 150, value_parser = clap::value_parser!(u64).range(0..=MAX_BENCH_VALUE))]
-    value_size: u64,
+    /// Value size in bytes [default: 150; 256 for the mvcc workloads].
+    #[arg(long, value_name = "B", value_parser = clap::value_parser!(u64).range(0..=MAX_BENCH_VALUE))]
+    value_size: Option<u64>,
     /// Pending operations that force a commit (Config::batch_limit).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH_LIMIT as u64, value_parser = clap::value_parser!(u64).range(1..))]
     batch_limit: u64,
@@ -80,28 +132,47 @@ pub struct BenchArgs {
     /// Segment size in bytes (Config::segment_size; accepts 4k, 64m).
     #[arg(long, value_name = "B", default_value = "67108864", value_parser = parse_count)]
     segment_size: u64,
-    /// Writer threads in the mixed phase.
+    /// Writer threads in the mixed, mvcc-put and mvcc-txn-put phases.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    writers: u64,
-    /// Reader threads in the read, range and mixed phases.
+    pub writers: u64,
+    /// Reader threads in the read, range, mixed and mvcc-range phases.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    readers: u64,
-    /// Seconds each timed phase (read, range, mixed) runs.
+    pub readers: u64,
+    /// Seconds each timed phase runs (read, range, mixed and the mvcc ones but the load;
+    /// mvcc-watch runs its writer this long twice: without watchers, then with them).
     #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = parse_seconds)]
-    duration: f64,
+    pub duration: f64,
     /// End each timed phase after N operations per role (readers, writers), split among its
     /// threads, instead of after --duration.
     #[arg(long, value_name = "N", value_parser = parse_count)]
-    ops: Option<u64>,
-    /// Which phases to run (load always runs first).
+    pub ops: Option<u64>,
+    /// Which phases to run (a load always runs first).
     #[arg(long, value_name = "W", value_enum, default_value_t = Workload::All)]
-    workload: Workload,
+    pub workload: Workload,
+    /// Watchers of every key in the mvcc-watch phase (each with a thread receiving its events).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub watchers: u64,
+    /// What the mvcc-txn-put phase's txns compare before their put.
+    #[arg(long, value_name = "C", value_enum, default_value_t = TxnCompare::ModRevision)]
+    pub txn_compare: TxnCompare,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Turn off fdatasync (Config::sync = false): measures the engine without the disk.
     #[arg(long)]
     no_sync: bool,
+}
+
+impl BenchArgs {
+    /// `--keys`, or the workload's default.
+    pub fn keys(&self) -> u64 {
+        self.keys.unwrap_or(if self.workload.is_mvcc() { DEFAULT_MVCC_KEYS } else { DEFAULT_KEYS })
+    }
+
+    /// `--value-size`, or the workload's default.
+    pub fn value_size(&self) -> u64 {
+        self.value_size.unwrap_or(if self.workload.is_mvcc() { DEFAULT_MVCC_VALUE_SIZE } else { DEFAULT_VALUE_SIZE })
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -113,10 +184,10 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 
 /// A small deterministic generator (xorshift64*): runs are repeatable, and it costs a few
 /// nanoseconds, next to the hundreds an index lookup takes.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(mix(seed) | 1)
     }
 
@@ -128,7 +199,7 @@ impl Rng {
     }
 
     /// A number in `0..n` (n ≥ 1); the modulo bias is below 2^-40 for any realistic n.
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -141,7 +212,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// Writes key number `i` into `buf` (at least 8 bytes).
-fn fill_key(i: u64, buf: &mut [u8]) {
+pub fn fill_key(i: u64, buf: &mut [u8]) {
     buf[..8].copy_from_slice(&mix(i).to_be_bytes());
     let tail = i.to_le_bytes();
     for (j, b) in buf[8..].iter_mut().enumerate() {
@@ -151,16 +222,16 @@ fn fill_key(i: u64, buf: &mut [u8]) {
 
 /// Latency percentiles, in nanoseconds.
 #[derive(Serialize, Clone, Copy)]
-struct Latency {
-    p50_ns: u64,
-    p99_ns: u64,
-    p999_ns: u64,
-    max_ns: u64,
-    mean_ns: f64,
+pub struct Latency {
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: f64,
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
         Latency {
             p50_ns: h.value_at_quantile(0.50),
             p99_ns: h.value_at_quantile(0.99),
@@ -173,14 +244,14 @@ impl Latency {
 
 /// One kind of operation measured in a phase.
 #[derive(Serialize)]
-struct OpReport {
-    /// `batch_tx`, `get`, `scan`, `force_commit`.
-    op: &'static str,
+pub struct OpReport {
+    /// `batch_tx`, `get`, `scan`, `force_commit`; `put`, `range`, `txn`, `watch_event`.
+    pub op: &'static str,
     /// Operations done.
-    count: u64,
+    pub count: u64,
     /// Operations per second over the phase (none for a one-off such as `force_commit`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    per_sec: Option<f64>,
+    pub per_sec: Option<f64>,
     /// What each operation carried (`puts` of a `batch_tx`, `keys` of a `scan`), if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     item: Option<&'static str>,
@@ -191,7 +262,7 @@ struct OpReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     items_per_sec: Option<f64>,
     /// Per-operation latency.
-    latency: Latency,
+    pub latency: Latency,
     /// The operation's name in the table (not in the JSON).
     #[serde(skip)]
     label: String,
@@ -213,16 +284,22 @@ struct DefragReport {
 
 /// One phase of the run.
 #[derive(Serialize)]
-struct PhaseReport {
-    name: &'static str,
+pub struct PhaseReport {
+    pub name: &'static str,
     seconds: f64,
-    ops: Vec<OpReport>,
+    pub ops: Vec<OpReport>,
     /// `Backend::size` after the phase.
     size: u64,
     /// `Backend::size_in_use` after the phase.
     size_in_use: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     defrag: Option<DefragReport>,
+    /// mvcc-txn-put: what was compared, and how often the compare failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txn: Option<TxnReport>,
+    /// mvcc-watch: throughput with and without watchers, and the deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchReport>,
 }
 
 /// The settings, as the JSON records them.
@@ -241,6 +318,12 @@ struct SettingsReport {
     duration_s: f64,
     ops: Option<u64>,
     workload: Workload,
+    /// mvcc-watch's watchers (only for the workloads that run it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watchers: Option<u64>,
+    /// mvcc-txn-put's compare (only for the workloads that run it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    txn_compare: Option<TxnCompare>,
     cpus: usize,
 }
 
@@ -253,26 +336,26 @@ struct Report {
 }
 
 /// What one thread measured.
-struct Sample {
-    hist: Histogram<u64>,
-    ops: u64,
+pub struct Sample {
+    pub hist: Histogram<u64>,
+    pub ops: u64,
     items: u64,
 }
 
 impl Sample {
-    fn new() -> CliResult<Sample> {
+    pub fn new() -> CliResult<Sample> {
         let hist = Histogram::new_with_bounds(1, HIST_MAX_NS, 3)
             .map_err(|e| CliError::new(format!("cannot create a histogram: {e:?}")))?;
         Ok(Sample { hist, ops: 0, items: 0 })
     }
 
-    fn record(&mut self, d: Duration) {
+    pub fn record(&mut self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.hist.saturating_record(ns);
         self.ops += 1;
     }
 
-    fn merge(&mut self, other: &Sample) {
+    pub fn merge(&mut self, other: &Sample) {
         // Same bounds on both sides, so `add` cannot fail; clamp rather than lose the sample.
         if self.hist.add(&other.hist).is_err() {
             for v in other.hist.iter_recorded() {
@@ -283,7 +366,7 @@ impl Sample {
         self.items += other.items;
     }
 
-    fn report(&self, op: &'static str, label: String, item: Option<&'static str>, elapsed: Duration) -> OpReport {
+    pub fn report(&self, op: &'static str, label: String, item: Option<&'static str>, elapsed: Duration) -> OpReport {
         let secs = elapsed.as_secs_f64().max(1e-9);
         OpReport {
             op,
@@ -300,7 +383,7 @@ impl Sample {
 }
 
 /// What a thread of a timed phase is told.
-struct Ctl<'a> {
+pub struct Ctl<'a> {
     stop: &'a AtomicBool,
     /// Operations this thread may do at most.
     quota: u64,
@@ -310,7 +393,7 @@ struct Ctl<'a> {
 
 impl Ctl<'_> {
     /// Whether to do another operation, having done `done`.
-    fn more(&self, done: u64) -> bool {
+    pub fn more(&self, done: u64) -> bool {
         if done > 0 && done.is_multiple_of(256) {
             self.done.fetch_add(256, Ordering::Relaxed);
         }
@@ -319,31 +402,31 @@ impl Ctl<'_> {
 }
 
 /// A body run by each thread of a role: given its thread number, it works until told to stop.
-type Body<'a> = &'a (dyn Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync);
+pub type Body<'a> = &'a (dyn Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync);
 
 /// A group of threads running the same body.
-struct Role<'a> {
-    threads: u64,
-    body: Body<'a>,
+pub struct Role<'a> {
+    pub threads: u64,
+    pub body: Body<'a>,
 }
 
 /// What the measuring threads share: the database and the settings.
 #[derive(Clone, Copy)]
-struct Ctx<'a> {
+pub struct Ctx<'a> {
     db: &'a Backend,
-    args: &'a BenchArgs,
+    pub args: &'a BenchArgs,
 }
 
 /// The benchmark in progress: the shared context, and the results so far.
-struct Bench<'a> {
-    ctx: Ctx<'a>,
+pub struct Bench<'a> {
+    pub ctx: Ctx<'a>,
     out: &'a mut Out,
-    phases: Vec<PhaseReport>,
+    pub phases: Vec<PhaseReport>,
 }
 
 /// `logtree bench`.
 pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
-    if args.keys == 0 {
+    if args.keys() == 0 {
         return Err(CliError::usage("--keys must be at least 1"));
     }
     if !(logtree::MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&args.segment_size) {
@@ -382,14 +465,16 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     config.batch_interval = Duration::from_millis(args.batch_interval);
     config.segment_size = args.segment_size;
     config.sync = !args.no_sync;
-    let db = Backend::open(config)?;
+    // In an `Arc` because the MVCC store holds its backend that way; it is unwrapped again to
+    // be closed.
+    let db = Arc::new(Backend::open(config)?);
 
     writeln!(
         out,
         "logtree bench: {} keys of {} B, values of {} B, in {}",
-        grouped(args.keys),
+        grouped(args.keys()),
         args.key_size,
-        args.value_size,
+        args.value_size(),
         path.display()
     )?;
     let timed = match args.ops {
@@ -406,10 +491,13 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
         args.readers,
         args.writers,
     )?;
+    if args.workload.is_mvcc() {
+        mvcc_bench::describe(out, args)?;
+    }
     writeln!(out)?;
     writeln!(
         out,
-        "{:<7} {:<24} {:>11} {:>12} {:>18} {:>10} {:>10} {:>10} {:>10}",
+        "{:<PHASE_WIDTH$} {:<24} {:>11} {:>12} {:>18} {:>10} {:>10} {:>10} {:>10}",
         "phase", "operation", "count", "ops/s", "items/s", "p50", "p99", "p99.9", "max"
     )?;
     out.flush()?;
@@ -417,26 +505,40 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     let started = Instant::now();
     let mut b = Bench { ctx: Ctx { db: &db, args }, out, phases: Vec::new() };
     let w = args.workload;
-    b.load()?;
-    if matches!(w, Workload::All | Workload::Read) {
-        b.read()?;
-    }
-    if matches!(w, Workload::All | Workload::Range) {
-        b.range()?;
-    }
-    if matches!(w, Workload::All | Workload::Mixed) {
-        b.mixed()?;
-    }
-    if matches!(w, Workload::All | Workload::Defrag) {
-        b.defrag()?;
+    if w.is_mvcc() {
+        mvcc_bench::run(&mut b, &db)?;
+    } else {
+        b.load()?;
+        if w.runs(Workload::Read) {
+            b.read()?;
+        }
+        if w.runs(Workload::Range) {
+            b.range()?;
+        }
+        if w.runs(Workload::Mixed) {
+            b.mixed()?;
+        }
+        if w.runs(Workload::Defrag) {
+            b.defrag()?;
+        }
     }
     let phases = std::mem::take(&mut b.phases);
+    // The MVCC store, its syncer thread and every watcher are gone by now: `mvcc_bench::run`
+    // owned them. Only this reference is left.
+    let db = Arc::try_unwrap(db)
+        .map_err(|_| CliError::new("the database is still in use after the benchmark (a bug in the tool)"))?;
     db.close()?;
     let total = started.elapsed();
 
     writeln!(out)?;
     for p in &phases {
-        write!(out, "after {:<7} size {:>10}, in use {:>10}", p.name, human_bytes(p.size), human_bytes(p.size_in_use))?;
+        write!(
+            out,
+            "after {:<PHASE_WIDTH$} size {:>10}, in use {:>10}",
+            p.name,
+            human_bytes(p.size),
+            human_bytes(p.size_in_use)
+        )?;
         writeln!(out, "   ({:.2} s)", p.seconds)?;
     }
     if let Some(d) = phases.iter().find_map(|p| p.defrag.as_ref()) {
@@ -452,15 +554,16 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             human_ns(d.writer_max_latency_ns),
         )?;
     }
+    mvcc_bench::summary(out, &phases)?;
     writeln!(out, "total {}", human_duration(total))?;
 
     if let Some(file) = &args.json {
         let report = Report {
             settings: SettingsReport {
                 dir: args.dir.clone(),
-                keys: args.keys,
+                keys: args.keys(),
                 key_size: args.key_size,
-                value_size: args.value_size,
+                value_size: args.value_size(),
                 batch_limit: args.batch_limit,
                 batch_interval_ms: args.batch_interval,
                 segment_size: args.segment_size,
@@ -470,6 +573,8 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
                 duration_s: args.duration,
                 ops: args.ops,
                 workload: args.workload,
+                watchers: w.runs(Workload::MvccWatch).then_some(args.watchers),
+                txn_compare: w.runs(Workload::MvccTxnPut).then_some(args.txn_compare),
                 cpus: thread::available_parallelism().map_or(1, |n| n.get()),
             },
             phases,
@@ -485,19 +590,19 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
 }
 
 impl<'a> Ctx<'a> {
-    fn value(self, generation: u8) -> Vec<u8> {
+    pub fn value(self, generation: u8) -> Vec<u8> {
         // Printable, so that `logtree dump` of a kept bench database is readable.
-        vec![b'a' + generation % 26; self.args.value_size as usize]
+        vec![b'a' + generation % 26; self.args.value_size() as usize]
     }
 
-    fn key_buf(self) -> Vec<u8> {
+    pub fn key_buf(self) -> Vec<u8> {
         vec![0u8; self.args.key_size as usize]
     }
 
     /// Puts every key in `BatchTx`s of [`LOAD_TX`], dropped (group commit by the batch limit
     /// and interval), then `force_commit`: the load and overwrite phases.
     fn bulk(self, generation: u8, what: &str) -> CliResult<(Duration, Vec<OpReport>)> {
-        let n = self.args.keys;
+        let n = self.args.keys();
         let value = self.value(generation);
         let mut key = self.key_buf();
         let mut txs = Sample::new()?;
@@ -533,7 +638,7 @@ impl<'a> Ctx<'a> {
 
     /// Runs the roles' threads until `--duration` passes (or each thread has done its share
     /// of `--ops`); returns each role's merged sample and the time taken.
-    fn run_timed(self, what: &str, roles: &[Role<'_>]) -> CliResult<(Vec<Sample>, Duration)> {
+    pub fn run_timed(self, what: &str, roles: &[Role<'_>]) -> CliResult<(Vec<Sample>, Duration)> {
         let stop = AtomicBool::new(false);
         let done = AtomicU64::new(0);
         let threads: u64 = roles.iter().map(|r| r.threads).sum();
@@ -607,7 +712,7 @@ impl<'a> Ctx<'a> {
             let mut key = self.key_buf();
             let mut s = Sample::new()?;
             while ctl.more(s.ops) {
-                let i = rng.below(self.args.keys);
+                let i = rng.below(self.args.keys());
                 fill_key(i, &mut key);
                 let t0 = Instant::now();
                 let rtx = self.db.read_tx();
@@ -630,7 +735,7 @@ impl<'a> Ctx<'a> {
             let mut key = self.key_buf();
             let mut s = Sample::new()?;
             while ctl.more(s.ops) {
-                fill_key(rng.below(self.args.keys), &mut key);
+                fill_key(rng.below(self.args.keys()), &mut key);
                 let t0 = Instant::now();
                 let rtx = self.db.read_tx();
                 let mut got = 0u64;
@@ -663,7 +768,7 @@ impl<'a> Ctx<'a> {
                 let t0 = Instant::now();
                 let mut tx = self.db.batch_tx();
                 for _ in 0..puts {
-                    fill_key(rng.below(self.args.keys), &mut key);
+                    fill_key(rng.below(self.args.keys()), &mut key);
                     tx.put(BUCKET, &key, &value)?;
                 }
                 drop(tx);
@@ -677,7 +782,7 @@ impl<'a> Ctx<'a> {
 
 impl Bench<'_> {
     /// Prints a phase's rows and keeps it for the summary and the JSON.
-    fn finish(&mut self, name: &'static str, elapsed: Duration, ops: Vec<OpReport>) -> CliResult<()> {
+    pub fn finish(&mut self, name: &'static str, elapsed: Duration, ops: Vec<OpReport>) -> CliResult<()> {
         let s = self.ctx.db.stats();
         for op in &ops {
             let items = match (op.item, op.items_per_sec) {
@@ -687,7 +792,7 @@ impl Bench<'_> {
             let l = &op.latency;
             writeln!(
                 self.out,
-                "{:<7} {:<24} {:>11} {:>12} {:>18} {:>10} {:>10} {:>10} {:>10}",
+                "{:<PHASE_WIDTH$} {:<24} {:>11} {:>12} {:>18} {:>10} {:>10} {:>10} {:>10}",
                 name,
                 op.label,
                 grouped(op.count),
@@ -707,6 +812,8 @@ impl Bench<'_> {
             size: s.size,
             size_in_use: s.size_in_use,
             defrag: None,
+            txn: None,
+            watch: None,
         });
         Ok(())
     }
