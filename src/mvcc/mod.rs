@@ -508,6 +508,7 @@ impl Inner {
             // must not be put back over compacted ones.
             let _w = lock(&self.write);
             self.set_meta(SCHEDULED_COMPACT, rev)?;
+            crate::failpoint::hit("mvcc:compact-scheduled");
             let mut st = self.write_state();
             st.index.retain(|_, ki| ki.compact(rev, &mut keep));
             st.compacted = st.compacted.max(rev);
@@ -539,6 +540,7 @@ impl Inner {
                     tx.delete(KEY_BUCKET, k)?;
                 }
                 tx.finish()?;
+                crate::failpoint::hit("mvcc:compact-batch");
             }
             if batch.len() < COMPACT_BATCH {
                 break;
