@@ -248,6 +248,17 @@ impl<'a> BatchTx<'a> {
         let mut limit_reached = None;
         let mut old_view = None;
         if let Some(log) = w.log.as_mut() {
+            // Once a write or fdatasync has failed (here or in another thread) nothing more may
+            // be written: a frame written after a failed fdatasync could survive a power cut
+            // that the lost pages before it did not, and the log would no longer open.
+            if keep
+                && !self.failed
+                && !log.tx_is_empty()
+                && let Err(e) = self.backend.check_writable()
+            {
+                result = Err(e);
+                self.failed = true;
+            }
             if keep && !self.failed {
                 match log.commit_tx() {
                     Ok(Some(seq)) => {
@@ -267,7 +278,9 @@ impl<'a> BatchTx<'a> {
                 }
             }
             if !keep || self.failed {
-                if let Err(e) = log.abort_tx() {
+                if self.failed || self.backend.check_writable().is_err() {
+                    log.discard_tx();
+                } else if let Err(e) = log.abort_tx() {
                     self.backend.poison(&e);
                     result = Err(e);
                 }

@@ -61,6 +61,9 @@ struct NewLog {
     catalog: Catalog,
     /// Bytes of old log replayed by catch-up (to decide when to stop chasing).
     replayed: u64,
+    /// The manifest naming the new segments has been (or may have been) renamed into place:
+    /// from then on they must not be deleted, whatever happens.
+    manifest_attempted: bool,
 }
 
 impl NewLog {
@@ -159,8 +162,12 @@ impl Backend {
         let mut cfg = wcfg.clone();
         cfg.in_manifest = false;
         let first = Arc::new(LogWriter::create_segment(&cfg, cfg.segment_size)?);
-        let mut new =
-            NewLog { log: LogWriter::new(cfg, vec![first], 1, None), catalog: Catalog::default(), replayed: 0 };
+        let mut new = NewLog {
+            log: LogWriter::new(cfg, vec![first], 1, None),
+            catalog: Catalog::default(),
+            replayed: 0,
+            manifest_attempted: false,
+        };
 
         let result = self.build_and_switch(&mut new);
         match result {
@@ -176,8 +183,10 @@ impl Backend {
                 })
             }
             Err(e) => {
-                for s in new.log.segments().iter() {
-                    s.mark_obsolete();
+                if !new.manifest_attempted {
+                    for s in new.log.segments().iter() {
+                        s.mark_obsolete();
+                    }
                 }
                 Err(e)
             }
@@ -239,6 +248,7 @@ impl Backend {
             // Earlier new segments were synced when the new log rolled over them.
             new.log.active().sync()?;
             new.log.set_next_seq(old.next_seq());
+            new.manifest_attempted = true;
             let cfg = new.log.config();
             if let Err(e) = manifest::write(&cfg.dir, &cfg.vfs, &new.log.manifest(), cfg.sync) {
                 // The rename may or may not have happened: which log is current is unknown

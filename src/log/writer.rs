@@ -182,8 +182,10 @@ impl LogWriter {
         if self.cfg.in_manifest
             && let Err(e) = manifest::write(&self.cfg.dir, &self.cfg.vfs, &self.manifest(), self.cfg.sync)
         {
+            // The rename over MANIFEST may have happened (a failed directory fsync comes after
+            // it), so the new segment may be listed: its file must stay. If it is not listed,
+            // the next open removes it as a leftover. The error poisons the engine.
             self.segments = old;
-            seg.mark_obsolete();
             return Err(e);
         }
         Ok(())
@@ -231,6 +233,14 @@ impl LogWriter {
         r?;
         self.next_seq += 1;
         Ok(Some(self.next_seq - 1))
+    }
+
+    /// Forgets the current transaction without writing anything: after an I/O failure, when
+    /// nothing more may be written. Parts of it already on disk are an unfinished transaction
+    /// at the log's end, which recovery cuts off.
+    pub fn discard_tx(&mut self) {
+        self.buf.clear();
+        self.parts = 0;
     }
 
     /// Drops the current transaction. If parts of it reached the disk, an abort frame with its
