@@ -89,14 +89,15 @@ impl Header {
         Ok(h)
     }
 
-    /// Whether `get` returns the value at `now`.
-    pub fn visible(&self, now: u64) -> bool {
-        !self.expired && self.expires_at.is_none_or(|t| now < t) && self.delete_at.is_none_or(|t| now < t)
+    /// Whether `get` returns the value at `now()`. The clock is read only for a record with
+    /// a deadline: most records have none, and a read of the clock is a good part of a `get`.
+    pub fn visible(&self, now: impl FnOnce() -> u64) -> bool {
+        !self.expired && self.visible_until().is_none_or(|t| now() < t)
     }
 
-    /// Whether the key exists at `now` (dKV's `Has`): until it is deleted, expired or not.
-    pub fn present(&self, now: u64) -> bool {
-        self.delete_at.is_none_or(|t| now < t)
+    /// Whether the key exists at `now()` (dKV's `Has`): until it is deleted, expired or not.
+    pub fn present(&self, now: impl FnOnce() -> u64) -> bool {
+        self.delete_at.is_none_or(|t| now() < t)
     }
 
     /// When the sweeper has something to do with this record: drop its value at `expires_at`
@@ -244,11 +245,12 @@ mod tests {
     #[test]
     fn visibility() {
         let h = Header { expires_at: Some(10), delete_at: Some(20), ..Header::default() };
-        assert!(h.visible(9) && !h.visible(10));
-        assert!(h.present(19) && !h.present(20));
+        assert!(h.visible(|| 9) && !h.visible(|| 10));
+        assert!(h.present(|| 19) && !h.present(|| 20));
         assert_eq!(h.next_action(), Some(10));
         assert_eq!(Header { expired: true, ..h }.next_action(), Some(20));
-        assert!(!Header { expired: true, ..Header::default() }.visible(0));
-        assert!(Header::default().present(u64::MAX));
+        assert!(!Header { expired: true, ..Header::default() }.visible(|| 0));
+        assert!(Header::default().present(|| u64::MAX));
+        assert!(Header::default().visible(|| panic!("no deadline: the clock is not read")));
     }
 }

@@ -60,7 +60,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, select, tick};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::mvcc::{Compare, CompareOp, KeyValue, KvStore, Op, RangeOptions};
+use crate::mvcc::{Compare, CompareOp, KeyValue, KvStore, Op, OpResponse, RangeOptions};
 use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
 use clock::{deadline, from_nanos, to_nanos};
@@ -626,7 +626,7 @@ impl Store {
         self.with(|kv| {
             let mkey = self.mkey(key)?;
             let Some(rec) = read(kv, &mkey)? else { return Ok(None) };
-            if !rec.h.visible(self.shared().now()) {
+            if !rec.h.visible(|| self.shared().now()) {
                 return Ok(None);
             }
             let mut value = rec.kv.value;
@@ -651,7 +651,7 @@ impl Store {
         self.with(|kv| {
             let mkey = self.mkey(key)?;
             match read(kv, &mkey)? {
-                Some(rec) if rec.h.visible(self.shared().now()) => into_pair(key.to_vec(), rec).map(Some),
+                Some(rec) if rec.h.visible(|| self.shared().now()) => into_pair(key.to_vec(), rec).map(Some),
                 _ => Ok(None),
             }
         })
@@ -706,7 +706,7 @@ impl Store {
             loop {
                 let cmp = match read(kv, &mkey)? {
                     None => Compare::version(&mkey, CompareOp::Equal, 0),
-                    Some(rec) if rec.h.present(self.shared().now()) => return Ok(false),
+                    Some(rec) if rec.h.present(|| self.shared().now()) => return Ok(false),
                     // Stored but past its delete_at: absent, so replace exactly that record.
                     Some(rec) => Compare::mod_revision(&mkey, CompareOp::Equal, rec.kv.mod_revision),
                 };
@@ -736,7 +736,7 @@ impl Store {
             loop {
                 let now = self.shared().now();
                 let Some(rec) = read(kv, &mkey)? else { return Ok(()) };
-                if !rec.h.present(now) || rec.h.expired {
+                if !rec.h.present(|| now) || rec.h.expired {
                     return Ok(());
                 }
                 let at = Some(rec.h.expires_at.map_or(now, |t| t.min(now)));
@@ -779,7 +779,7 @@ impl Store {
     pub fn exists(&self, key: &[u8]) -> Result<bool> {
         self.with(|kv| {
             let mkey = self.mkey(key)?;
-            Ok(read(kv, &mkey)?.is_some_and(|rec| rec.h.visible(self.shared().now())))
+            Ok(read(kv, &mkey)?.is_some_and(|rec| rec.h.visible(|| self.shared().now())))
         })
     }
 
@@ -807,7 +807,7 @@ impl Store {
     pub fn has(&self, key: &[u8]) -> Result<bool> {
         self.with(|kv| {
             let mkey = self.mkey(key)?;
-            Ok(read(kv, &mkey)?.is_some_and(|rec| rec.h.present(self.shared().now())))
+            Ok(read(kv, &mkey)?.is_some_and(|rec| rec.h.present(|| self.shared().now())))
         })
     }
 
@@ -824,7 +824,7 @@ impl Store {
                 return Ok(true);
             }
             let h = Header::parse(&rec.value)?;
-            if !h.visible(now) {
+            if !h.visible(|| now) {
                 return Ok(true);
             }
             if skipped < opts.offset {
@@ -947,32 +947,8 @@ impl Store {
             let meta = BTreeMap::new();
             Store::check_value(&mkey, value, envelope::header_len(None, None, &meta))?;
             let env = envelope::encode(value, None, None, false, &meta);
-            loop {
-                let now = self.shared().now();
-                let cur = read(kv, &mkey)?;
-                let cmp = match (previous, cur) {
-                    (None, None) => Compare::version(&mkey, CompareOp::Equal, 0),
-                    (None, Some(rec)) if rec.h.visible(now) => return Err(Error::KeyExists),
-                    // Expired: absent for a create, which replaces exactly that record.
-                    (None, Some(rec)) => Compare::mod_revision(&mkey, CompareOp::Equal, rec.kv.mod_revision),
-                    (Some(_), None) => return Err(Error::KeyNotFound),
-                    (Some(_), Some(rec)) if !rec.h.visible(now) => return Err(Error::KeyNotFound),
-                    (Some(p), Some(rec)) if rec.kv.mod_revision != p.revision => return Err(Error::KeyModified),
-                    (Some(p), Some(_)) => Compare::mod_revision(&mkey, CompareOp::Equal, p.revision),
-                };
-                let r = kv.txn(&[cmp], &[Op::put(&mkey, &env, 0)], &[])?;
-                if r.succeeded {
-                    return Ok(KvPair {
-                        key: key.to_vec(),
-                        value: value.to_vec(),
-                        revision: r.revision,
-                        expires_at: None,
-                        metadata: meta,
-                    });
-                }
-                // The key changed between the read and the txn: look again (the next round
-                // reports KeyModified / KeyExists, or retries a create after a deletion).
-            }
+            let revision = self.cas(kv, &mkey, previous, Op::put(&mkey, &env, 0))?;
+            Ok(KvPair { key: key.to_vec(), value: value.to_vec(), revision, expires_at: None, metadata: meta })
         })
     }
 
@@ -991,20 +967,59 @@ impl Store {
         self.with(|kv| {
             let mkey = self.mkey(key)?;
             self.check_previous(key, previous)?;
-            loop {
-                let now = self.shared().now();
-                match read(kv, &mkey)? {
-                    None => return Err(Error::KeyNotFound),
-                    Some(rec) if !rec.h.visible(now) => return Err(Error::KeyNotFound),
-                    Some(rec) if rec.kv.mod_revision != previous.revision => return Err(Error::KeyModified),
-                    Some(_) => {}
-                }
-                let cmp = Compare::mod_revision(&mkey, CompareOp::Equal, previous.revision);
-                if kv.txn(&[cmp], &[Op::delete_range(&mkey, b"")], &[])?.succeeded {
-                    return Ok(());
-                }
-            }
+            self.cas(kv, &mkey, Some(previous), Op::delete_range(&mkey, b"")).map(|_| ())
         })
+    }
+
+    /// Applies `op` to `mkey` as libkv's CAS: if the key is absent (`previous` None) or still
+    /// at `previous.revision`. Returns the revision written.
+    ///
+    /// The first attempt is one txn that assumes the common case — compare the version with 0
+    /// for a create, the revision with the pair's for an update — so a CAS costs one MVCC txn
+    /// and no extra read. Its failure branch reads the key in the same txn, which tells
+    /// exactly what was there: the error to return, or (a create over an expired record that
+    /// the sweeper has not removed) the compare to retry with.
+    fn cas(&self, kv: &KvStore, mkey: &[u8], previous: Option<&KvPair>, op: Op) -> Result<i64> {
+        let now = || self.shared().now();
+        let mut cmp = match previous {
+            None => Compare::version(mkey, CompareOp::Equal, 0),
+            // A revision names one stored record, which never changes: if the pair (read from
+            // this store) says it is visible until later, it is.
+            Some(p) if p.expires_at.is_none_or(|t| to_nanos(t) > now()) => {
+                Compare::mod_revision(mkey, CompareOp::Equal, p.revision)
+            }
+            Some(_) => Store::cas_compare(mkey, previous, read(kv, mkey)?, now())?,
+        };
+        let look = [Op::range(mkey, b"", RangeOptions::default())];
+        loop {
+            let r = kv.txn(std::slice::from_ref(&cmp), std::slice::from_ref(&op), &look)?;
+            if r.succeeded {
+                return Ok(r.revision);
+            }
+            let cur = match r.responses.into_iter().next() {
+                Some(OpResponse::Range(rr)) => match rr.kvs.into_iter().next() {
+                    Some(kv) => Some(Record { h: Header::parse(&kv.value)?, kv }),
+                    None => None,
+                },
+                _ => None,
+            };
+            cmp = Store::cas_compare(mkey, previous, cur, now())?;
+        }
+    }
+
+    /// The compare under which a CAS may proceed, given the key's current record `cur`, or
+    /// the libkv error that it may not.
+    fn cas_compare(mkey: &[u8], previous: Option<&KvPair>, cur: Option<Record>, now: u64) -> Result<Compare> {
+        match (previous, cur) {
+            (None, None) => Ok(Compare::version(mkey, CompareOp::Equal, 0)),
+            (None, Some(rec)) if rec.h.visible(|| now) => Err(Error::KeyExists),
+            // Expired: absent for a create, which replaces exactly that record.
+            (None, Some(rec)) => Ok(Compare::mod_revision(mkey, CompareOp::Equal, rec.kv.mod_revision)),
+            (Some(_), None) => Err(Error::KeyNotFound),
+            (Some(_), Some(rec)) if !rec.h.visible(|| now) => Err(Error::KeyNotFound),
+            (Some(p), Some(rec)) if rec.kv.mod_revision != p.revision => Err(Error::KeyModified),
+            (Some(p), Some(_)) => Ok(Compare::mod_revision(mkey, CompareOp::Equal, p.revision)),
+        }
     }
 
     fn check_previous(&self, key: &[u8], p: &KvPair) -> Result<()> {
@@ -1013,6 +1028,13 @@ impl Store {
                 "the previous pair is of key {:?}, not {:?}",
                 String::from_utf8_lossy(&p.key),
                 String::from_utf8_lossy(key)
+            )));
+        }
+        if p.revision < 1 {
+            // A missing key has mod revision 0: such a pair would pass the compare.
+            return Err(Error::InvalidArgument(format!(
+                "the previous pair has revision {}; pairs come from get_pair, list_pairs or atomic_put",
+                p.revision
             )));
         }
         Ok(())
@@ -1036,10 +1058,10 @@ impl Store {
             let end = keys::prefix_end(&start).unwrap_or_else(|| vec![0]);
             scan(kv, &start, &end, |rec| {
                 let h = Header::parse(&rec.value)?;
-                if h.visible(now) {
+                if h.visible(|| now) {
                     keys += 1;
                     value_bytes += (rec.value.len() - h.value_at) as u64;
-                } else if h.present(now) {
+                } else if h.present(|| now) {
                     expired_keys += 1;
                 }
                 Ok(true)

@@ -98,7 +98,7 @@ pub(crate) fn sweep_keys(kv: &KvStore, due: Vec<Vec<u8>>, now: u64) -> Result<Ba
         let r = kv.range(&key, b"", RangeOptions::default())?;
         let Some(rec) = r.kvs.into_iter().next() else { continue };
         let h = Header::parse(&rec.value)?;
-        if !h.present(now) {
+        if !h.present(|| now) {
             let op = Op::delete_range(&key, b"");
             actions.push(Action { key, rev: rec.mod_revision, op, then: None, delete: true });
         } else if !h.expired && h.expires_at.is_some_and(|t| t <= now) {
