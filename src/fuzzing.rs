@@ -996,6 +996,11 @@ impl Machine {
             Op::CrashReopen => {
                 let copy = self.new_dir();
                 copy_dir(&self.dir, &copy);
+                // A read-only open of the crashed files sees the same, and changes nothing.
+                let ro = Backend::open(Config { read_only: true, ..self.config(&copy) })
+                    .unwrap_or_else(|e| panic!("{ctx}: read-only open of the crashed files: {e}"));
+                read_everything(&ro.read_tx(), Some(&self.model), &format!("{ctx}: read-only open"));
+                drop(ro);
                 let db = self.open(&copy, ctx);
                 assert_eq!(db.recovery_stats().torn_bytes, 0, "{ctx}: torn bytes after a crash between writes");
                 // The crashed process's backend goes; what it wrote is in the copy.
