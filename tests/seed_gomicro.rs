@@ -117,7 +117,10 @@ fn list_applies_prefix_suffix_limit_and_offset_together_ascending() {
         keys(s.list(Default::default()).unwrap()),
         ["a/1.json", "a/2.txt", "a/3.json", "a/4.json", "a/5.txt", "b/1.json", "c.json"]
     );
-    assert_eq!(keys(s.list(list("", ".json", 0, 0)).unwrap()), ["a/1.json", "a/3.json", "a/4.json", "b/1.json", "c.json"]);
+    assert_eq!(
+        keys(s.list(list("", ".json", 0, 0)).unwrap()),
+        ["a/1.json", "a/3.json", "a/4.json", "b/1.json", "c.json"]
+    );
     assert_eq!(keys(s.list(list("", ".json", 2, 1)).unwrap()), ["a/3.json", "a/4.json"]);
     assert_eq!(keys(s.list(list("a/", ".json", 1, 2)).unwrap()), ["a/4.json"]);
     assert_eq!(keys(s.list(list("", "", 3, 0)).unwrap()), ["a/1.json", "a/2.txt", "a/3.json"]);

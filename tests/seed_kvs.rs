@@ -81,7 +81,10 @@ fn list_and_count_by_prefix() {
         s.set(k.as_bytes(), b"v", None).unwrap();
     }
     s.set(b"user:expiring", b"v", Some(Duration::from_secs(1))).unwrap();
-    assert_eq!(list(&s, b"user:"), vec![b"user:1".to_vec(), b"user:10".to_vec(), b"user:2".to_vec(), b"user:expiring".to_vec()]);
+    assert_eq!(
+        list(&s, b"user:"),
+        vec![b"user:1".to_vec(), b"user:10".to_vec(), b"user:2".to_vec(), b"user:expiring".to_vec()]
+    );
     assert_eq!(s.count(b"user:").unwrap(), 4);
     clock.advance(Duration::from_secs(1));
     assert_eq!(s.count(b"user:").unwrap(), 3, "expired keys are not counted");
