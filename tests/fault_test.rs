@@ -23,9 +23,8 @@
 //! `close` that covers it returned `Ok`.
 //!
 //! Knobs: `LOGTREE_FAULT_SECS` (default 6) bounds the power-cut seeds by time;
-//! `LOGTREE_FAULT_SEED` runs one seed (printed on failure). The loops tolerate the engine bugs
-//! that the ignored tests at the end reproduce (see `known_bug`), so that they go on testing
-//! everything else; `LOGTREE_FAULT_STRICT=1` makes those failures fail the loops again.
+//! `LOGTREE_FAULT_SEED` runs one seed (printed on failure); `LOGTREE_FAULT_ALL=1` runs the
+//! ioerr loops with every batch limit.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -776,6 +775,7 @@ fn ioerr_run(n: u64, fault: Fault, batch_limit: usize) -> bool {
         }
     }
     let fired = !vfs.lock().injected.is_empty();
+    let mut writable_after_failure = false;
     if let Some((step, e)) = &first_err {
         assert!(fired, "{ctx}: {step:?} failed though nothing was injected: {e}");
         assert!(is_injected(e), "{ctx}: {step:?} failed with an error that is not the injected one: {e}");
@@ -805,7 +805,10 @@ fn ioerr_run(n: u64, fault: Fault, batch_limit: usize) -> bool {
             let closed = db.take().map(Backend::close);
             assert!(matches!(closed, Some(Err(Error::Poisoned { .. }))), "{ctx}: close after poison: {closed:?}");
         } else if db.is_some() {
-            // The engine goes on: the rest of the workload must work and be recovered.
+            // The engine goes on: the rest of the workload must work and be recovered. (What
+            // failed was the defrag's own new files, which never became part of the log, so
+            // writing on to the log after it is right.)
+            writable_after_failure = true;
             for &step in IOERR_STEPS {
                 run_step(&mut db, step, &mut h, &mut rng, &cfg)
                     .unwrap_or_else(|e| panic!("{ctx}: after a failed defrag, {step:?} failed: {e}"));
@@ -824,54 +827,26 @@ fn ioerr_run(n: u64, fault: Fault, batch_limit: usize) -> bool {
     let step = first_err.as_ref().map(|(s, e)| format!("{s:?}: {e}"));
     let ctx =
         format!("{ctx} (injected: {injected_calls:?}; first error {step:?}; writes after a failed sync: {after:?})");
+    // DESIGN.md §5: after a failed fdatasync nothing more is written, and the fsync is never
+    // retried (the kernel may have dropped the pages; a retry that succeeds proves nothing).
+    if !writable_after_failure {
+        assert_eq!(after, vec![], "{ctx}: written after a failed fdatasync");
+        assert_eq!(vfs.lock().syncs_after_failure, 0, "{ctx}: fdatasync retried after a failure");
+    }
     // Reopen a copy with the real file system: the files are what was written through, so
     // exactly the visible transactions are there.
     let copy = tmp.path().join("write-through");
     copy_dir(&dir, &copy);
-    match Backend::open(real_config(&copy)) {
-        Ok(again) => {
-            let n = h.check_recovered_keep(&again, &ctx);
-            assert_eq!(n, h.visible, "{ctx}: written through, yet not every visible transaction recovered");
-        }
-        Err(e) => match known_bug(&injected_calls, &e) {
-            Some(bug) => {
-                eprintln!("{ctx}: known bug ({bug}): {e}");
-                return fired;
-            }
-            None => panic!("{ctx}: reopen after the fault: {e}"),
-        },
-    }
+    let again = Backend::open(real_config(&copy)).unwrap_or_else(|e| panic!("{ctx}: reopen after the fault: {e}"));
+    let n = h.check_recovered_keep(&again, &ctx);
+    assert_eq!(n, h.visible, "{ctx}: written through, yet not every visible transaction recovered");
     // Then a power cut in which everything written reached the disk, except what a failed
     // fdatasync lost: acknowledged commits must be there, and the database must open.
     vfs.power_cut(None);
-    match Backend::open(real_config(&dir)) {
-        Ok(again) => {
-            h.check_recovered(&again, &format!("{ctx}, power cut"));
-        }
-        Err(e) if known_write_after_failed_sync(&after, &e) => {
-            eprintln!("{ctx}: known bug (no_writes_after_a_failed_fdatasync): {e}");
-        }
-        Err(e) => panic!("{ctx}: open after a power cut that kept every write but the lost ones: {e}"),
-    }
+    let again = Backend::open(real_config(&dir))
+        .unwrap_or_else(|e| panic!("{ctx}: open after a power cut that kept every write but the lost ones: {e}"));
+    h.check_recovered(&again, &format!("{ctx}, power cut"));
     fired
-}
-
-/// The engine wrote after an fdatasync failed and the power cut kept those writes but not the
-/// lost ones: tolerated as a known bug (`no_writes_after_a_failed_fdatasync_*` reproduce it)
-/// unless `LOGTREE_FAULT_STRICT` is set.
-fn known_write_after_failed_sync(after: &[(String, u64, usize)], e: &Error) -> bool {
-    std::env::var_os("LOGTREE_FAULT_STRICT").is_none() && !after.is_empty() && e.is_corruption()
-}
-
-/// Failures the ioerr loop tolerates because an ignored regression test below reproduces them
-/// (set `LOGTREE_FAULT_STRICT=1` to see them fail the loop). Remove an entry with its fix.
-fn known_bug(injected: &[(u64, String)], e: &Error) -> Option<&'static str> {
-    if std::env::var_os("LOGTREE_FAULT_STRICT").is_some() {
-        return None;
-    }
-    let on_sync_dir = injected.iter().any(|(_, what)| what.ends_with("on sync_dir"));
-    let missing = matches!(e, Error::Corruption { reason, .. } if reason.contains("listed in the manifest is missing"));
-    (on_sync_dir && missing).then_some("rollover_sync_dir_failure_keeps_database_openable")
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -890,16 +865,26 @@ fn ioerr_loop(fault: Fault, batch_limit: usize) -> u64 {
     n
 }
 
+/// The batch limits to run the loop with: `default`, or with `LOGTREE_FAULT_ALL=1` every one
+/// of 1 (every BatchTx commits inline), 3 and 10,000.
+fn batch_limits(default: usize) -> Vec<usize> {
+    if std::env::var_os("LOGTREE_FAULT_ALL").is_some() { vec![1, 3, 10_000] } else { vec![default] }
+}
+
 #[test]
 fn ioerr_loop_enospc() {
-    let calls = ioerr_loop(Fault::Enospc, 10_000);
-    assert!(calls > 50, "the workload makes {calls} mutating calls: too few to be testing much");
+    for limit in batch_limits(10_000) {
+        let calls = ioerr_loop(Fault::Enospc, limit);
+        assert!(calls > 50, "the workload makes {calls} mutating calls: too few to be testing much");
+    }
 }
 
 #[test]
 fn ioerr_loop_eio_inline_batch_commits() {
     // batch_limit 3: BatchTx ends commit inline, so syncs fail inside drop() too.
-    ioerr_loop(Fault::Eio, 3);
+    for limit in batch_limits(3) {
+        ioerr_loop(Fault::Eio, limit);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1086,16 +1071,10 @@ fn group_commit_with_failing_fdatasync() {
         });
         let _ = db.close();
         let writes_after = vfs.lock().writes_after_sync_failure.clone();
-        eprintln!("seed {seed}: acknowledged {acked:?}; writes after the failed fdatasync: {writes_after:?}");
+        assert_eq!(writes_after, vec![], "seed {seed}: written after a failed fdatasync");
         vfs.power_cut(Some(&mut Rng(seed)));
-        let again = match Backend::open(real_config(&dir)) {
-            Ok(db) => db,
-            Err(e) if known_write_after_failed_sync(&writes_after, &e) => {
-                eprintln!("seed {seed}: known bug (no_writes_after_a_failed_fdatasync_open_batch_tx): {e}");
-                continue;
-            }
-            Err(e) => panic!("seed {seed}: open after the power cut: {e}"),
-        };
+        let again =
+            Backend::open(real_config(&dir)).unwrap_or_else(|e| panic!("seed {seed}: open after the power cut: {e}"));
         for (t, &a) in acked.iter().enumerate() {
             let got = again.read_tx().get("b", format!("t{t}")).unwrap();
             let got: u64 = got.map(|v| String::from_utf8(v).unwrap().parse().unwrap()).unwrap_or(0);
@@ -1105,8 +1084,7 @@ fn group_commit_with_failing_fdatasync() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Regression tests for bugs found by the loops above (ignored until fixed; the loops tolerate
-// them through `known_bug` and `known_write_after_failed_sync`).
+// Regression tests for bugs the loops above found (fixed in 4071ed5).
 
 fn committed(db: &Backend, key: &str, value: &[u8]) {
     let mut tx = db.batch_tx();
@@ -1123,7 +1101,6 @@ fn committed(db: &Backend, key: &str, value: &[u8]) {
 /// nothing acknowledged is damaged. (A rename whose directory fsync failed may or may not be
 /// durable; the segment it may list must stay.)
 #[test]
-#[ignore = "BUG: a failed directory fsync during roll-over deletes a segment the MANIFEST lists"]
 fn rollover_sync_dir_failure_keeps_database_openable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
@@ -1143,7 +1120,6 @@ fn rollover_sync_dir_failure_keeps_database_openable() {
 /// The same for defrag's switch: its manifest's rename happened, the directory fsync failed;
 /// defrag then marks the new segments obsolete and they are removed, while MANIFEST lists them.
 #[test]
-#[ignore = "BUG: a failed directory fsync during defrag's switch deletes the segments the MANIFEST lists"]
 fn defrag_sync_dir_failure_keeps_database_openable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
@@ -1169,7 +1145,6 @@ fn defrag_sync_dir_failure_keeps_database_openable() {
 /// database no longer opens. DESIGN.md §5: after a failed fdatasync "every write … returns
 /// Poisoned"; a failed fsync "is never retried".
 #[test]
-#[ignore = "BUG: after a failed fdatasync the abort of the failed transaction still writes (and may re-fsync)"]
 fn no_writes_after_a_failed_fdatasync_abort_frame() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
@@ -1193,7 +1168,6 @@ fn no_writes_after_a_failed_fdatasync_abort_frame() {
     drop(st);
     vfs.power_cut(None);
     let opened = Backend::open(real_config(&dir));
-    eprintln!("open after the power cut: {:?}", opened.as_ref().err());
     assert_eq!(after, vec![], "written after the failed fdatasync");
     assert_eq!(resyncs, 0, "fdatasync retried after it failed");
     let again = opened.expect("the database opens after a power cut");
@@ -1206,7 +1180,6 @@ fn no_writes_after_a_failed_fdatasync_abort_frame() {
 /// failed sync's pages lost and this frame kept by a power cut, open finds a valid frame after
 /// damage: corruption.
 #[test]
-#[ignore = "BUG: a BatchTx open across a failed fdatasync writes its frame after it"]
 fn no_writes_after_a_failed_fdatasync_open_batch_tx() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
@@ -1237,7 +1210,6 @@ fn no_writes_after_a_failed_fdatasync_open_batch_tx() {
     let after = vfs.lock().writes_after_sync_failure.clone();
     vfs.power_cut(None);
     let opened = Backend::open(real_config(&dir));
-    eprintln!("open after the power cut: {:?}", opened.as_ref().err());
     assert_eq!(after, vec![], "written after the failed fdatasync");
     let again = opened.expect("the database opens after a power cut");
     assert_eq!(again.read_tx().get("b", "acked").unwrap(), Some(b"1".to_vec()));
