@@ -1096,9 +1096,9 @@ fn committed(db: &Backend, key: &str, value: &[u8]) {
 /// Found by `ioerr_loop_*` (a fault on `sync_dir`). A roll-over writes the new manifest
 /// (MANIFEST.tmp, fdatasync, rename over MANIFEST, fsync the directory). When the directory
 /// fsync fails after the rename, `roll_over` treats the new segment as never listed and marks
-/// it obsolete, so its file is removed — while the MANIFEST on disk lists it. The next open
-/// reports "segment … listed in the manifest is missing": the database no longer opens, though
-/// nothing acknowledged is damaged. (A rename whose directory fsync failed may or may not be
+/// it obsolete, so its file was removed — while the MANIFEST on disk lists it. The next open
+/// reported "segment … listed in the manifest is missing": the database no longer opened, though
+/// nothing acknowledged was damaged. (A rename whose directory fsync failed may or may not be
 /// durable; the segment it may list must stay.)
 #[test]
 fn rollover_sync_dir_failure_keeps_database_openable() {
@@ -1118,7 +1118,7 @@ fn rollover_sync_dir_failure_keeps_database_openable() {
 }
 
 /// The same for defrag's switch: its manifest's rename happened, the directory fsync failed;
-/// defrag then marks the new segments obsolete and they are removed, while MANIFEST lists them.
+/// defrag then marked the new segments obsolete and they were removed, while MANIFEST lists them.
 #[test]
 fn defrag_sync_dir_failure_keeps_database_openable() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1138,11 +1138,11 @@ fn defrag_sync_dir_failure_keeps_database_openable() {
 /// Found by `ioerr_loop_eio_inline_batch_commits`. A transaction larger than what is left of
 /// the segment writes a part frame, then seals the segment (fdatasync) to roll over; the
 /// fdatasync fails (EIO: Linux may drop the dirty pages, "fsyncgate"). The transaction fails
-/// and poisons the engine — but its abort then writes an abort frame after the lost part (or,
-/// when that does not fit, fdatasyncs the same segment again, i.e. retries the failed fsync, and
-/// rolls over to write it in a new segment). A power cut that keeps the abort frame but not the
+/// and poisons the engine — but its abort then wrote an abort frame after the lost part (or,
+/// when that did not fit, fdatasynced the same segment again, i.e. retried the failed fsync, and
+/// rolled over to write it in a new segment). A power cut that keeps the abort frame but not the
 /// lost pages leaves a valid frame after damage, which open rightly calls corruption: the
-/// database no longer opens. DESIGN.md §5: after a failed fdatasync "every write … returns
+/// database no longer opened. DESIGN.md §5: after a failed fdatasync "every write … returns
 /// Poisoned"; a failed fsync "is never retried".
 #[test]
 fn no_writes_after_a_failed_fdatasync_abort_frame() {
@@ -1176,7 +1176,7 @@ fn no_writes_after_a_failed_fdatasync_abort_frame() {
 
 /// Found by reading `BatchTx::end` while writing `group_commit_with_failing_fdatasync`: a
 /// `BatchTx` that began before an fdatasync failed (here: another thread's `force_commit`; as
-/// well the committer thread's tick) writes its frame when it ends, after the failure. With the
+/// well the committer thread's tick) wrote its frame when it ended, after the failure. With the
 /// failed sync's pages lost and this frame kept by a power cut, open finds a valid frame after
 /// damage: corruption.
 #[test]
