@@ -51,6 +51,7 @@ mod sweep;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -207,9 +208,10 @@ pub struct Options {
     /// Keys handled per MVCC txn by a sweep (default 1,000; at least 1), so that writers never
     /// wait long behind one.
     pub sweep_batch: usize,
-    /// The sweeper compacts the MVCC history once at least this many revisions (default
-    /// 10,000) — and at least as many as there are stored records, to keep the cost per write
-    /// constant — have been written since the last compaction. 0: never.
+    /// The sweeper compacts the MVCC history (the kv API reads only the latest revision)
+    /// when it holds at least this many garbage records — overwritten values, tombstones,
+    /// dropped values — and at least half as many as there are live keys, looking again
+    /// after each this many revisions (default 10,000). 0: never.
     pub compact_after: u64,
 }
 
@@ -265,6 +267,8 @@ struct Shared {
     tracker: Mutex<Tracker>,
     sweep_batch: usize,
     compact_after: u64,
+    /// The revision at which `maybe_compact` last counted the garbage.
+    compact_checked: AtomicI64,
     path: PathBuf,
 }
 
@@ -391,8 +395,8 @@ impl Shared {
         }
     }
 
-    /// Compacts the MVCC history to the current revision when enough has been written since
-    /// the last compaction (see [`Options::compact_after`]); true if it did.
+    /// Compacts the MVCC history to the current revision when it holds enough garbage (see
+    /// [`Options::compact_after`]); true if it did.
     fn maybe_compact(&self) -> Result<bool> {
         if self.compact_after == 0 {
             return Ok(false);
@@ -400,16 +404,21 @@ impl Shared {
         let guard = self.read_kv();
         let kv = guard.as_ref().ok_or(Error::Closed)?;
         let current = kv.current_revision();
-        let since = u64::try_from(current - kv.compacted_revision()).unwrap_or(0);
-        if since < self.compact_after {
+        let checked = self.compact_checked.load(Ordering::Relaxed).max(kv.compacted_revision());
+        if u64::try_from(current - checked).unwrap_or(0) < self.compact_after {
             return Ok(false);
         }
-        // Stored records ≈ live keys + revisions since the last compaction; compacting only
-        // once `since` reaches half of them keeps compaction's O(keys) work at O(1) per write.
+        self.compact_checked.store(current, Ordering::Relaxed);
+        // Garbage: stored records that are not the latest value of a live key (older values,
+        // tombstones, dropped values). Compacting only once it reaches half the live keys
+        // keeps compaction's O(records) work at O(1) per write, and a store that only inserts
+        // never pays for it.
         let rtx = kv.backend().read_tx();
         let records: usize = rtx.buckets().iter().map(|b| rtx.bucket_len(b).unwrap_or(0)).sum();
         drop(rtx);
-        if since < records as u64 / 2 {
+        let live = kv.range(b"", &[0], RangeOptions { count_only: true, ..Default::default() })?.count;
+        let garbage = records.saturating_sub(live) as u64;
+        if garbage < self.compact_after.max(live as u64 / 2) {
             return Ok(false);
         }
         match kv.compact(current) {
@@ -528,6 +537,7 @@ impl Store {
             tracker: Mutex::new(tracker),
             sweep_batch: options.sweep_batch,
             compact_after: options.compact_after,
+            compact_checked: AtomicI64::new(0),
             path,
         });
         let mut sweeper = None;
@@ -692,9 +702,12 @@ impl Store {
     pub fn set_with(&self, key: &[u8], value: &[u8], opts: SetOptions) -> Result<bool> {
         self.with(|kv| {
             let mkey = self.mkey(key)?;
-            let now = self.shared().now();
-            let expires_at = opts.expire_in.filter(|d| !d.is_zero()).map(|d| deadline(now, d));
-            let delete_at = opts.delete_in.filter(|d| !d.is_zero()).map(|d| deadline(now, d));
+            let (expire_in, delete_in) =
+                (opts.expire_in.filter(|d| !d.is_zero()), opts.delete_in.filter(|d| !d.is_zero()));
+            // Both deadlines from one reading of the clock, and none without a deadline.
+            let now = if expire_in.is_some() || delete_in.is_some() { self.shared().now() } else { 0 };
+            let expires_at = expire_in.map(|d| deadline(now, d));
+            let delete_at = delete_in.map(|d| deadline(now, d));
             Store::check_value(&mkey, value, envelope::header_len(expires_at, delete_at, &opts.metadata))?;
             let env = envelope::encode(value, expires_at, delete_at, false, &opts.metadata);
             let next = Header { expires_at, delete_at, ..Header::default() }.next_action();
