@@ -79,15 +79,35 @@ pub struct BatchTx<'a> {
     /// An I/O error hit this transaction: it will be rolled back, not published.
     failed: bool,
     unusable: Option<&'static str>,
+    /// Set by [`BatchTx::finish_deferring_sync`]: the batch-limit commit is left to the caller.
+    defer_limit_sync: bool,
+    /// The batch limit was reached and the commit was deferred.
+    limit_sync_due: bool,
 }
 
 impl<'a> BatchTx<'a> {
     pub(crate) fn new(backend: &'a Backend, guard: MutexGuard<'a, Writer>) -> BatchTx<'a> {
-        BatchTx { backend, guard: Some(guard), ops: 0, failed: false, unusable: None }
+        BatchTx {
+            backend,
+            guard: Some(guard),
+            ops: 0,
+            failed: false,
+            unusable: None,
+            defer_limit_sync: false,
+            limit_sync_due: false,
+        }
     }
 
     pub(crate) fn unusable(backend: &'a Backend, why: &'static str) -> BatchTx<'a> {
-        BatchTx { backend, guard: None, ops: 0, failed: false, unusable: Some(why) }
+        BatchTx {
+            backend,
+            guard: None,
+            ops: 0,
+            failed: false,
+            unusable: Some(why),
+            defer_limit_sync: false,
+            limit_sync_due: false,
+        }
     }
 
     fn writer(&self) -> Result<&Writer> {
@@ -234,6 +254,23 @@ impl<'a> BatchTx<'a> {
         self.end(true)
     }
 
+    /// As [`finish`](Self::finish), but if the transaction brings the pending operations to the
+    /// batch limit, the inline commit is not run: `Ok(true)` tells the caller to run it
+    /// (`Backend::force_commit`) once it has released its own locks — a layer above that
+    /// serializes its writes must not make the next writer wait for an fdatasync.
+    pub(crate) fn finish_deferring_sync(mut self) -> Result<bool> {
+        self.defer_limit_sync = true;
+        if let Some(why) = self.unusable {
+            return Err(Error::TxUnusable(why.into()));
+        }
+        if self.failed {
+            self.end(false).ok();
+            return Err(Error::TxUnusable("an earlier write of this transaction failed".into()));
+        }
+        self.end(true)?;
+        Ok(self.limit_sync_due)
+    }
+
     /// Ends the transaction without applying any of its writes.
     pub fn rollback(mut self) {
         self.end(false).ok();
@@ -291,9 +328,13 @@ impl<'a> BatchTx<'a> {
         drop(guard);
         drop(old_view);
         if let Some(seq) = limit_reached {
-            // As etcd's Unlock: the transaction that reaches the batch limit commits inline,
-            // after releasing the writer so that the next transaction may start meanwhile.
-            result = self.backend.sync_to(seq);
+            if self.defer_limit_sync {
+                self.limit_sync_due = true;
+            } else {
+                // As etcd's Unlock: the transaction that reaches the batch limit commits inline,
+                // after releasing the writer so that the next transaction may start meanwhile.
+                result = self.backend.sync_to(seq);
+            }
         }
         result
     }

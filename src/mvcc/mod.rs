@@ -206,7 +206,10 @@ impl KvStore {
             }
         }
         let inner = &self.inner;
-        let _w = lock(&inner.write);
+        let write_guard = lock(&inner.write);
+        // Previous values are read only for watch events; without watchers, creation revision
+        // and version come from the key index alone.
+        let watched = !watch::lock(&inner.watchers).entries.is_empty();
         let st = inner.read_state();
         let mut tx = inner.backend.batch_tx();
         let begin = st.current;
@@ -231,14 +234,18 @@ impl KvStore {
             let at = if sub > 0 { rev } else { begin };
             match op {
                 Op::Put { key, value, lease } => {
-                    let prev = st.get(&Source::Batch(&tx), &overlay, key, at)?;
+                    let found = st.key_index(&overlay, key).and_then(|ki| ki.get(at));
+                    let prev = match found {
+                        Some(f) if watched => Some(Source::Batch(&tx).kv(f.modified)?),
+                        _ => None,
+                    };
                     let r = Revision { main: rev, sub };
                     let kv = KeyValue {
                         key: key.clone(),
                         value: value.clone(),
-                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                        create_revision: found.map_or(rev, |f| f.created.main),
                         mod_revision: rev,
-                        version: prev.as_ref().map_or(1, |p| p.version + 1),
+                        version: found.map_or(1, |f| f.version + 1),
                         lease: *lease,
                     };
                     tx.seq_put(KEY_BUCKET, r.to_key(false), kv.encode())?;
@@ -270,7 +277,7 @@ impl KvStore {
             tx.rollback();
             return Ok(TxnResult { succeeded, revision: begin, responses });
         }
-        tx.finish()?;
+        let sync_due = tx.finish_deferring_sync()?;
         drop(st);
         {
             let mut st = inner.write_state();
@@ -284,8 +291,19 @@ impl KvStore {
                 rr.rev = rev;
             }
         }
-        if watch::lock(&inner.watchers).notify(rev, &events) {
+        // The registry is taken before the write lock is released, so revisions are still
+        // notified in order, but the next writer can build its transaction meanwhile.
+        let mut registry = watch::lock(&inner.watchers);
+        drop(write_guard);
+        let fell_behind = !registry.entries.is_empty() && registry.notify(rev, events);
+        drop(registry);
+        if fell_behind {
             let _ = inner.wake.try_send(());
+        }
+        if sync_due {
+            // The batch limit was reached: commit now, outside the store's locks. A failure
+            // poisons the backend and the next write reports it.
+            let _ = inner.backend.force_commit();
         }
         Ok(TxnResult { succeeded, revision: rev, responses })
     }
@@ -339,6 +357,9 @@ impl KvStore {
     /// `start_rev` (0: from the next write) in revision order. History from a compacted
     /// revision (`start_rev` ≤ the compacted revision) is `Error::Compacted`.
     pub fn watch(&self, key: &[u8], end: &[u8], start_rev: i64) -> Result<Watcher> {
+        // Serialized with writes: a write decides at its start whether anyone watches (and so
+        // whether to read previous values for the events).
+        let _w = lock(&self.inner.write);
         let st = self.inner.read_state();
         if start_rev != 0 && st.compacted > 0 && start_rev <= st.compacted {
             return Err(Error::Compacted { requested: start_rev, compacted: st.compacted });
@@ -596,7 +617,7 @@ impl Inner {
                     }
                     room -= pending.len();
                     for e in pending.drain(..) {
-                        let _ = w.tx.try_send(Ok(e));
+                        let _ = w.tx.try_send(Ok(Arc::new(e)));
                     }
                     w.next_rev = r.main;
                     pending_rev = r.main;
@@ -617,7 +638,7 @@ impl Inner {
                     continue;
                 }
                 for e in pending.drain(..) {
-                    let _ = w.tx.try_send(Ok(e));
+                    let _ = w.tx.try_send(Ok(Arc::new(e)));
                 }
                 // Everything up to `current` is delivered; the writer (which updates `current`
                 // before notifying, and cannot notify while we hold the registry) takes over.

@@ -27,7 +27,8 @@ pub(crate) struct Entry {
     pub end: Vec<u8>,
     pub next_rev: i64,
     pub synced: bool,
-    pub tx: Sender<Result<WatchEvent>>,
+    /// Events are shared: one allocation per event, however many watchers get it.
+    pub tx: Sender<Result<Arc<WatchEvent>>>,
 }
 
 impl Entry {
@@ -57,7 +58,7 @@ impl Registry {
         end: Vec<u8>,
         next_rev: i64,
         synced: bool,
-    ) -> (u64, Receiver<Result<WatchEvent>>) {
+    ) -> (u64, Receiver<Result<Arc<WatchEvent>>>) {
         let (tx, rx) = crossbeam_channel::bounded(WATCH_CHANNEL);
         self.next_id += 1;
         self.entries.insert(self.next_id, Entry { key, end, next_rev, synced, tx });
@@ -66,20 +67,20 @@ impl Registry {
 
     /// Hands a new revision's events (`(key, event)`) to the synced watchers they match.
     /// Returns true if some watcher fell behind (the syncer has work).
-    pub fn notify(&mut self, rev: i64, events: &[WatchEvent]) -> bool {
+    pub fn notify(&mut self, rev: i64, events: Vec<WatchEvent>) -> bool {
+        let events: Vec<Arc<WatchEvent>> = events.into_iter().map(Arc::new).collect();
         let mut fell_behind = false;
         self.entries.retain(|_, w| {
             if !w.synced || rev < w.next_rev {
                 return true;
             }
-            let matching: Vec<&WatchEvent> =
-                events.iter().filter(|e| super::in_range(&e.kv.key, &w.key, &w.end)).collect();
-            if matching.len() > w.room() {
+            let matches = |e: &&Arc<WatchEvent>| super::in_range(&e.kv.key, &w.key, &w.end);
+            if events.iter().filter(matches).count() > w.room() {
                 w.synced = false;
                 fell_behind = true;
                 return true;
             }
-            for e in matching {
+            for e in events.iter().filter(matches) {
                 match w.tx.try_send(Ok(e.clone())) {
                     Ok(()) => {}
                     Err(TrySendError::Disconnected(_)) => return false,
@@ -97,7 +98,7 @@ impl Registry {
 /// A watch on a key range; see [`crate::mvcc::KvStore::watch`]. Dropping it cancels the watch.
 pub struct Watcher {
     pub(crate) id: u64,
-    pub(crate) rx: Receiver<Result<WatchEvent>>,
+    pub(crate) rx: Receiver<Result<Arc<WatchEvent>>>,
     pub(crate) registry: Shared,
 }
 
@@ -107,7 +108,7 @@ impl Watcher {
     /// could be delivered, `Error::Closed` if the store was closed.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<WatchEvent>> {
         match self.rx.recv_timeout(timeout) {
-            Ok(Ok(e)) => Ok(Some(e)),
+            Ok(Ok(e)) => Ok(Some(Arc::unwrap_or_clone(e))),
             Ok(Err(e)) => Err(e),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
