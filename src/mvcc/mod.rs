@@ -467,6 +467,20 @@ impl State {
             return Err(Error::Compacted { requested: at, compacted: self.compacted });
         }
         let mut result = RangeResult { kvs: Vec::new(), count: 0, rev: current };
+        if end.is_empty() {
+            // One key: a lookup, not a merge of two range iterators.
+            if let Some(found) = self.key_index(overlay, key).and_then(|ki| ki.get(at)) {
+                result.count = 1;
+                if !opts.count_only {
+                    let mut kv = src.kv(found.modified)?;
+                    if opts.keys_only {
+                        kv.value.clear();
+                    }
+                    result.kvs.push(kv);
+                }
+            }
+            return Ok(result);
+        }
         let Some(range) = bounds(key, end) else { return Ok(result) };
         // Merge the base index with the transaction's overlay, the overlay winning.
         let mut base = self.index.range::<[u8], _>(range).peekable();
