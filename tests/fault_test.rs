@@ -766,8 +766,7 @@ fn ioerr_run(n: u64, fault: Fault, batch_limit: usize) -> bool {
         }
     };
     if db.is_some() {
-        // Reps so that the run is long enough to contain roll-overs of several segments.
-        for &step in IOERR_STEPS.iter().chain(IOERR_STEPS) {
+        for &step in IOERR_STEPS {
             if let Err(e) = run_step(&mut db, step, &mut h, &mut rng, &cfg) {
                 first_err = Some((step, e));
                 break;
@@ -862,6 +861,7 @@ fn ioerr_loop(fault: Fault, batch_limit: usize) -> u64 {
         n += 1;
         assert!(n < 100_000, "the workload never finishes without a fault");
     }
+    eprintln!("ioerr loop {fault:?}, batch_limit {batch_limit}: {n} runs");
     n
 }
 
