@@ -210,8 +210,8 @@ pub struct Options {
     pub sweep_batch: usize,
     /// The sweeper compacts the MVCC history (the kv API reads only the latest revision)
     /// when it holds at least this many garbage records — overwritten values, tombstones,
-    /// dropped values — and at least half as many as there are live keys, looking again
-    /// after each this many revisions (default 10,000). 0: never.
+    /// dropped values — and at least half as many as there are live keys (default 10,000).
+    /// It counts them at most once per that many revisions. 0: never.
     pub compact_after: u64,
 }
 
@@ -267,8 +267,8 @@ struct Shared {
     tracker: Mutex<Tracker>,
     sweep_batch: usize,
     compact_after: u64,
-    /// The revision at which `maybe_compact` last counted the garbage.
-    compact_checked: AtomicI64,
+    /// The revision at which `maybe_compact` next counts the garbage.
+    compact_next: AtomicI64,
     path: PathBuf,
 }
 
@@ -404,21 +404,24 @@ impl Shared {
         let guard = self.read_kv();
         let kv = guard.as_ref().ok_or(Error::Closed)?;
         let current = kv.current_revision();
-        let checked = self.compact_checked.load(Ordering::Relaxed).max(kv.compacted_revision());
-        if u64::try_from(current - checked).unwrap_or(0) < self.compact_after {
+        let after = i64::try_from(self.compact_after).unwrap_or(i64::MAX);
+        let next = self.compact_next.load(Ordering::Relaxed).max(kv.compacted_revision().saturating_add(after));
+        if current < next {
             return Ok(false);
         }
-        self.compact_checked.store(current, Ordering::Relaxed);
         // Garbage: stored records that are not the latest value of a live key (older values,
         // tombstones, dropped values). Compacting only once it reaches half the live keys
         // keeps compaction's O(records) work at O(1) per write, and a store that only inserts
-        // never pays for it.
+        // never pays for it. Counting the live keys is O(keys) too, so the next look is as
+        // many revisions away as the garbage needed to reach the threshold from zero.
         let rtx = kv.backend().read_tx();
         let records: usize = rtx.buckets().iter().map(|b| rtx.bucket_len(b).unwrap_or(0)).sum();
         drop(rtx);
         let live = kv.range(b"", &[0], RangeOptions { count_only: true, ..Default::default() })?.count;
-        let garbage = records.saturating_sub(live) as u64;
-        if garbage < self.compact_after.max(live as u64 / 2) {
+        let threshold = self.compact_after.max(live as u64 / 2);
+        self.compact_next
+            .store(current.saturating_add(i64::try_from(threshold).unwrap_or(i64::MAX)), Ordering::Relaxed);
+        if (records.saturating_sub(live) as u64) < threshold {
             return Ok(false);
         }
         match kv.compact(current) {
@@ -537,7 +540,7 @@ impl Store {
             tracker: Mutex::new(tracker),
             sweep_batch: options.sweep_batch,
             compact_after: options.compact_after,
-            compact_checked: AtomicI64::new(0),
+            compact_next: AtomicI64::new(0),
             path,
         });
         let mut sweeper = None;
