@@ -75,9 +75,11 @@ use sweep::Tracker;
 const MVCC_OVERHEAD: usize = 1 + 4 * 8 + 4;
 
 /// Rows read per MVCC range call while listing: the first page is small so that a `limit`ed
-/// list is cheap, later pages grow to bound the number of calls.
-const FIRST_PAGE: usize = 256;
+/// list is cheap, later pages double to bound the number of calls (each counts every key to
+/// the end of the range), up to `MAX_PAGE` rows and about `PAGE_BYTES` of keys and values.
+const FIRST_PAGE: usize = 128;
 const MAX_PAGE: usize = 64 << 10;
+const PAGE_BYTES: usize = 8 << 20;
 
 /// A key with its value and what the store knows about it.
 ///
@@ -309,11 +311,19 @@ fn into_pair(key: Vec<u8>, rec: Record) -> Result<KvPair> {
 /// Calls `f` with every MVCC key-value in `[start, end)`, ascending, until it returns false.
 /// Reads in pages (so memory stays bounded), all at the revision of the first page so that the
 /// walk is one consistent state — unless a compaction passes that revision meanwhile, in which
-/// case the walk goes on from where it was at the current revision.
-fn scan(kv: &KvStore, start: &[u8], end: &[u8], mut f: impl FnMut(KeyValue) -> Result<bool>) -> Result<()> {
+/// case the walk goes on from where it was at the current revision. `first_page` is how many
+/// rows the caller expects to need (0: unknown); pages double from there, since each MVCC
+/// range call counts every key to the end of the range however few it returns.
+fn scan(
+    kv: &KvStore,
+    start: &[u8],
+    end: &[u8],
+    first_page: usize,
+    mut f: impl FnMut(KeyValue) -> Result<bool>,
+) -> Result<()> {
     let mut from = start.to_vec();
     let mut rev = 0;
-    let mut page = FIRST_PAGE;
+    let mut page = if first_page == 0 { FIRST_PAGE } else { first_page.min(MAX_PAGE) };
     loop {
         let r = match kv.range(&from, end, RangeOptions { rev, limit: page, ..Default::default() }) {
             Err(Error::Compacted { .. }) if rev != 0 => {
@@ -325,6 +335,8 @@ fn scan(kv: &KvStore, start: &[u8], end: &[u8], mut f: impl FnMut(KeyValue) -> R
         rev = r.rev;
         let more = r.count > r.kvs.len();
         let Some(last) = r.kvs.last().map(|kv| kv.key.clone()) else { return Ok(()) };
+        let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+        let per_row = (bytes / r.kvs.len()).max(1);
         for kv in r.kvs {
             if !f(kv)? {
                 return Ok(());
@@ -335,7 +347,7 @@ fn scan(kv: &KvStore, start: &[u8], end: &[u8], mut f: impl FnMut(KeyValue) -> R
         }
         from = last;
         from.push(0); // the least key after `last`
-        page = (page * 2).min(MAX_PAGE);
+        page = (page * 2).min(MAX_PAGE).min((PAGE_BYTES / per_row).max(1));
     }
 }
 
@@ -528,7 +540,7 @@ impl Store {
         let path = config.path.clone();
         let kv = KvStore::open(Arc::new(Backend::open(config)?))?;
         let mut tracker = Tracker::default();
-        scan(&kv, b"", &[0], |rec| {
+        scan(&kv, b"", &[0], 0, |rec| {
             if let Some(at) = Header::parse(&rec.value)?.next_action() {
                 tracker.note(&rec.key, at);
             }
@@ -835,7 +847,9 @@ impl Store {
         let now = self.shared().now();
         let plen = self.prefix.len();
         let (mut skipped, mut taken) = (0usize, 0usize);
-        scan(kv, &start, &end, |rec| {
+        // With no suffix to filter on, a limited list needs about offset + limit rows.
+        let hint = if opts.limit > 0 && opts.suffix.is_empty() { opts.offset.saturating_add(opts.limit) } else { 0 };
+        scan(kv, &start, &end, hint, |rec| {
             if !rec.key[plen..].ends_with(&opts.suffix) {
                 return Ok(true);
             }
@@ -1072,7 +1086,7 @@ impl Store {
             let (mut keys, mut expired_keys, mut value_bytes) = (0, 0, 0u64);
             let start = self.prefix.to_vec();
             let end = keys::prefix_end(&start).unwrap_or_else(|| vec![0]);
-            scan(kv, &start, &end, |rec| {
+            scan(kv, &start, &end, 0, |rec| {
                 let h = Header::parse(&rec.value)?;
                 if h.visible(|| now) {
                     keys += 1;
