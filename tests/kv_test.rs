@@ -373,6 +373,24 @@ fn automatic_compaction_bounds_history_and_keeps_cas_working() {
     assert_eq!(store.count(b"l").unwrap(), 1000);
 }
 
+#[test]
+fn lists_of_large_values_page_by_bytes_and_stay_in_order() {
+    let (store, _dir) = Store::open_temp().unwrap();
+    let n = 24;
+    for i in 0..n {
+        store.set(format!("big{i:02}").as_bytes(), &vec![i as u8; 1 << 20], None).unwrap();
+    }
+    let pairs = store.list_pairs(b"big").unwrap();
+    assert_eq!(pairs.len(), n);
+    for (i, p) in pairs.iter().enumerate() {
+        assert_eq!(p.key, format!("big{i:02}").into_bytes());
+        assert!(p.value.len() == 1 << 20 && p.value.iter().all(|&b| b == i as u8));
+    }
+    let opts = ListOptions { prefix: b"big".to_vec(), limit: 3, offset: 20, ..Default::default() };
+    assert_eq!(store.list(opts).unwrap(), vec![b"big20".to_vec(), b"big21".to_vec(), b"big22".to_vec()]);
+    assert_eq!(store.info().unwrap().value_bytes, (n as u64) << 20);
+}
+
 // ---------------------------------------------------------------------------------------------
 // A SIGKILLed writer.
 
