@@ -23,6 +23,16 @@ pub trait Clock: Send + Sync + fmt::Debug {
 }
 
 /// The operating system's clock ([`SystemTime::now`]); the default.
+///
+/// ```
+/// use std::sync::Arc;
+/// use logtree::kv::{Store, SystemClock};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open_with_clock(logtree::Config::new(dir.path()), Arc::new(SystemClock))?;
+/// # drop(store);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 

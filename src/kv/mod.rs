@@ -152,6 +152,15 @@ pub struct ListOptions {
 
 /// Figures about a store (dKV's `GetDBInfo`). The counts are of the namespace asked; the
 /// rest are of the whole database. Taken by a scan: O(keys in the namespace).
+///
+/// ```
+/// let (store, _dir) = logtree::kv::Store::open_temp()?;
+/// store.namespace("a").set(b"k", b"v", None)?;
+/// let root = store.info()?;
+/// assert_eq!((root.keys, root.total_keys), (0, 1));
+/// assert_eq!(store.namespace("a").info()?.keys, 1);
+/// # Ok::<(), logtree::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DbInfo {
     /// Keys of this namespace that `get` returns (present and not expired).
@@ -532,6 +541,17 @@ impl Store {
 
     /// Opens the store with explicit [`Options`]. Recovers the backend and the MVCC index, then
     /// rebuilds the sweeper's schedule from the stored deadlines (one scan of every key).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use logtree::kv::{Options, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let opts = Options { sweep_interval: Duration::from_millis(100), sweep_batch: 500, ..Options::default() };
+    /// let store = Store::open_with(logtree::Config::new(dir.path()), opts)?;
+    /// store.set(b"k", b"v", Some(Duration::from_secs(1)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_with(config: Config, options: Options) -> Result<Store> {
         if options.sweep_batch == 0 {
             return Err(Error::InvalidConfig("sweep_batch must be at least 1".into()));
