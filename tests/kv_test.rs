@@ -552,88 +552,85 @@ fn sigkill_keeps_acknowledged_ttls_and_revisions() {
     eprintln!("kill test: {rounds} kills, {acked_total} acknowledged iterations checked");
 }
 
-/// Speeds, for the record (run with `cargo test --release --test kv_test -- --ignored speed --nocapture`).
+/// 16 threads of CAS increments on 100 counters (20,000 each); successful CAS per second.
+fn cas_speed(store: &Store) -> (f64, u64) {
+    let (threads, per_thread) = (16u64, 20_000u64);
+    let t = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|th| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|i| cas_increment(&store, format!("cas{:03}", mix(th * per_thread + i) % 100).as_bytes()))
+                    .sum::<u64>()
+            })
+        })
+        .collect();
+    let retries: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    let el = t.elapsed();
+    let sum: u64 = store
+        .list_pairs(b"cas")
+        .unwrap()
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.value).parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(sum, threads * per_thread);
+    ((threads * per_thread) as f64 / el.as_secs_f64(), retries)
+}
+
+/// Speeds, for the record: `cargo test --release --test kv_test -- --ignored --exact speed
+/// --nocapture` (`KV_SPEED_KEYS`, default 1,000,000). 16-byte keys, 100-byte values, default
+/// `Config` (group commit every 100 ms or 10,000 writes).
 #[test]
 #[ignore = "measurement: run in release with --nocapture"]
 fn speed() {
     let n: u64 = std::env::var("KV_SPEED_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let (store, _dir) = Store::open_temp().unwrap();
     let value = vec![b'v'; 100];
+    let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
     let t = Instant::now();
-    for i in 0..n {
-        store.set(&key(i), &value, None).unwrap();
+    for k in &keys {
+        store.set(k, &value, None).unwrap();
     }
-    let el = t.elapsed();
-    println!("set: {n} keys (16 B keys, 100 B values, default batching): {:.0} ops/s", n as f64 / el.as_secs_f64());
+    println!("set: {n} keys: {:.0} ops/s", n as f64 / t.elapsed().as_secs_f64());
 
-    let reads = 1_000_000u64;
+    let reads: Vec<&[u8]> = (0..2_000_000u64).map(|i| keys[(mix(i) % n) as usize].as_slice()).collect();
     let t = Instant::now();
-    let mut found = 0;
-    for i in 0..reads {
-        found += store.get(&key(mix(i) % n)).unwrap().is_some() as u64;
-    }
-    let el = t.elapsed();
-    assert_eq!(found, reads);
-    println!("get: random over {n} keys: {:.0} ns/op", el.as_nanos() as f64 / reads as f64);
+    let found = reads.iter().filter(|k| store.get(k).unwrap().is_some()).count();
+    println!("get: random over {n} keys: {:.0} ns/op", t.elapsed().as_nanos() as f64 / reads.len() as f64);
+    assert_eq!(found, reads.len());
+    let hot: Vec<&[u8]> = (0..2_000_000usize).map(|i| keys[i % 1000].as_slice()).collect();
+    let t = Instant::now();
+    hot.iter().for_each(|k| drop(std::hint::black_box(store.get(k).unwrap())));
+    println!("get: 1,000 hot keys of {n}: {:.0} ns/op", t.elapsed().as_nanos() as f64 / hot.len() as f64);
 
-    let t = Instant::now();
-    for i in 0..reads {
-        let _ = store.get(&key(i % 1000)).unwrap();
-    }
-    println!("get: 1,000 hot keys: {:.0} ns/op", t.elapsed().as_nanos() as f64 / reads as f64);
-
-    let threads = 16;
-    let per_thread = 20_000u64;
-    let store = Arc::new(store);
-    let t = Instant::now();
-    let hs: Vec<_> = (0..threads)
-        .map(|th| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let mut retries = 0;
-                for i in 0..per_thread {
-                    let k = format!("cas{:03}", mix(th * per_thread + i) % 100);
-                    retries += cas_increment(&store, k.as_bytes());
-                }
-                retries
-            })
-        })
-        .collect();
-    let retries: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
-    let el = t.elapsed();
-    let total = threads * per_thread;
-    let sum: u64 = store
-        .list_pairs(b"cas")
-        .unwrap()
-        .iter()
-        .map(|p| std::str::from_utf8(&p.value).unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(sum, total);
-    println!(
-        "cas: {threads} threads, 100 keys: {:.0} successful CAS/s ({retries} retries)",
-        total as f64 / el.as_secs_f64()
-    );
-    let _ = Duration::ZERO;
+    let (rate, retries) = cas_speed(&store);
+    println!("cas: 16 threads, 100 keys, in the store of {n} keys: {rate:.0} successful CAS/s ({retries} retries)");
+    drop(store);
+    let (fresh, _dir2) = Store::open_temp().unwrap();
+    let (rate, retries) = cas_speed(&fresh);
+    println!("cas: 16 threads, 100 keys, in a new store: {rate:.0} successful CAS/s ({retries} retries)");
 }
 
+/// The MVCC layer alone, for comparison: `mvcc::KvStore::put` and a single-key `range`.
 #[test]
-#[ignore = "measurement"]
+#[ignore = "measurement: run in release with --nocapture"]
 fn speed_mvcc_floor() {
     use logtree::mvcc::{KvStore, RangeOptions};
     let n: u64 = std::env::var("KV_SPEED_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let (b, _dir) = logtree::Backend::open_temp().unwrap();
     let kv = KvStore::open(Arc::new(b)).unwrap();
     let value = vec![b'v'; 100];
+    let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
     let t = Instant::now();
-    for i in 0..n {
-        kv.put(&key(i), &value, 0).unwrap();
+    for k in &keys {
+        kv.put(k, &value, 0).unwrap();
     }
     println!("mvcc put: {:.0} ops/s", n as f64 / t.elapsed().as_secs_f64());
-    let reads = 1_000_000u64;
+    let reads: Vec<&[u8]> = (0..2_000_000u64).map(|i| keys[(mix(i) % n) as usize].as_slice()).collect();
     let t = Instant::now();
-    for i in 0..reads {
-        let r = kv.range(&key(mix(i) % n), b"", RangeOptions::default()).unwrap();
-        assert_eq!(r.kvs.len(), 1);
+    for k in &reads {
+        assert_eq!(kv.range(k, b"", RangeOptions::default()).unwrap().kvs.len(), 1);
     }
-    println!("mvcc range(single key) random: {:.0} ns/op", t.elapsed().as_nanos() as f64 / reads as f64);
+    println!("mvcc range (one key), random: {:.0} ns/op", t.elapsed().as_nanos() as f64 / reads.len() as f64);
 }
