@@ -44,11 +44,15 @@ struct Args {
     dir: PathBuf,
     chart: Option<PathBuf>,
     out: PathBuf,
+    /// Show the median of the runs instead of the best (lowest).
+    median: bool,
     child: Option<String>,
 }
 
 const USAGE: &str = "usage: logtree-compare [--elements N (1000000)] [--runs R (1)] [--engines a,b,..] \
-[--dir TMPDIR] [--out RESULTS_DIR] [--chart PNG | --no-chart]
+[--median] [--dir TMPDIR] [--out RESULTS_DIR] [--chart PNG | --no-chart]
+With several runs the table shows each cell's best (lowest) run, or with --median the median;
+the JSON keeps every run.
 engines: logtree redb lmdb fjall jammdb sled btreemap rawfile";
 
 fn parse_args() -> Result<Args, String> {
@@ -60,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
         dir: std::env::temp_dir(),
         chart: Some(manifest.join("../../docs/compare.png")),
         out: manifest.join("results"),
+        median: false,
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -73,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--out" => a.out = val()?.into(),
             "--chart" => a.chart = Some(val()?.into()),
             "--no-chart" => a.chart = None,
+            "--median" => a.median = true,
             "--child" => a.child = Some(val()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
@@ -128,7 +134,8 @@ fn child(name: &str, args: &Args) {
 
 /// What one column got: values by row, or why it has none.
 pub enum Outcome {
-    Ran(Vec<Option<f64>>),
+    /// The value shown for each row (best or median of the runs), and every run's values.
+    Ran { shown: Vec<Option<f64>>, runs: Vec<Vec<Option<f64>>> },
     Failed(String),
 }
 
@@ -200,20 +207,30 @@ fn parent(args: &Args) {
                 let why = runs.iter().find_map(|r| r.as_ref().err()).cloned().unwrap_or_default();
                 return Outcome::Failed(why);
             }
-            Outcome::Ran(
-                (0..ROWS.len())
-                    .map(|i| {
-                        let vals: Vec<f64> = ok.iter().filter_map(|v| v[i]).collect();
-                        if vals.is_empty() { None } else { Some(median(vals)) }
-                    })
-                    .collect(),
-            )
+            let shown = (0..ROWS.len())
+                .map(|i| {
+                    let vals: Vec<f64> = ok.iter().filter_map(|v| v[i]).collect();
+                    match (vals.is_empty(), args.median) {
+                        (true, _) => None,
+                        (false, true) => Some(median(vals)),
+                        (false, false) => vals.into_iter().reduce(f64::min),
+                    }
+                })
+                .collect();
+            Outcome::Ran { shown, runs: ok.into_iter().cloned().collect() }
         })
         .collect();
     let mut machine = machine;
     machine.finish(started.elapsed());
 
-    let rep = report::Report { elements: args.elements, runs: args.runs, columns, outcomes, machine };
+    let rep = report::Report {
+        elements: args.elements,
+        runs: args.runs,
+        stat: if args.median { "median" } else { "best" },
+        columns,
+        outcomes,
+        machine,
+    };
     println!();
     println!("{}", rep.markdown());
     println!("{}", rep.ratios_markdown());

@@ -134,6 +134,8 @@ fn disk(dir: &Path) -> String {
 pub struct Report<'a> {
     pub elements: usize,
     pub runs: usize,
+    /// "best" or "median": which of the runs' values the table shows.
+    pub stat: &'static str,
     pub columns: Vec<(&'a str, &'a str)>,
     pub outcomes: Vec<Outcome>,
     pub machine: Machine,
@@ -168,7 +170,7 @@ impl Report<'_> {
 
     pub fn value(&self, col: usize, row: usize) -> Option<f64> {
         match &self.outcomes[col] {
-            Outcome::Ran(v) => v[row],
+            Outcome::Ran { shown, .. } => shown[row],
             Outcome::Failed(_) => None,
         }
     }
@@ -215,7 +217,11 @@ impl Report<'_> {
             }
             s.push('\n');
         }
-        s.push('\n');
+        let _ = writeln!(
+            s,
+            "\nTimes in ms, sizes in MiB, {} of {} run(s); bold: the best engine (baselines aside).",
+            self.stat, self.runs
+        );
         for note in NOTES {
             let _ = writeln!(s, "- {note}");
         }
@@ -278,7 +284,13 @@ impl Report<'_> {
         }
         let m = &self.machine;
         let mut s = String::from("{\n");
-        let _ = writeln!(s, "  \"elements\": {},\n  \"runs\": {},", self.elements, self.runs);
+        let _ = writeln!(
+            s,
+            "  \"elements\": {},\n  \"runs\": {},\n  \"shown\": {},",
+            self.elements,
+            self.runs,
+            q(self.stat)
+        );
         let _ = writeln!(
             s,
             "  \"machine\": {{\"date\": {}, \"cpus\": {}, \"cpu_model\": {}, \"memory_gib\": {:.1}, \"disk\": {}, \"kernel\": {}, \"rustc\": {}, \"logtree\": {}, \"load_before\": {}, \"load_after\": {}, \"wall_seconds\": {:.0}}},",
@@ -304,13 +316,24 @@ impl Report<'_> {
                     format!("{}: {v}", q(self.columns[c].0))
                 })
                 .collect();
+            let per_run: Vec<String> = (0..self.columns.len())
+                .filter_map(|c| match &self.outcomes[c] {
+                    Outcome::Ran { runs, .. } => {
+                        let vals: Vec<String> =
+                            runs.iter().map(|r| r[row].map_or("null".to_string(), |v| format!("{v:.3}"))).collect();
+                        Some(format!("{}: [{}]", q(self.columns[c].0), vals.join(", ")))
+                    }
+                    Outcome::Failed(_) => None,
+                })
+                .collect();
             let _ = write!(
                 s,
-                "    {{\"id\": {}, \"label\": {}, \"unit\": {}, \"values\": {{{}}}}}",
+                "    {{\"id\": {}, \"label\": {}, \"unit\": {}, \"values\": {{{}}}, \"every_run\": {{{}}}}}",
                 q(id),
                 q(&self.label(row)),
                 q(if is_size(id) { "MiB" } else { "ms" }),
-                cells.join(", ")
+                cells.join(", "),
+                per_run.join(", ")
             );
             s.push_str(if row + 1 < ROWS.len() { ",\n" } else { "\n" });
         }
@@ -322,7 +345,7 @@ impl Report<'_> {
             .enumerate()
             .filter_map(|(c, o)| match o {
                 Outcome::Failed(w) => Some(format!("{}: {}", q(self.columns[c].0), q(w))),
-                Outcome::Ran(_) => None,
+                Outcome::Ran { .. } => None,
             })
             .collect();
         s.push_str(&failed.join(", "));
