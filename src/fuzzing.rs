@@ -254,25 +254,6 @@ fn fuzz_config(dir: &Path, read_only: bool) -> Config {
     }
 }
 
-/// A known bug, tolerated so that fuzzing goes on to find others (`LOGTREE_FUZZ_STRICT=1`
-/// turns it into a failure; `tests/fuzz_corpus_test.rs` has its ignored regression test): with
-/// no MANIFEST, open removes header-only segment files one by one and only then meets a segment
-/// holding data and reports corruption, having modified the directory.
-fn known_bug_removed_empty_segments(
-    before: &BTreeMap<String, Vec<u8>>,
-    after: &BTreeMap<String, Vec<u8>>,
-    e: &Error,
-) -> bool {
-    if std::env::var_os("LOGTREE_FUZZ_STRICT").is_some() || !e.to_string().contains("MANIFEST is missing") {
-        return false;
-    }
-    let only_removed_empty_segments = before
-        .iter()
-        .filter(|(name, _)| !after.contains_key(*name))
-        .all(|(name, b)| name.starts_with("seg-") && b.len() <= HEADER_LEN);
-    only_removed_empty_segments && after.iter().all(|(name, b)| before.get(name) == Some(b))
-}
-
 /// Fuzz target: arbitrary files in a database directory.
 ///
 /// Whatever the files, `Backend::open` read-only and read-write returns `Ok` or `Err`, never
@@ -318,9 +299,7 @@ pub fn open_segments(data: &[u8]) -> OpenOutcome {
         Err(e) => {
             if e.is_corruption() {
                 let after = dir_files(&dir);
-                if !known_bug_removed_empty_segments(&before, &after, &e) {
-                    assert_eq!(after, before, "an open that reported corruption ({e}) modified the files");
-                }
+                assert_eq!(after, before, "an open that reported corruption ({e}) modified the files");
             }
             assert!(ro_content.is_none(), "read-only open succeeded but read-write open failed: {e}");
             return outcome;

@@ -99,7 +99,6 @@ fn harness_fixup_reaches_the_decoders() {
 /// before that are gone. (Nine header-only segments make it all but certain that the
 /// directory listing yields one of them before the one with data.)
 #[test]
-#[ignore = "BUG: open without a MANIFEST deletes header-only segments, then reports corruption"]
 fn corrupt_open_without_manifest_deletes_nothing() {
     let (files, _dir) = small_database();
     let dir = tempfile::tempdir().unwrap();

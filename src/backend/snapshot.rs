@@ -276,8 +276,17 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
         if len == 0 || len > MAX_FRAME_PAYLOAD {
             return Err(image_corruption(at, format!("impossible record length {len}")));
         }
-        body.resize(len as usize, 0);
-        r.read_exact(&mut body)?;
+        // Read what the stream holds rather than allocating the claimed length up front: a
+        // short, damaged image must not cost hundreds of megabytes before it is refused.
+        body.clear();
+        let got = (&mut *r.r)
+            .take(len as u64)
+            .read_to_end(&mut body)
+            .map_err(|e| Error::io("read snapshot image", None, e))?;
+        r.offset += got as u64;
+        if got != len as usize {
+            return Err(image_corruption(r.offset, "the image ends early (truncated)"));
+        }
         let mut c = crc32fast::Hasher::new();
         c.update(&h[4..8]);
         c.update(&body);

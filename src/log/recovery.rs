@@ -111,20 +111,24 @@ fn create_log(o: &OpenOptions<'_>) -> Result<Recovered> {
             std::io::Error::new(ErrorKind::NotFound, "no logtree database here (no MANIFEST)"),
         ));
     }
-    for path in list_dir(o)? {
-        if let Some(name) = path.file_name().and_then(|n| n.to_str())
-            && parse_segment_file_name(name).is_some()
-        {
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if len > SEGMENT_HEADER_LEN {
-                return Err(Error::corruption(
-                    o.dir.join(manifest::MANIFEST_NAME),
-                    0,
-                    format!("MANIFEST is missing but {} holds data", path.display()),
-                ));
-            }
-            o.vfs.remove_file(&path).map_err(|e| Error::io("remove empty segment", Some(path.clone()), e))?;
+    // Look at every segment before removing any: an open that reports corruption must have
+    // deleted nothing.
+    let segments: Vec<PathBuf> = list_dir(o)?
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| parse_segment_file_name(n).is_some()))
+        .collect();
+    for path in &segments {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len > SEGMENT_HEADER_LEN {
+            return Err(Error::corruption(
+                o.dir.join(manifest::MANIFEST_NAME),
+                0,
+                format!("MANIFEST is missing but {} holds data", path.display()),
+            ));
         }
+    }
+    for path in segments {
+        o.vfs.remove_file(&path).map_err(|e| Error::io("remove empty segment", Some(path.clone()), e))?;
     }
     let seg = Arc::new(Segment::create(o.dir, o.vfs, 1, o.segment_size, o.sync)?);
     manifest::write(o.dir, o.vfs, &Manifest { base_seq: 1, ids: vec![1] }, o.sync)?;
