@@ -334,3 +334,19 @@ fn concurrent_puts_get_distinct_revisions() {
     assert_eq!(revs, (2..802).collect::<Vec<_>>());
     assert_eq!(s.range(b"", b"\0", RangeOptions { count_only: true, ..Default::default() }).unwrap().count, 800);
 }
+
+#[test]
+fn read_only_store_reads_and_refuses_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    s.put(b"k", b"v", 0).unwrap();
+    s.backend().force_commit().unwrap();
+    drop(s);
+    let mut c = Config::new(d.path());
+    c.read_only = true;
+    let ro = KvStore::open(Arc::new(Backend::open(c).unwrap())).unwrap();
+    assert_eq!(ro.current_revision(), 2);
+    assert_eq!(ro.range(b"k", b"", RangeOptions::default()).unwrap().kvs, vec![kv("k", "v", 2, 2, 1)]);
+    assert!(matches!(ro.put(b"k", b"w", 0), Err(Error::ReadOnly)));
+    assert_eq!(ro.current_revision(), 2);
+}

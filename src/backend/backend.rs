@@ -2,7 +2,7 @@
 
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::batch_tx::{BatchTx, Writer};
@@ -134,9 +134,10 @@ impl Backend {
                 segment_size: config.segment_size,
                 segment_ids: Arc::new(AtomicU32::new(next_segment_id)),
                 in_manifest: true,
+                failed: Arc::new(AtomicBool::new(false)),
             };
+            let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit, wcfg.failed.clone()));
             let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq, Some(rec.base_seq));
-            let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit));
             let committer = Committer::start(dur.clone(), config.batch_interval)?;
             (Some(log), Some(dur), Some(committer))
         };

@@ -19,6 +19,7 @@
 //! A failed fdatasync poisons the engine for writing (see [`crate::Error::Poisoned`]): the
 //! kernel may have dropped the dirty pages already, so a retry that succeeds proves nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,10 +46,13 @@ pub struct Durability {
     st: Mutex<DurState>,
     cond: Condvar,
     batch_limit: u64,
+    /// Raised together with `poisoned`, without the lock, and checked by the log writer before
+    /// every write: the moment an fdatasync fails, no later write or roll-over may start.
+    failed: Arc<AtomicBool>,
 }
 
 impl Durability {
-    pub fn new(active: Arc<Segment>, last_seq: u64, batch_limit: usize) -> Durability {
+    pub fn new(active: Arc<Segment>, last_seq: u64, batch_limit: usize, failed: Arc<AtomicBool>) -> Durability {
         Durability {
             st: Mutex::new(DurState {
                 written_seq: last_seq,
@@ -61,6 +65,7 @@ impl Durability {
             }),
             cond: Condvar::new(),
             batch_limit: batch_limit as u64,
+            failed,
         }
     }
 
@@ -103,6 +108,7 @@ impl Durability {
 
     /// Refuses writes from now on; the first cause is kept.
     pub fn poison(&self, cause: &Error) {
+        self.failed.store(true, Ordering::SeqCst);
         let mut st = self.lock();
         if st.poisoned.is_none() {
             st.poisoned = Some(cause.to_string());
@@ -142,6 +148,9 @@ impl Durability {
             let (seg, upto_seq, upto_ops) = (st.active.clone(), st.written_seq, st.written_ops);
             drop(st);
             let r = seg.sync();
+            if r.is_err() {
+                self.failed.store(true, Ordering::SeqCst);
+            }
             st = self.lock();
             st.syncing = false;
             match r {

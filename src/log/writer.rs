@@ -10,14 +10,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::format::{
     self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN,
 };
 use super::manifest::{self, Manifest};
 use super::segment::Segment;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::ValueRef;
 use crate::vfs::Vfs;
 
@@ -51,6 +51,9 @@ pub struct WriterConfig {
     /// The next unused segment id, shared by every writer of the directory (the log's and a
     /// defrag's), so that ids never collide and stay ascending in log order.
     pub segment_ids: Arc<AtomicU32>,
+    /// Raised when a write or fdatasync of the log failed (the engine is poisoned): nothing may
+    /// be written after that, and a failed fdatasync must not be retried by a roll-over.
+    pub failed: Arc<AtomicBool>,
     /// Whether a roll-over lists the new segment in the manifest. False for a defrag's writer,
     /// whose segments join the log only when the defrag switches over.
     pub in_manifest: bool,
@@ -159,7 +162,15 @@ impl LogWriter {
         self.buf_off = self.active().len();
     }
 
+    fn check_not_failed(&self) -> Result<()> {
+        if self.cfg.failed.load(Ordering::SeqCst) {
+            return Err(Error::Poisoned { cause: "an earlier write or fdatasync of the log failed".into() });
+        }
+        Ok(())
+    }
+
     fn write_frame(&mut self, kind: u8, seq: u64) -> Result<()> {
+        self.check_not_failed()?;
         self.buf[FRAME_HEADER_LEN] = kind;
         self.buf[FRAME_HEADER_LEN + 1..FRAME_OPS_AT].copy_from_slice(&self.parts.to_le_bytes());
         format::seal_frame(&mut self.buf, seq);
@@ -171,6 +182,7 @@ impl LogWriter {
     /// Seals the active segment (fdatasync, so that recovery may treat any damage in it as
     /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
     fn roll_over(&mut self, op_len: usize) -> Result<()> {
+        self.check_not_failed()?;
         self.active().sync()?;
         let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;
         let capacity = self.cfg.segment_size.max(need);

@@ -110,13 +110,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl KvStore {
     /// Opens the store kept in `backend` (creating its buckets if needed), rebuilding the key
     /// index from the `key` bucket and finishing a compaction that a crash interrupted.
+    ///
+    /// Over a read-only backend the store reads what is there (nothing if the buckets were
+    /// never created) and every write returns `Error::ReadOnly`.
     pub fn open(backend: Arc<Backend>) -> Result<KvStore> {
-        let mut tx = backend.batch_tx();
-        tx.create_bucket(KEY_BUCKET)?;
-        tx.create_bucket(META_BUCKET)?;
-        tx.finish()?;
+        let read_only = backend.config().read_only;
+        if !read_only {
+            let mut tx = backend.batch_tx();
+            tx.create_bucket(KEY_BUCKET)?;
+            tx.create_bucket(META_BUCKET)?;
+            tx.finish()?;
+        }
         let rtx = backend.read_tx();
+        let has_buckets = rtx.has_bucket(KEY_BUCKET) && rtx.has_bucket(META_BUCKET);
         let meta_rev = |k: &[u8]| -> Result<i64> {
+            if !has_buckets {
+                return Ok(0);
+            }
             Ok(match rtx.get_ref(META_BUCKET, k)? {
                 Some(v) => i64::from_le_bytes(v.try_into().map_err(|_| Error::Corruption {
                     file: "<mvcc meta bucket>".into(),
@@ -130,7 +140,8 @@ impl KvStore {
         let finished = meta_rev(FINISHED_COMPACT)?;
         let mut index = Index::new();
         let mut last = 0i64;
-        for entry in rtx.scan(KEY_BUCKET, [], None)? {
+        let entries = if has_buckets { Some(rtx.scan(KEY_BUCKET, [], None)?) } else { None };
+        for entry in entries.into_iter().flatten() {
             let (k, v) = entry?;
             let (rev, tombstone) = Revision::from_key(k)?;
             let (key, create, version) = kv::peek(v)?;
@@ -153,7 +164,7 @@ impl KvStore {
             watchers: Arc::new(Mutex::new(watch::Registry::default())),
             wake: wake_tx,
         });
-        if scheduled > finished {
+        if scheduled > finished && !read_only {
             inner.compact_now(scheduled)?;
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
