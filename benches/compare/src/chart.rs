@@ -47,8 +47,8 @@ pub fn draw(rep: &Report, path: &Path) -> Result<(), Err> {
     ))?;
     top.draw(&Text::new(
         format!(
-            "{}; {} cores, {:.0} GiB; {}. Lower is better. Times in ms, sizes in MiB; (log) = log scale.",
-            m.date, m.cpus, m.memory_gib, m.disk
+            "{}; logtree {}; {} of {} run(s); {} cores, {:.0} GiB; {}. Lower is better; (log) = log scale.",
+            m.date, m.logtree, rep.stat, rep.runs, m.cpus, m.memory_gib, m.disk
         ),
         (20, 54),
         (FONT, 18).into_font().color(&RGBColor(60, 60, 60)),

@@ -47,6 +47,8 @@ struct Args {
     /// Show the median of the runs instead of the best (lowest).
     median: bool,
     child: Option<String>,
+    /// Redraw the table and chart from a results JSON instead of running.
+    replot: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: logtree-compare [--elements N (1000000)] [--runs R (1)] [--engines a,b,..] \
@@ -66,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         out: manifest.join("results"),
         median: false,
         child: None,
+        replot: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -80,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-chart" => a.chart = None,
             "--median" => a.median = true,
             "--child" => a.child = Some(val()?),
+            "--replot" => a.replot = Some(val()?.into()),
             "-h" | "--help" => return Err(USAGE.to_string()),
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         }
@@ -103,9 +107,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match &args.child {
-        Some(name) => child(name, &args),
-        None => parent(&args),
+    match (&args.child, &args.replot) {
+        (Some(name), _) => child(name, &args),
+        (None, Some(json)) => replot(json, &args),
+        (None, None) => parent(&args),
     }
 }
 
@@ -171,6 +176,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
     if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// Rebuilds a report from a results JSON and prints and draws it again.
+fn replot(path: &Path, args: &Args) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rep = report::Report::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    println!("{}", rep.markdown());
+    println!("{}", rep.ratios_markdown());
+    if let Some(chart_path) = &args.chart {
+        match chart::draw(&rep, chart_path) {
+            Ok(()) => eprintln!("wrote {}", chart_path.display()),
+            Err(e) => eprintln!("chart: {e}"),
+        }
+    }
 }
 
 fn parent(args: &Args) {

@@ -163,6 +163,56 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
+impl Report<'static> {
+    /// The report a run wrote as JSON (see [`Report::json`]).
+    pub fn from_json(text: &str) -> Result<Report<'static>, String> {
+        let j: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let m = &j["machine"];
+        let machine = Machine {
+            date: s(&m["date"]),
+            cpus: m["cpus"].as_u64().unwrap_or(0) as usize,
+            cpu_model: s(&m["cpu_model"]),
+            memory_gib: m["memory_gib"].as_f64().unwrap_or(0.0),
+            disk: s(&m["disk"]),
+            kernel: s(&m["kernel"]),
+            rustc: s(&m["rustc"]),
+            logtree: s(&m["logtree"]),
+            load_before: s(&m["load_before"]),
+            load_after: s(&m["load_after"]),
+            wall_seconds: m["wall_seconds"].as_f64().unwrap_or(0.0),
+        };
+        let rows = j["rows"].as_array().ok_or("no rows")?;
+        let failed = j["failed"].as_object().cloned().unwrap_or_default();
+        let present = |id: &str| rows.iter().any(|r| r["values"].get(id).is_some()) || failed.contains_key(id);
+        let columns: Vec<(&'static str, &'static str)> = crate::COLUMNS.iter().copied().filter(|(id, _)| present(id)).collect();
+        let outcomes = columns
+            .iter()
+            .map(|(id, _)| match failed.get(*id) {
+                Some(why) => Outcome::Failed(why.as_str().unwrap_or_default().to_string()),
+                None => {
+                    let shown = ROWS
+                        .iter()
+                        .map(|(row, _)| {
+                            rows.iter().find(|r| r["id"] == *row).and_then(|r| r["values"][*id].as_f64())
+                        })
+                        .collect();
+                    Outcome::Ran { shown, runs: Vec::new() }
+                }
+            })
+            .collect();
+        let stat = if j["shown"] == "median" { "median" } else { "best" };
+        Ok(Report {
+            elements: j["elements"].as_u64().ok_or("no elements")? as usize,
+            runs: j["runs"].as_u64().unwrap_or(1) as usize,
+            stat,
+            columns,
+            outcomes,
+            machine,
+        })
+    }
+}
+
 impl Report<'_> {
     pub fn label(&self, row: usize) -> String {
         ROWS[row].1.replace("{n}", &thousands(self.elements)).replace("{half}", &thousands(self.elements / 2))
