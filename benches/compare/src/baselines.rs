@@ -106,7 +106,17 @@ pub fn raw_file(dir: &Path, data: &Data) -> Results {
     }
     out.push(("batch_writes", Some(ms(t))));
     out.push(("size_load", Some(size_load as f64 / (1024.0 * 1024.0))));
-    for id in ["reads_1t", "reads_2t", "scans", "removals", "size_removed", "compact", "size_compacted", "reopen", "reopen_compacted"] {
+    for id in [
+        "reads_1t",
+        "reads_2t",
+        "scans",
+        "removals",
+        "size_removed",
+        "compact",
+        "size_compacted",
+        "reopen",
+        "reopen_compacted",
+    ] {
         out.push((id, None));
     }
     out

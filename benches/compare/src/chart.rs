@@ -127,15 +127,19 @@ fn bars<Y: Ranged<ValueType = f64>>(
         match v {
             Some(v) => {
                 let top = v.max(least);
-                chart.draw_series(std::iter::once(Rectangle::new([(x0, floor), (x1, top)], color(rep.columns[c].0).filled())))?;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, floor), (x1, top)],
+                    color(rep.columns[c].0).filled(),
+                )))?;
                 let style = TextStyle::from((FONT, if best == Some(c) { 16 } else { 13 }).into_font())
                     .pos(Pos::new(HPos::Center, VPos::Bottom))
                     .color(&BLACK);
                 chart.draw_series(std::iter::once(Text::new(fmt_value(*v), (xm, top), style)))?;
             }
             None => {
-                let style =
-                    TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)).color(&RGBColor(150, 150, 150));
+                let style = TextStyle::from((FONT, 12).into_font())
+                    .pos(Pos::new(HPos::Center, VPos::Bottom))
+                    .color(&RGBColor(150, 150, 150));
                 chart.draw_series(std::iter::once(Text::new("n/a", (xm, floor), style)))?;
             }
         }

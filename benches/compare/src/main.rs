@@ -140,7 +140,10 @@ fn child(name: &str, args: &Args) {
 /// What one column got: values by row, or why it has none.
 pub enum Outcome {
     /// The value shown for each row (best or median of the runs), and every run's values.
-    Ran { shown: Vec<Option<f64>>, runs: Vec<Vec<Option<f64>>> },
+    Ran {
+        shown: Vec<Option<f64>>,
+        runs: Vec<Vec<Option<f64>>>,
+    },
     Failed(String),
 }
 
@@ -175,7 +178,7 @@ fn run_child(exe: &Path, name: &str, args: &Args) -> Result<Vec<Option<f64>>, St
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if !v.len().is_multiple_of(2) { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
 
 /// Rebuilds a report from a results JSON and prints and draws it again.

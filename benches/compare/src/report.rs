@@ -46,7 +46,12 @@ fn command(cmd: &str, args: &[&str]) -> String {
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub struct Machine {
@@ -145,7 +150,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -185,7 +190,8 @@ impl Report<'static> {
         let rows = j["rows"].as_array().ok_or("no rows")?;
         let failed = j["failed"].as_object().cloned().unwrap_or_default();
         let present = |id: &str| rows.iter().any(|r| r["values"].get(id).is_some()) || failed.contains_key(id);
-        let columns: Vec<(&'static str, &'static str)> = crate::COLUMNS.iter().copied().filter(|(id, _)| present(id)).collect();
+        let columns: Vec<(&'static str, &'static str)> =
+            crate::COLUMNS.iter().copied().filter(|(id, _)| present(id)).collect();
         let outcomes = columns
             .iter()
             .map(|(id, _)| match failed.get(*id) {
@@ -193,9 +199,7 @@ impl Report<'static> {
                 None => {
                     let shown = ROWS
                         .iter()
-                        .map(|(row, _)| {
-                            rows.iter().find(|r| r["id"] == *row).and_then(|r| r["values"][*id].as_f64())
-                        })
+                        .map(|(row, _)| rows.iter().find(|r| r["id"] == *row).and_then(|r| r["values"][*id].as_f64()))
                         .collect();
                     Outcome::Ran { shown, runs: Vec::new() }
                 }
