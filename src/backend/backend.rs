@@ -196,9 +196,7 @@ impl Backend {
 
     /// Bytes of all the engine's files on disk (the log's segments and the manifest).
     pub fn size(&self) -> u64 {
-        let view = self.current_view();
-        let segments: u64 = view.segments.iter().map(|s| s.len()).sum();
-        segments + manifest::encoded_len(view.segments.len()) as u64
+        size_of(&self.current_view())
     }
 
     /// Bytes of the records that are still live — each bucket's creation and the latest put of
@@ -218,7 +216,7 @@ impl Backend {
         Stats {
             buckets: view.catalog.len(),
             keys: view.catalog.key_count(),
-            size: self.size(),
+            size: size_of(&view),
             size_in_use: view.catalog.live_bytes(),
             segments: view.segments.len(),
             written_seq,
@@ -354,6 +352,13 @@ impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend").field("path", &self.config.path).finish_non_exhaustive()
     }
+}
+
+/// Bytes of the files of `view`'s log: its segments and the manifest that lists them. (Stats
+/// take this from the same view as their other figures, so they agree with each other.)
+fn size_of(view: &View) -> u64 {
+    let segments: u64 = view.segments.iter().map(|s| s.len()).sum();
+    segments + manifest::encoded_len(view.segments.len()) as u64
 }
 
 /// Takes the directory's lock: exclusive for a writer, shared for a read-only open.

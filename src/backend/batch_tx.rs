@@ -244,6 +244,12 @@ impl<'a> BatchTx<'a> {
     /// Ends the transaction like dropping it — its writes become visible, and durable with the
     /// next group commit — but reports a failure to write them, which `Drop` cannot.
     pub fn finish(mut self) -> Result<()> {
+        self.end_reporting()
+    }
+
+    /// Ends a usable transaction that has not failed by writing it; reports why otherwise
+    /// (a failed one is rolled back).
+    fn end_reporting(&mut self) -> Result<()> {
         if let Some(why) = self.unusable {
             return Err(Error::TxUnusable(why.into()));
         }
@@ -260,14 +266,7 @@ impl<'a> BatchTx<'a> {
     /// serializes its writes must not make the next writer wait for an fdatasync.
     pub(crate) fn finish_deferring_sync(mut self) -> Result<bool> {
         self.defer_limit_sync = true;
-        if let Some(why) = self.unusable {
-            return Err(Error::TxUnusable(why.into()));
-        }
-        if self.failed {
-            self.end(false).ok();
-            return Err(Error::TxUnusable("an earlier write of this transaction failed".into()));
-        }
-        self.end(true)?;
+        self.end_reporting()?;
         Ok(self.limit_sync_due)
     }
 
