@@ -114,6 +114,7 @@ impl Backend {
             read_only: config.read_only,
             sync: config.sync,
             segment_size: config.segment_size,
+            replay_batch_ops: recovery::REPLAY_BATCH_OPS,
         };
         let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, ops))?;
 
@@ -403,6 +404,7 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 /// split the runs, since they change what the key operations mean.
 fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
     const SORT_FROM: usize = 64;
+    const PREFETCH_AHEAD: usize = 16;
     let mut order: Vec<(u32, u64, u32)> = Vec::new();
     let mut run_start = 0;
     for (i, op) in ops.iter().enumerate() {
@@ -427,7 +429,16 @@ fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), Deco
                     .then(a.2.cmp(&b.2))
             });
             let mut cursor = BucketCursor::default();
-            for &(_, _, j) in &order {
+            for (n, &(_, _, j)) in order.iter().enumerate() {
+                // In key order both the operations and their keys are read from all over
+                // memory: fetch them ahead, in two stages (an operation's key can only be found
+                // once the operation is in cache), so that the misses overlap the inserts.
+                if let Some(&(_, _, ahead)) = order.get(n + 2 * PREFETCH_AHEAD) {
+                    prefetch(std::slice::from_ref(&run[ahead as usize]));
+                }
+                if let Some(&(_, _, ahead)) = order.get(n + PREFETCH_AHEAD) {
+                    prefetch(key_of(&run[ahead as usize]).1);
+                }
                 cursor.apply(catalog, &run[j as usize])?;
             }
         } else {
@@ -442,6 +453,20 @@ fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), Deco
         run_start = i + 1;
     }
     Ok(())
+}
+
+/// Asks the CPU to bring the start of `items` into the cache without waiting for it.
+#[inline]
+fn prefetch<T>(items: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of the x86_64 baseline, so the instruction exists; a prefetch
+        // only hints the cache and never faults or reads into the program, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(items.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::hint::black_box(items.as_ptr());
 }
 
 fn key_of<'a>(op: &Op<'a>) -> (u32, &'a [u8]) {
