@@ -7,7 +7,9 @@
 //! this a read at any revision finds, without touching the disk, the revision whose stored
 //! value it must return, and the key's version at that point.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use super::revision::Revision;
 
@@ -156,8 +158,62 @@ impl KeyIndex {
     }
 }
 
-/// All keys' histories.
-pub type Index = BTreeMap<Vec<u8>, KeyIndex>;
+/// All keys' histories: a hash map for lookups of one key, beside the keys in order for ranges.
+///
+/// Why two structures: puts and single-key reads, the common operations, look up one key, and
+/// in an ordered map of a million keys that is twenty-odd comparisons, each reading a key from
+/// its own allocation (a cache miss apiece). A hash lookup is one or two misses. Ranges walk the
+/// ordered set and look each key up in the map. The key bytes are shared by both (`Arc<[u8]>`).
+#[derive(Default)]
+pub struct Index {
+    map: HashMap<Arc<[u8]>, KeyIndex>,
+    order: BTreeSet<Arc<[u8]>>,
+}
+
+impl Index {
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
+        self.map.get(key)
+    }
+
+    /// The history of `key`, created empty if the key is new.
+    pub fn entry(&mut self, key: &[u8]) -> &mut KeyIndex {
+        if !self.map.contains_key(key) {
+            let k: Arc<[u8]> = Arc::from(key);
+            self.order.insert(k.clone());
+            self.map.insert(k.clone(), KeyIndex::default());
+        }
+        self.map.get_mut(key).expect("just inserted")
+    }
+
+    /// Sets the history of `key`.
+    pub fn insert(&mut self, key: &[u8], ki: KeyIndex) {
+        *self.entry(key) = ki;
+    }
+
+    /// Keys in `bounds`, ascending, with their histories.
+    pub fn range<'a>(
+        &'a self,
+        bounds: (Bound<&'a [u8]>, Bound<&'a [u8]>),
+    ) -> impl Iterator<Item = (&'a [u8], &'a KeyIndex)> + 'a {
+        self.order.range::<[u8], _>(bounds).map(|k| (&**k, &self.map[&**k]))
+    }
+
+    /// Keeps the keys for which `f` returns true.
+    pub fn retain(&mut self, mut f: impl FnMut(&[u8], &mut KeyIndex) -> bool) {
+        let order = &mut self.order;
+        self.map.retain(|k, ki| {
+            let keep = f(k, ki);
+            if !keep {
+                order.remove(&**k);
+            }
+            keep
+        });
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -28,14 +28,13 @@ const FIXED: usize = 1 + 8 * 4 + 4;
 
 impl KeyValue {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(FIXED + self.key.len() + self.value.len());
-        b.push(FORMAT);
-        for n in [self.create_revision, self.mod_revision, self.version, self.lease] {
-            b.extend_from_slice(&n.to_le_bytes());
-        }
-        b.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
-        b.extend_from_slice(&self.key);
-        b.extend_from_slice(&self.value);
+        let mut b = Vec::new();
+        encode_into(
+            &mut b,
+            &self.key,
+            &self.value,
+            [self.create_revision, self.mod_revision, self.version, self.lease],
+        );
         b
     }
 
@@ -51,6 +50,20 @@ impl KeyValue {
             lease: i(25),
         })
     }
+}
+
+/// Replaces `b` with the stored form of a `KeyValue` made of `key`, `value` and `nums`
+/// (create_revision, mod_revision, version, lease), without building one.
+pub(crate) fn encode_into(b: &mut Vec<u8>, key: &[u8], value: &[u8], nums: [i64; 4]) {
+    b.clear();
+    b.reserve(FIXED + key.len() + value.len());
+    b.push(FORMAT);
+    for n in nums {
+        b.extend_from_slice(&n.to_le_bytes());
+    }
+    b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(value);
 }
 
 /// The key, create revision and version of a stored `KeyValue`, without copying it (the index

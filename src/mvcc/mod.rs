@@ -145,7 +145,7 @@ impl KvStore {
             let (k, v) = entry?;
             let (rev, tombstone) = Revision::from_key(k)?;
             let (key, create, version) = kv::peek(v)?;
-            let ki = index.entry(key.to_vec()).or_default();
+            let ki = index.entry(key);
             if tombstone {
                 ki.tombstone(rev);
             } else {
@@ -225,7 +225,14 @@ impl KvStore {
         let mut tx = inner.backend.batch_tx();
         let begin = st.current;
         let rev = begin + 1;
+        // Keys changed by an op that a later op of this txn may read, with their histories as
+        // changed so far (copies). The last op's changes no later op reads: they wait in
+        // `trailing` and are applied to the index in place, so a txn of one put (every `put`)
+        // copies no history.
         let mut overlay: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+        let mut trailing: Vec<(&[u8], Revision)> = Vec::new();
+        let mut delete_keys: Vec<Vec<u8>> = Vec::new();
+        let mut trailing_deletes: Vec<Revision> = Vec::new();
         let succeeded = {
             let src = Source::Batch(&tx);
             let mut ok = true;
@@ -241,27 +248,38 @@ impl KvStore {
         let mut sub = 0i64;
         let mut events: Vec<WatchEvent> = Vec::new();
         let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut encoded = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
             let at = if sub > 0 { rev } else { begin };
+            let read_later = i + 1 < ops.len();
             match op {
                 Op::Put { key, value, lease } => {
                     let found = st.key_index(&overlay, key).and_then(|ki| ki.get(at));
-                    let prev = match found {
-                        Some(f) if watched => Some(Source::Batch(&tx).kv(f.modified)?),
-                        _ => None,
-                    };
                     let r = Revision { main: rev, sub };
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value: value.clone(),
-                        create_revision: found.map_or(rev, |f| f.created.main),
-                        mod_revision: rev,
-                        version: found.map_or(1, |f| f.version + 1),
-                        lease: *lease,
-                    };
-                    tx.seq_put(KEY_BUCKET, r.to_key(false), kv.encode())?;
-                    st.overlay_entry(&mut overlay, key).put(r);
-                    events.push(WatchEvent { kind: EventKind::Put, kv, prev_kv: prev });
+                    let create_revision = found.map_or(rev, |f| f.created.main);
+                    let version = found.map_or(1, |f| f.version + 1);
+                    kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, *lease]);
+                    tx.seq_put(KEY_BUCKET, r.to_key(false), &encoded)?;
+                    if read_later {
+                        st.overlay_entry(&mut overlay, key).put(r);
+                    } else {
+                        trailing.push((key, r));
+                    }
+                    if watched {
+                        let prev = match found {
+                            Some(f) => Some(Source::Batch(&tx).kv(f.modified)?),
+                            None => None,
+                        };
+                        let kv = KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision,
+                            mod_revision: rev,
+                            version,
+                            lease: *lease,
+                        };
+                        events.push(WatchEvent { kind: EventKind::Put, kv, prev_kv: prev });
+                    }
                     responses.push(OpResponse::Put { revision: rev });
                     sub += 1;
                 }
@@ -272,8 +290,15 @@ impl KvStore {
                         let r = Revision { main: rev, sub };
                         let kv = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
                         tx.seq_put(KEY_BUCKET, r.to_key(true), kv.encode())?;
-                        st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
-                        events.push(WatchEvent { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
+                        if read_later {
+                            st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
+                        } else {
+                            delete_keys.push(prev.key.clone());
+                            trailing_deletes.push(r);
+                        }
+                        if watched {
+                            events.push(WatchEvent { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
+                        }
                         sub += 1;
                     }
                     responses.push(OpResponse::DeleteRange { deleted });
@@ -284,7 +309,7 @@ impl KvStore {
                 }
             }
         }
-        if events.is_empty() {
+        if sub == 0 {
             tx.rollback();
             return Ok(TxnResult { succeeded, revision: begin, responses });
         }
@@ -293,7 +318,13 @@ impl KvStore {
         {
             let mut st = inner.write_state();
             for (k, ki) in overlay {
-                st.index.insert(k, ki);
+                st.index.insert(&k, ki);
+            }
+            for (k, r) in trailing {
+                st.index.entry(k).put(r);
+            }
+            for (k, r) in delete_keys.iter().zip(trailing_deletes) {
+                st.index.entry(k).tombstone(r);
             }
             st.current = rev;
         }
@@ -306,7 +337,7 @@ impl KvStore {
         // notified in order, but the next writer can build its transaction meanwhile.
         let mut registry = watch::lock(&inner.watchers);
         drop(write_guard);
-        let fell_behind = !registry.entries.is_empty() && registry.notify(rev, events);
+        let fell_behind = !registry.entries.is_empty() && !events.is_empty() && registry.notify(rev, events);
         drop(registry);
         if fell_behind {
             let _ = inner.wake.try_send(());
@@ -494,8 +525,8 @@ impl State {
         }
         let Some(range) = bounds(key, end) else { return Ok(result) };
         // Merge the base index with the transaction's overlay, the overlay winning.
-        let mut base = self.index.range::<[u8], _>(range).peekable();
-        let mut over = overlay.range::<[u8], _>(range).peekable();
+        let mut base = self.index.range(range).peekable();
+        let mut over = overlay.range::<[u8], _>(range).map(|(k, ki)| (k.as_slice(), ki)).peekable();
         loop {
             let (k, ki) = match (base.peek(), over.peek()) {
                 (None, None) => break,
