@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use logtree::mvcc::{
-    Compare, CompareOp, EventKind, KeyValue, KvStore, Op, OpResponse, RangeOptions, WatchEvent, Watcher,
+    Compare, CompareOp, EventKind, KeyValue, KvStore, Op, OpResponse, RangeOptions, WatchEvent, WatchEventRef, Watcher,
 };
 use logtree::{Backend, Config, Error};
 
@@ -349,4 +349,141 @@ fn read_only_store_reads_and_refuses_writes() {
     assert_eq!(ro.range(b"k", b"", RangeOptions::default()).unwrap().kvs, vec![kv("k", "v", 2, 2, 1)]);
     assert!(matches!(ro.put(b"k", b"w", 0), Err(Error::ReadOnly)));
     assert_eq!(ro.current_revision(), 2);
+}
+
+/// One event as a watcher should see it: (revision, key, kind, value, previous value).
+type Seen = (i64, Vec<u8>, EventKind, Vec<u8>, Option<Vec<u8>>);
+
+fn seen(e: &WatchEventRef<'_>) -> Seen {
+    (e.kv.mod_revision, e.kv.key.to_vec(), e.kind, e.kv.value.to_vec(), e.prev_kv.map(|p| p.value.to_vec()))
+}
+
+/// Many watchers of different ranges, started before, during and after the writes (some from
+/// past revisions), read at different speeds — some one event at a time, some in batches, one
+/// only after the writer is done, so far behind that the shared feed has moved on — while a
+/// writer puts, deletes and runs multi-op txns. Each receives exactly the events of its range,
+/// in order, with the right values and previous values: what a replay of the writes predicts.
+#[test]
+fn many_watchers_at_any_pace_see_exactly_their_events() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Arc::new(store_at(d.path()));
+    let key = |i: u32| format!("k{:02}", i % 40).into_bytes();
+    // What each revision changed: (revision, key, kind, value, previous value).
+    let mut log: Vec<Seen> = Vec::new();
+    let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    let mut write = |s: &KvStore, i: u32, log: &mut Vec<Seen>| {
+        let k = key(i);
+        if i % 7 == 3 && model.contains_key(&k) {
+            let (n, rev) = s.delete_range(&k, b"").unwrap();
+            assert_eq!(n, 1);
+            log.push((rev, k.clone(), EventKind::Delete, Vec::new(), model.remove(&k)));
+        } else if i % 11 == 5 {
+            // Two puts in one revision: sub-revisions 0 and 1.
+            let (a, b) = (key(i), key(i + 1));
+            let (va, vb) = (format!("a{i}").into_bytes(), format!("b{i}").into_bytes());
+            let r = s.txn(&[], &[Op::put(&a, &va, 0), Op::put(&b, &vb, 0)], &[]).unwrap();
+            log.push((r.revision, a.clone(), EventKind::Put, va.clone(), model.insert(a, va)));
+            log.push((r.revision, b.clone(), EventKind::Put, vb.clone(), model.insert(b, vb)));
+        } else {
+            let v = format!("v{i}").into_bytes();
+            let rev = s.put(&k, &v, 0).unwrap();
+            log.push((rev, k.clone(), EventKind::Put, v.clone(), model.insert(k, v)));
+        }
+    };
+    for i in 0..300 {
+        write(&s, i, &mut log);
+    }
+    // (range start, range end, start revision, reads one at a time, waits for the writer first)
+    type Spec = (&'static [u8], &'static [u8], i64, bool, bool);
+    let specs: Vec<Spec> = vec![
+        (b"k", b"\0", 0, false, false),
+        (b"k05", b"", 0, true, false),
+        (b"k10", b"k20", 0, false, false),
+        (b"", b"\0", 2, false, false), // everything, from the first write: history, then the feed
+        (b"k3", b"k4", 150, true, false),
+        (b"k", b"\0", 0, false, true), // reads nothing until the writer is done: falls behind
+        (b"k00", b"k05", 0, true, true),
+    ];
+    let start_rev = s.current_revision();
+    let watchers: Vec<(Watcher, Spec)> =
+        specs.iter().map(|&spec| (s.watch(spec.0, spec.1, spec.2).unwrap(), spec)).collect();
+    let total = 6000u32;
+    let done = Arc::new(std::sync::Barrier::new(watchers.len() + 1));
+    let last_rev = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+    let readers: Vec<_> = watchers
+        .into_iter()
+        .map(|(w, (k, e, from, one, late))| {
+            let (k, e) = (k.to_vec(), e.to_vec());
+            let (done, last_rev) = (done.clone(), last_rev.clone());
+            std::thread::spawn(move || {
+                if late {
+                    done.wait();
+                }
+                let mut got: Vec<Seen> = Vec::new();
+                loop {
+                    let last = last_rev.load(std::sync::atomic::Ordering::SeqCst);
+                    if got.last().is_some_and(|g| g.0 >= last) {
+                        // Everything up to the last revision: nothing more may come.
+                        assert_eq!(w.recv_timeout(Duration::from_millis(30)).unwrap(), None);
+                        break;
+                    }
+                    if one {
+                        if let Some(ev) = w.recv_timeout(Duration::from_millis(20)).unwrap() {
+                            got.push(seen(&ev.as_ref()));
+                        }
+                    } else {
+                        w.recv_with(Duration::from_millis(20), |ev| got.push(seen(ev))).unwrap();
+                    }
+                    if last != i64::MAX && got.last().is_none_or(|g| g.0 < last) {
+                        // The writer is done: the rest must arrive quickly; no event at all for
+                        // a range the writes did not touch after `from` is fine too.
+                        let idle = w.recv_timeout(Duration::from_millis(500)).unwrap();
+                        match idle {
+                            Some(ev) => got.push(seen(&ev.as_ref())),
+                            None => break,
+                        }
+                    }
+                }
+                if !late {
+                    done.wait();
+                }
+                (k, e, from, got)
+            })
+        })
+        .collect();
+    for i in 300..300 + total {
+        write(&s, i, &mut log);
+    }
+    last_rev.store(s.current_revision(), std::sync::atomic::Ordering::SeqCst);
+    // The barrier opens once the other watchers have everything: only then do the late ones
+    // start reading, far behind the feed (more revisions were written than it keeps).
+    done.wait();
+    for r in readers {
+        let (k, e, from, got) = r.join().expect("a watcher thread failed");
+        let from = if from == 0 { start_rev + 1 } else { from };
+        let want: Vec<Seen> = log.iter().filter(|x| x.0 >= from && logtree_in_range(&x.1, &k, &e)).cloned().collect();
+        assert_eq!(got.len(), want.len(), "watcher of {k:?}..{e:?} from {from}: event count");
+        assert_eq!(got, want, "watcher of {k:?}..{e:?} from {from}");
+    }
+}
+
+fn logtree_in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    match end {
+        [] => key == start,
+        [0] => key >= start,
+        _ => key >= start && key < end,
+    }
+}
+
+/// Dropping the store ends its watches with `Error::Closed`, once what was delivered is read.
+#[test]
+fn watch_ends_when_the_store_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    let w = s.watch(b"a", b"", 0).unwrap();
+    s.put(b"a", b"1", 0).unwrap();
+    assert_eq!(next(&w).kv.value, b"1");
+    drop(s);
+    assert!(matches!(w.recv_timeout(Duration::from_secs(5)), Err(Error::Closed)));
+    assert!(matches!(w.try_recv(), Err(Error::Closed)), "and stays ended");
 }

@@ -38,13 +38,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, select, tick};
+use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::backend::{Backend, BatchTx, ReadTx};
 use crate::error::{Error, Result};
 use key_index::{Index, KeyIndex};
 pub use kv::{
-    Compare, CompareOp, EventKind, HashKv, KeyValue, Op, OpResponse, RangeOptions, RangeResult, TxnResult, WatchEvent,
+    Compare, CompareOp, EventKind, HashKv, KeyValue, KeyValueRef, Op, OpResponse, RangeOptions, RangeResult, TxnResult,
+    WatchEvent, WatchEventRef,
 };
 pub use revision::Revision;
 pub use watch::Watcher;
@@ -53,6 +54,8 @@ const KEY_BUCKET: &[u8] = b"key";
 const META_BUCKET: &[u8] = b"meta";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+/// How long the watch notifier pauses after waking the watchers, so that wake-ups are batched.
+const WAKE_PAUSE: Duration = Duration::from_millis(1);
 /// Revisions removed per `BatchTx` by a compaction, so the writer never waits long.
 const COMPACT_BATCH: usize = 1000;
 
@@ -92,7 +95,9 @@ struct Inner {
     /// One compaction at a time; hash_by_rev waits for a running one.
     compaction: Mutex<()>,
     state: RwLock<State>,
-    watchers: watch::Shared,
+    /// The feed of recent revisions that watchers read.
+    hub: Arc<watch::Hub>,
+    /// Asks the notifier thread to wake waiting watchers.
     wake: Sender<()>,
 }
 
@@ -161,7 +166,7 @@ impl KvStore {
             write: Mutex::new(()),
             compaction: Mutex::new(()),
             state: RwLock::new(State { index, current, compacted: finished }),
-            watchers: Arc::new(Mutex::new(watch::Registry::default())),
+            hub: Arc::new(watch::Hub::new(current + 1)),
             wake: wake_tx,
         });
         if scheduled > finished && !read_only {
@@ -171,9 +176,9 @@ impl KvStore {
         let syncer = {
             let inner = inner.clone();
             std::thread::Builder::new()
-                .name("logtree-watch-sync".into())
-                .spawn(move || inner.sync_loop(stop_rx, wake_rx))
-                .map_err(|e| Error::io("start the watch syncer", None, e))?
+                .name("logtree-watch-notify".into())
+                .spawn(move || inner.notify_loop(stop_rx, wake_rx))
+                .map_err(|e| Error::io("start the watch notifier", None, e))?
         };
         Ok(KvStore { inner, stop: Some(stop_tx), syncer: Some(syncer) })
     }
@@ -220,7 +225,7 @@ impl KvStore {
         let write_guard = lock(&inner.write);
         // Previous values are read only for watch events; without watchers, creation revision
         // and version come from the key index alone.
-        let watched = !watch::lock(&inner.watchers).entries.is_empty();
+        let watched = inner.hub.has_watchers();
         let st = inner.read_state();
         let mut tx = inner.backend.batch_tx();
         let begin = st.current;
@@ -246,7 +251,7 @@ impl KvStore {
         };
         let ops = if succeeded { success } else { failure };
         let mut sub = 0i64;
-        let mut events: Vec<WatchEvent> = Vec::new();
+        let mut events = kv::EventsBuf::default();
         let mut responses = Vec::with_capacity(ops.len());
         let mut encoded = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -259,26 +264,18 @@ impl KvStore {
                     let create_revision = found.map_or(rev, |f| f.created.main);
                     let version = found.map_or(1, |f| f.version + 1);
                     kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, *lease]);
+                    if watched {
+                        let prev = match found {
+                            Some(f) => Some(Source::Batch(&tx).stored(f.modified)?),
+                            None => None,
+                        };
+                        events.push(EventKind::Put, &encoded, prev);
+                    }
                     tx.seq_put(KEY_BUCKET, r.to_key(false), &encoded)?;
                     if read_later {
                         st.overlay_entry(&mut overlay, key).put(r);
                     } else {
                         trailing.push((key, r));
-                    }
-                    if watched {
-                        let prev = match found {
-                            Some(f) => Some(Source::Batch(&tx).kv(f.modified)?),
-                            None => None,
-                        };
-                        let kv = KeyValue {
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision,
-                            mod_revision: rev,
-                            version,
-                            lease: *lease,
-                        };
-                        events.push(WatchEvent { kind: EventKind::Put, kv, prev_kv: prev });
                     }
                     responses.push(OpResponse::Put { revision: rev });
                     sub += 1;
@@ -289,15 +286,16 @@ impl KvStore {
                     for prev in live {
                         let r = Revision { main: rev, sub };
                         let kv = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
-                        tx.seq_put(KEY_BUCKET, r.to_key(true), kv.encode())?;
+                        let stored = kv.encode();
+                        if watched {
+                            events.push(EventKind::Delete, &stored, Some(&prev.encode()));
+                        }
+                        tx.seq_put(KEY_BUCKET, r.to_key(true), stored)?;
                         if read_later {
                             st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
                         } else {
                             delete_keys.push(prev.key.clone());
                             trailing_deletes.push(r);
-                        }
-                        if watched {
-                            events.push(WatchEvent { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
                         }
                         sub += 1;
                     }
@@ -333,13 +331,11 @@ impl KvStore {
                 rr.rev = rev;
             }
         }
-        // The registry is taken before the write lock is released, so revisions are still
-        // notified in order, but the next writer can build its transaction meanwhile.
-        let mut registry = watch::lock(&inner.watchers);
+        // The feed is taken before the write lock is released, so revisions are still
+        // appended in order, but the next writer can build its transaction meanwhile.
+        let feed = inner.hub.lock_feed();
         drop(write_guard);
-        let fell_behind = !registry.entries.is_empty() && !events.is_empty() && registry.notify(rev, events);
-        drop(registry);
-        if fell_behind {
+        if feed.append(rev, events) {
             let _ = inner.wake.try_send(());
         }
         if sync_due {
@@ -406,24 +402,18 @@ impl KvStore {
         if start_rev != 0 && st.compacted > 0 && start_rev <= st.compacted {
             return Err(Error::Compacted { requested: start_rev, compacted: st.compacted });
         }
-        let mut reg = watch::lock(&self.inner.watchers);
-        let (next, synced) = if start_rev == 0 || start_rev > st.current {
-            (start_rev.max(st.current + 1), true)
-        } else {
-            (start_rev, false)
-        };
-        let (id, rx) = reg.add(key.to_vec(), end.to_vec(), next, synced);
-        drop(reg);
+        let next = if start_rev == 0 || start_rev > st.current { start_rev.max(st.current + 1) } else { start_rev };
+        self.inner.hub.catch_up(st.current + 1);
         drop(st);
-        if !synced {
-            let _ = self.inner.wake.try_send(());
-        }
-        Ok(Watcher { id, rx, registry: self.inner.watchers.clone() })
+        let inner: Arc<dyn watch::History + Send + Sync> = self.inner.clone();
+        let history = Arc::downgrade(&inner);
+        Ok(Watcher::new(key.to_vec(), end.to_vec(), next, self.inner.hub.clone(), history))
     }
 }
 
 impl Drop for KvStore {
     fn drop(&mut self) {
+        self.inner.hub.close();
         drop(self.stop.take());
         if let Some(h) = self.syncer.take() {
             let _ = h.join();
@@ -443,10 +433,15 @@ enum Source<'a, 'b> {
     Batch(&'a BatchTx<'b>),
 }
 
-impl Source<'_, '_> {
+impl<'a> Source<'a, '_> {
     fn kv(&self, rev: Revision) -> Result<KeyValue> {
+        KeyValue::decode(self.stored(rev)?)
+    }
+
+    /// The stored form of the key-value put at `rev`.
+    fn stored(&self, rev: Revision) -> Result<&'a [u8]> {
         let k = rev.to_key(false);
-        let v = match self {
+        let v = match *self {
             Source::Read(t) => t.get_ref(KEY_BUCKET, &k)?,
             Source::Batch(t) => t.get_ref(KEY_BUCKET, &k)?,
         };
@@ -455,7 +450,7 @@ impl Source<'_, '_> {
             offset: 0,
             reason: format!("revision {}.{} is in the index but not in the key bucket", rev.main, rev.sub),
         })?;
-        KeyValue::decode(v)
+        Ok(v)
     }
 }
 
@@ -629,82 +624,48 @@ impl Inner {
         self.set_meta(FINISHED_COMPACT, rev)
     }
 
-    /// The syncer thread: replays history to watchers that fell behind.
-    fn sync_loop(self: Arc<Self>, stop: Receiver<()>, wake: Receiver<()>) {
-        let ticker = tick(Duration::from_millis(10));
+    /// The notifier thread: wakes the waiting watchers when the writer asks, then pauses so
+    /// that wake-ups come in batches (see `watch.rs`).
+    fn notify_loop(self: Arc<Self>, stop: Receiver<()>, wake: Receiver<()>) {
         loop {
             select! {
                 recv(stop) -> _ => return,
-                recv(wake) -> _ => {}
-                recv(ticker) -> _ => {}
+                recv(wake) -> _ => {
+                    self.hub.wake_all();
+                    std::thread::sleep(WAKE_PAUSE);
+                }
             }
-            // Errors (a failed read) leave the watcher unsynced; the next round retries.
-            let _ = self.sync_watchers();
         }
     }
+}
 
-    fn sync_watchers(&self) -> Result<()> {
+impl watch::History for Inner {
+    fn read(&self, key: &[u8], end: &[u8], from: i64, to: i64) -> Result<(Vec<WatchEvent>, i64)> {
         let st = self.read_state();
-        let mut reg = watch::lock(&self.watchers);
-        let current = st.current;
+        if st.compacted > 0 && from <= st.compacted {
+            return Err(Error::Compacted { requested: from, compacted: st.compacted });
+        }
         let rtx = self.backend.read_tx();
-        let mut gone = Vec::new();
-        for (&id, w) in reg.entries.iter_mut().filter(|(_, w)| !w.synced) {
-            if st.compacted > 0 && w.next_rev <= st.compacted {
-                let e = Error::Compacted { requested: w.next_rev, compacted: st.compacted };
-                let _ = w.tx.try_send(Err(e));
-                gone.push(id);
+        let start = Revision { main: from, sub: 0 }.to_key(false);
+        let stop = Revision { main: to, sub: 0 }.to_key(false);
+        let mut events = Vec::new();
+        for entry in rtx.scan(KEY_BUCKET, &start, Some(&stop))? {
+            let (k, v) = entry?;
+            let (r, tombstone) = Revision::from_key(k)?;
+            if r.sub == 0 && events.len() >= watch::HISTORY_BATCH {
+                return Ok((events, r.main)); // whole revisions only
+            }
+            let kv = KeyValue::decode(v)?;
+            if !in_range(&kv.key, key, end) {
                 continue;
             }
-            let from = Revision { main: w.next_rev, sub: 0 }.to_key(false);
-            let to = Revision { main: current + 1, sub: 0 }.to_key(false);
-            let mut pending: Vec<WatchEvent> = Vec::new();
-            let mut pending_rev = w.next_rev;
-            let mut room = w.room();
-            let mut full = false;
-            for entry in rtx.scan(KEY_BUCKET, &from, Some(&to))? {
-                let (k, v) = entry?;
-                let (r, tombstone) = Revision::from_key(k)?;
-                if r.main != pending_rev {
-                    // A whole revision is collected: send it if it fits.
-                    if pending.len() > room {
-                        full = true;
-                        break;
-                    }
-                    room -= pending.len();
-                    for e in pending.drain(..) {
-                        let _ = w.tx.try_send(Ok(Arc::new(e)));
-                    }
-                    w.next_rev = r.main;
-                    pending_rev = r.main;
-                }
-                let kv = KeyValue::decode(v)?;
-                if !in_range(&kv.key, &w.key, &w.end) {
-                    continue;
-                }
-                let prev_kv = match st.index.get(&kv.key).and_then(|ki| ki.previous(r)) {
-                    Some(p) => Source::Read(&rtx).kv(p.modified).ok(),
-                    None => None,
-                };
-                let kind = if tombstone { EventKind::Delete } else { EventKind::Put };
-                pending.push(WatchEvent { kind, kv, prev_kv });
-            }
-            if !full {
-                if pending.len() > room {
-                    continue;
-                }
-                for e in pending.drain(..) {
-                    let _ = w.tx.try_send(Ok(Arc::new(e)));
-                }
-                // Everything up to `current` is delivered; the writer (which updates `current`
-                // before notifying, and cannot notify while we hold the registry) takes over.
-                w.next_rev = current + 1;
-                w.synced = true;
-            }
+            let prev_kv = match st.index.get(&kv.key).and_then(|ki| ki.previous(r)) {
+                Some(p) => Source::Read(&rtx).kv(p.modified).ok(),
+                None => None,
+            };
+            let kind = if tombstone { EventKind::Delete } else { EventKind::Put };
+            events.push(WatchEvent { kind, kv, prev_kv });
         }
-        for id in gone {
-            reg.entries.remove(&id);
-        }
-        Ok(())
+        Ok((events, to))
     }
 }

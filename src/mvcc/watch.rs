@@ -1,134 +1,432 @@
-//! Watchers: live events for the ones that keep up, history for the ones that fall behind.
+//! Watchers: one shared feed of recent revisions that every watcher reads at its own pace, and
+//! the store's history for a watcher that starts in the past or falls behind the feed.
 //!
-//! A watcher is *synced* while the writer can hand it every event of each new revision: the
-//! writer checks that the watcher's bounded channel has room for all of a revision's matching
-//! events before sending any, so a revision is never split. If there is no room, the watcher
-//! becomes *unsynced* at that revision and the writer moves on — a slow watcher never blocks a
-//! writer. The syncer thread then replays it from the `key` bucket, revision by revision, as its
-//! channel drains, and marks it synced again once it has caught up with the current revision.
-//! Every watcher remembers `next_rev`, the first revision it has not been given, and nothing
-//! below it is ever sent again, so the hand-over between the two paths neither loses nor repeats
-//! an event. Dropping a [`Watcher`] removes it.
+//! **The feed.** The writer appends each new revision's events, once, to a [`Hub`]: a list of
+//! segments of [`SEGMENT_REVS`] slots, slot `i` of a segment holding revision `first_rev + i`.
+//! A slot is written once (`OnceLock`), by the writer, in revision order, and never changed, so
+//! watchers read it without a lock and without copying it to each of them: a watcher keeps an
+//! `Arc` of the segment it is reading. The writer's cost per revision is therefore the same for
+//! one watcher or a thousand — it used to send each event to each watcher's channel and wake
+//! each watcher, and puts with 100 watchers ran at a sixth of their speed. The hub keeps the
+//! last [`KEPT_SEGMENTS`] segments; older ones are freed when the last watcher reading them
+//! moves on.
+//!
+//! **History.** A watcher whose next revision is older than the feed's first (it started in the
+//! past, or read so slowly that the feed moved on) reads from the store's `key` bucket instead,
+//! up to the feed's first revision, a bounded batch at a time, then continues in the feed. Every
+//! revision below the feed's `next_rev` is already visible in the backend (the writer appends
+//! to the feed after its `BatchTx` has been published), so the two never disagree. A watcher's
+//! history that was compacted away ends the watch with `Error::Compacted`.
+//!
+//! **Waking.** A watcher with nothing to read waits on the hub's condition variable. The writer
+//! does not wake it: if anyone waits, it asks the store's notifier thread (a non-blocking send
+//! to a channel of one slot), which wakes all waiters and then pauses briefly, so that wake-ups
+//! are batched and the writer makes at most one cheap system call per pause. A 10 ms timeout on
+//! every wait bounds the delay if a wake-up is ever missed.
+//!
+//! Every watcher remembers `next_rev`, the first revision it has not been given, and only moves
+//! it forward, so it never loses or repeats an event. Dropping a [`Watcher`] ends it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-
-use super::kv::WatchEvent;
+use super::kv::{EventsBuf, WatchEvent, WatchEventRef, events};
 use crate::error::{Error, Result};
 
-/// Capacity of a watcher's channel: events beyond it wait in the store's history.
-pub const WATCH_CHANNEL: usize = 1024;
+/// Revisions per feed segment.
+pub const SEGMENT_REVS: usize = 1024;
+/// Segments the hub keeps: the feed holds the last 4,096–5,120 revisions.
+pub const KEPT_SEGMENTS: usize = 5;
+/// The longest a watcher sleeps before it looks again, whether woken or not.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+/// Events a watcher reads from history at a time (whole revisions, so it may be more).
+pub const HISTORY_BATCH: usize = 1024;
 
-pub(crate) struct Entry {
-    pub key: Vec<u8>,
-    pub end: Vec<u8>,
-    pub next_rev: i64,
-    pub synced: bool,
-    /// Events are shared: one allocation per event, however many watchers get it.
-    pub tx: Sender<Result<Arc<WatchEvent>>>,
+/// A run of consecutive revisions of the feed.
+pub(crate) struct Segment {
+    first_rev: i64,
+    /// Each revision's events, encoded (see `EventsBuf`).
+    slots: Box<[Slot]>,
 }
 
-impl Entry {
-    /// Room in the channel for this many more events.
-    pub fn room(&self) -> usize {
-        WATCH_CHANNEL.saturating_sub(self.tx.len())
-    }
-}
-
+/// A feed slot, alone on its cache line: the writer fills the next slot while a hundred watchers
+/// read the one before, and sharing a line made each of the writer's stores a cache miss and each
+/// of the watchers' loads one too.
+#[repr(align(64))]
 #[derive(Default)]
-pub(crate) struct Registry {
-    pub entries: HashMap<u64, Entry>,
-    next_id: u64,
-}
+struct Slot(OnceLock<Box<[u8]>>);
 
-/// The watchers of a store, shared with each [`Watcher`] so that dropping one unregisters it.
-pub(crate) type Shared = Arc<Mutex<Registry>>;
-
-pub(crate) fn lock(r: &Shared) -> MutexGuard<'_, Registry> {
-    r.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Registry {
-    pub fn add(
-        &mut self,
-        key: Vec<u8>,
-        end: Vec<u8>,
-        next_rev: i64,
-        synced: bool,
-    ) -> (u64, Receiver<Result<Arc<WatchEvent>>>) {
-        let (tx, rx) = crossbeam_channel::bounded(WATCH_CHANNEL);
-        self.next_id += 1;
-        self.entries.insert(self.next_id, Entry { key, end, next_rev, synced, tx });
-        (self.next_id, rx)
+impl Segment {
+    fn new(first_rev: i64) -> Segment {
+        Segment { first_rev, slots: (0..SEGMENT_REVS).map(|_| Slot::default()).collect() }
     }
 
-    /// Hands a new revision's events (`(key, event)`) to the synced watchers they match.
-    /// Returns true if some watcher fell behind (the syncer has work).
-    pub fn notify(&mut self, rev: i64, events: Vec<WatchEvent>) -> bool {
-        let events: Vec<Arc<WatchEvent>> = events.into_iter().map(Arc::new).collect();
-        let mut fell_behind = false;
-        self.entries.retain(|_, w| {
-            if !w.synced || rev < w.next_rev {
-                return true;
-            }
-            let matches = |e: &&Arc<WatchEvent>| super::in_range(&e.kv.key, &w.key, &w.end);
-            if events.iter().filter(matches).count() > w.room() {
-                w.synced = false;
-                fell_behind = true;
-                return true;
-            }
-            for e in events.iter().filter(matches) {
-                match w.tx.try_send(Ok(e.clone())) {
-                    Ok(()) => {}
-                    Err(TrySendError::Disconnected(_)) => return false,
-                    // Only this thread sends to a synced watcher and the room was checked.
-                    Err(TrySendError::Full(_)) => unreachable!("room was checked"),
-                }
-            }
-            w.next_rev = rev + 1;
-            true
-        });
-        fell_behind
+    fn covers(&self, rev: i64) -> bool {
+        rev >= self.first_rev && rev - self.first_rev < SEGMENT_REVS as i64
     }
+
+    /// The events of `rev`, if the writer has appended it. Requires `covers(rev)`.
+    fn get(&self, rev: i64) -> Option<&[u8]> {
+        self.slots[(rev - self.first_rev) as usize].0.get().map(|b| &**b)
+    }
+}
+
+struct Feed {
+    segments: VecDeque<Arc<Segment>>,
+    /// The revision the next append gets.
+    next_rev: i64,
+}
+
+impl Feed {
+    /// The oldest revision the feed still holds (`next_rev` if it holds none).
+    fn first_rev(&self) -> i64 {
+        self.segments.front().map_or(self.next_rev, |s| s.first_rev)
+    }
+}
+
+/// Where a watcher's next revision is.
+pub(crate) enum Position {
+    /// In this segment of the feed (appended or not yet).
+    Feed(Arc<Segment>),
+    /// Below the feed: read history up to this revision (exclusive).
+    History(i64),
+    /// Not appended yet, and no segment for it exists yet.
+    Ahead,
+}
+
+/// The shared feed of one store, and the waiting room of its watchers.
+pub(crate) struct Hub {
+    feed: Mutex<Feed>,
+    /// Registered watchers: while there are none, the writer builds no events.
+    watchers: AtomicUsize,
+    /// Watchers waiting for a revision.
+    waiting: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: Condvar,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    pub fn new(next_rev: i64) -> Hub {
+        Hub {
+            feed: Mutex::new(Feed { segments: VecDeque::new(), next_rev }),
+            watchers: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn has_watchers(&self) -> bool {
+        self.watchers.load(Ordering::SeqCst) > 0
+    }
+
+    /// Called by `watch`, serialized with the writer: if the feed fell behind while nobody
+    /// watched (the writer then appends nothing), it restarts empty at `next_rev`.
+    pub fn catch_up(&self, next_rev: i64) {
+        let mut feed = lock(&self.feed);
+        if feed.next_rev != next_rev {
+            feed.segments.clear();
+            feed.next_rev = next_rev;
+        }
+    }
+
+    pub fn register(&self) {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Takes the feed for an append: the writer takes it before it lets the next writer in, so
+    /// revisions are appended in order.
+    pub fn lock_feed(&self) -> FeedGuard<'_> {
+        FeedGuard { hub: self, feed: lock(&self.feed) }
+    }
+
+    /// Whether some watcher waits for a revision (then the notifier should wake them).
+    pub fn anyone_waiting(&self) -> bool {
+        // Pairs with the fence in `wait`: either this sees the waiter, or the waiter sees the
+        // revision just appended.
+        fence(Ordering::SeqCst);
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wakes every waiting watcher (the notifier thread).
+    pub fn wake_all(&self) {
+        let _g = lock(&self.sleep);
+        self.wake.notify_all();
+    }
+
+    /// Ends every watch: the store is gone.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn position(&self, rev: i64) -> Position {
+        let feed = lock(&self.feed);
+        if rev < feed.first_rev() {
+            return Position::History(feed.first_rev());
+        }
+        match feed.segments.iter().rev().find(|s| s.covers(rev)) {
+            Some(s) => Position::Feed(s.clone()),
+            None => Position::Ahead,
+        }
+    }
+
+    /// Waits until `ready` holds, the hub closes, or `until` (at most one wait slice).
+    fn wait(&self, until: Instant, ready: impl Fn() -> bool) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let g = lock(&self.sleep);
+        if !ready() && !self.closed.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now()).min(WAIT_SLICE);
+            let _ = self.wake.wait_timeout(g, left);
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The feed, locked by the writer for one append.
+pub(crate) struct FeedGuard<'a> {
+    hub: &'a Hub,
+    feed: MutexGuard<'a, Feed>,
+}
+
+impl FeedGuard<'_> {
+    /// Appends revision `rev` (the feed's next) with its events, if anyone watches; otherwise
+    /// the feed is left behind and `catch_up` restarts it. Returns whether a watcher waits.
+    pub fn append(mut self, rev: i64, events: EventsBuf) -> bool {
+        if events.count == 0 || self.feed.next_rev != rev {
+            return false;
+        }
+        let feed = &mut *self.feed;
+        if !feed.segments.back().is_some_and(|s| s.covers(rev)) {
+            feed.segments.push_back(Arc::new(Segment::new(rev)));
+            while feed.segments.len() > KEPT_SEGMENTS {
+                feed.segments.pop_front();
+            }
+        }
+        let seg = feed.segments.back().expect("just ensured");
+        // Only the writer appends, once per revision: the slot is empty.
+        let _ = seg.slots[(rev - seg.first_rev) as usize].0.set(events.buf.into_boxed_slice());
+        feed.next_rev = rev + 1;
+        drop(self.feed);
+        self.hub.anyone_waiting()
+    }
+}
+
+/// What a watcher keeps between calls.
+pub(crate) struct Cursor {
+    pub next_rev: i64,
+    seg: Option<Arc<Segment>>,
+    /// Events read from history, not yet handed out.
+    pub backlog: VecDeque<WatchEvent>,
+    /// Why the watch ended, repeated to every later call.
+    ended: Option<Ended>,
+}
+
+/// Why a watch ended (other errors, such as a failed read of history, are returned once and
+/// the next call tries again).
+#[derive(Clone, Copy)]
+enum Ended {
+    Compacted { requested: i64, compacted: i64 },
+    Closed,
+}
+
+impl Ended {
+    fn of(e: &Error) -> Option<Ended> {
+        match *e {
+            Error::Compacted { requested, compacted } => Some(Ended::Compacted { requested, compacted }),
+            Error::Closed => Some(Ended::Closed),
+            _ => None,
+        }
+    }
+
+    fn error(self) -> Error {
+        match self {
+            Ended::Compacted { requested, compacted } => Error::Compacted { requested, compacted },
+            Ended::Closed => Error::Closed,
+        }
+    }
+}
+
+/// Reads the store's history for a watcher: the events of revisions `from..to` in `key..end`,
+/// whole revisions, about `HISTORY_BATCH` events at most; returns them and the revision after
+/// the last one read.
+pub(crate) trait History {
+    fn read(&self, key: &[u8], end: &[u8], from: i64, to: i64) -> Result<(Vec<WatchEvent>, i64)>;
 }
 
 /// A watch on a key range; see [`crate::mvcc::KvStore::watch`]. Dropping it cancels the watch.
 pub struct Watcher {
-    pub(crate) id: u64,
-    pub(crate) rx: Receiver<Result<Arc<WatchEvent>>>,
-    pub(crate) registry: Shared,
+    pub(crate) key: Vec<u8>,
+    pub(crate) end: Vec<u8>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) history: Weak<dyn History + Send + Sync>,
+    pub(crate) cursor: Mutex<Cursor>,
 }
 
 impl Watcher {
+    pub(crate) fn new(
+        key: Vec<u8>,
+        end: Vec<u8>,
+        next_rev: i64,
+        hub: Arc<Hub>,
+        history: Weak<dyn History + Send + Sync>,
+    ) -> Watcher {
+        hub.register();
+        let cursor = Cursor { next_rev, seg: None, backlog: VecDeque::new(), ended: None };
+        Watcher { key, end, hub, history, cursor: Mutex::new(cursor) }
+    }
+
     /// The next event, waiting at most `timeout`: `Ok(None)` if none came. An error means the
     /// watch ended: `Error::Compacted` if the history it needed was compacted away before it
     /// could be delivered, `Error::Closed` if the store was closed.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<WatchEvent>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(Ok(e)) => Ok(Some(Arc::unwrap_or_clone(e))),
-            Ok(Err(e)) => Err(e),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
-        }
+        let mut first = None;
+        self.recv_upto(timeout, 1, &mut |e: &WatchEventRef<'_>| first = Some(e.to_owned()))?;
+        Ok(first)
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&self) -> Result<Option<WatchEvent>> {
         self.recv_timeout(Duration::ZERO)
     }
+
+    /// Waits at most `timeout` for events, then calls `f` with each event ready now, in order,
+    /// and returns how many (0 after a timeout). The events are lent from the store's shared
+    /// feed rather than copied for each watcher, which is what makes many watchers cheap: use
+    /// this rather than [`recv_timeout`](Self::recv_timeout) to keep up with a busy store.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// let (backend, _dir) = logtree::Backend::open_temp()?;
+    /// let store = logtree::mvcc::KvStore::open(Arc::new(backend))?;
+    /// let w = store.watch(b"a", b"\0", 0)?;
+    /// store.put(b"a", b"1", 0)?;
+    /// store.put(b"b", b"2", 0)?;
+    /// let mut revs = Vec::new();
+    /// while revs.len() < 2 {
+    ///     w.recv_with(Duration::from_secs(5), |e| revs.push(e.kv.mod_revision))?;
+    /// }
+    /// assert_eq!(revs, [2, 3]);
+    /// # Ok::<(), logtree::Error>(())
+    /// ```
+    pub fn recv_with(&self, timeout: Duration, mut f: impl FnMut(&WatchEventRef<'_>)) -> Result<usize> {
+        self.recv_upto(timeout, usize::MAX, &mut f)
+    }
+
+    fn recv_upto(&self, timeout: Duration, max: usize, f: &mut dyn FnMut(&WatchEventRef<'_>)) -> Result<usize> {
+        let until = Instant::now() + timeout;
+        let mut c = lock(&self.cursor);
+        loop {
+            if let Some(e) = c.ended {
+                return Err(e.error());
+            }
+            let n = self.deliver(&mut c, max, f);
+            if n > 0 {
+                return Ok(n);
+            }
+            match self.refill(&mut c) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    c.ended = Ended::of(&e);
+                    return Err(e);
+                }
+            }
+            if self.hub.closed.load(Ordering::SeqCst) {
+                c.ended = Some(Ended::Closed);
+                return Err(Error::Closed);
+            }
+            if Instant::now() >= until {
+                return Ok(0);
+            }
+            let next = c.next_rev;
+            let seg = c.seg.clone();
+            self.hub.wait(until, || seg.as_ref().is_some_and(|s| s.covers(next) && s.get(next).is_some()));
+        }
+    }
+
+    /// Hands out up to `max` events from the backlog, then from the feed segment the cursor is
+    /// in, whole revisions at a time (`max` may be exceeded to finish one); returns how many.
+    fn deliver(&self, c: &mut Cursor, max: usize, f: &mut dyn FnMut(&WatchEventRef<'_>)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(e) = c.backlog.pop_front() else { break };
+            f(&e.as_ref());
+            n += 1;
+        }
+        if n > 0 || !c.backlog.is_empty() {
+            return n;
+        }
+        // Borrowed, not cloned: every watcher reads the same segment, and a reference count
+        // that they all changed on every call would bounce between the cores.
+        let Cursor { next_rev, seg, backlog, .. } = c;
+        let Some(seg) = seg.as_ref() else { return 0 };
+        while n < max && seg.covers(*next_rev) {
+            let Some(events_of_rev) = seg.get(*next_rev) else { break };
+            let mut matching =
+                events(events_of_rev).filter(|e| super::in_range(e.kv.key, &self.key, &self.end)).peekable();
+            if max == 1 && matching.peek().is_some() {
+                // One event wanted: the rest of the revision waits in the backlog.
+                if let Some(e) = matching.next() {
+                    f(&e);
+                    n += 1;
+                }
+                backlog.extend(matching.map(|e| e.to_owned()));
+            } else {
+                for e in matching {
+                    f(&e);
+                    n += 1;
+                }
+            }
+            *next_rev += 1;
+        }
+        n
+    }
+
+    /// Moves the cursor to where its next revision is, reading history into the backlog if
+    /// that is where it is. Returns whether there may be something to deliver now.
+    fn refill(&self, c: &mut Cursor) -> Result<bool> {
+        if c.seg.as_ref().is_some_and(|s| s.covers(c.next_rev)) {
+            return Ok(false); // waiting for the writer to append it
+        }
+        match self.hub.position(c.next_rev) {
+            Position::Feed(seg) => {
+                c.seg = Some(seg);
+                Ok(true)
+            }
+            Position::Ahead => {
+                c.seg = None;
+                Ok(false)
+            }
+            Position::History(to) => {
+                c.seg = None;
+                let history = self.history.upgrade().ok_or(Error::Closed)?;
+                let (events, next) = history.read(&self.key, &self.end, c.next_rev, to)?;
+                c.backlog.extend(events);
+                c.next_rev = next;
+                Ok(true)
+            }
+        }
+    }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        lock(&self.registry).entries.remove(&self.id);
+        self.hub.watchers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl std::fmt::Debug for Watcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watcher").field("id", &self.id).finish()
+        f.debug_struct("Watcher").field("key", &self.key).field("end", &self.end).finish_non_exhaustive()
     }
 }
