@@ -145,7 +145,7 @@ impl Backend {
         let writer_config = log.as_ref().map(|l| l.config().clone());
         Ok(Backend {
             view: RwLock::new(Arc::new(view)),
-            writer: Mutex::new(Writer { log, catalog, segments }),
+            writer: Mutex::new(Writer { log, catalog, segments, mirrored_ops: 0 }),
             writer_thread: AtomicUsize::new(0),
             durability,
             committer,
@@ -402,7 +402,7 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 /// The sort compares an 8-byte prefix of each key held in the sort entry, so that it rarely
 /// reads the keys themselves (scattered over the log's maps). Bucket creations and deletions
 /// split the runs, since they change what the key operations mean.
-fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
+pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
     const SORT_FROM: usize = 64;
     const PREFETCH_AHEAD: usize = 16;
     let mut order: Vec<(u32, u64, u32)> = Vec::new();
