@@ -118,10 +118,15 @@ impl Durability {
 
     /// `Err(Poisoned)` once a write or sync has failed.
     pub fn check(&self) -> Result<()> {
-        match &self.lock().poisoned {
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
-            None => Ok(()),
+        // Every path that poisons sets `failed` first: the common case takes no lock (this runs
+        // for every write). Set but not yet explained, it still refuses.
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        let cause = self.lock().poisoned.clone();
+        Err(Error::Poisoned {
+            cause: cause.unwrap_or_else(|| "an earlier write or fdatasync of the log failed".into()),
+        })
     }
 
     /// Makes every transaction written so far durable.

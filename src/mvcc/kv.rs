@@ -383,6 +383,8 @@ pub(crate) struct EventsBuf {
 impl EventsBuf {
     /// Appends an event from the stored forms of the key-value and its previous one.
     pub fn push(&mut self, kind: EventKind, kv: &[u8], prev: Option<&[u8]>) {
+        // Exactly: a revision of one event then becomes its boxed slice without a reallocation.
+        self.buf.reserve_exact(2 + 4 + kv.len() + prev.map_or(0, |p| 4 + p.len()));
         self.buf.push(match kind {
             EventKind::Put => 0,
             EventKind::Delete => 1,
