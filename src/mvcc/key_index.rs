@@ -25,6 +25,10 @@ struct Generation {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyIndex {
     generations: Vec<Generation>,
+    /// While the key is live: what `get` returns at every revision from its last change on —
+    /// the common read, at the current revision, then touches no generation (two cache misses
+    /// fewer in a large index). `None` while the key is deleted.
+    latest: Option<Found>,
 }
 
 /// What a key looked like at a revision.
@@ -48,6 +52,7 @@ impl KeyIndex {
         }
         g.revs.push(rev);
         g.ver += 1;
+        self.latest = Some(Found { modified: rev, created: g.created, version: g.ver });
     }
 
     /// Records a put found while rebuilding the index from the `key` bucket: after a
@@ -67,6 +72,8 @@ impl KeyIndex {
                 *g = Generation { ver: version, created, revs: vec![rev] };
             }
         }
+        let g = self.generations.last().expect("just pushed to");
+        self.latest = Some(Found { modified: rev, created: g.created, version: g.ver });
     }
 
     /// Records a deletion at `rev`, ending the current generation. False if the key is not
@@ -77,6 +84,7 @@ impl KeyIndex {
         }
         self.put(rev);
         self.generations.push(Generation::default());
+        self.latest = None;
         true
     }
 
@@ -87,6 +95,11 @@ impl KeyIndex {
 
     /// The key at revision `at` (None if it did not exist then).
     pub fn get(&self, at: i64) -> Option<Found> {
+        if let Some(l) = self.latest
+            && l.modified.main <= at
+        {
+            return Some(l);
+        }
         let g = self.find_generation(at)?;
         let n = g.revs.iter().rposition(|r| r.main <= at)?;
         Some(Found { modified: g.revs[n], created: g.created, version: g.ver - (g.revs.len() - n - 1) as i64 })
@@ -263,6 +276,40 @@ mod tests {
         assert_eq!(ki.previous(r(8)).map(|f| f.modified), None, "before 8 the key was deleted");
         assert_eq!(ki.previous(Revision { main: 14, sub: 1 }).map(|f| f.modified), Some(r(14)));
         assert_eq!(ki.previous(r(2)), None);
+    }
+
+    /// The inline `latest` is only a shortcut: reads at every revision agree with the
+    /// generations alone, through random puts, deletes and compactions.
+    #[test]
+    fn latest_agrees_with_the_generations() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            let mut ki = KeyIndex::default();
+            let mut rev = 1;
+            let mut compacted = 0;
+            for _ in 0..30 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                rev += 1;
+                match x % 7 {
+                    0 | 1 => {
+                        ki.tombstone(r(rev));
+                    }
+                    2 if rev > compacted + 2 => {
+                        compacted = rev - 1 - (x % 3) as i64;
+                        if !ki.compact(compacted, &mut HashSet::new()) {
+                            ki = KeyIndex::default();
+                        }
+                    }
+                    _ => ki.put(r(rev)),
+                }
+                let slow = KeyIndex { latest: None, ..ki.clone() };
+                for at in compacted.max(1)..=rev + 1 {
+                    assert_eq!(ki.get(at), slow.get(at), "at {at} of {ki:?}");
+                }
+            }
+        }
     }
 
     /// etcd's TestKeyIndexCompactAndKeep, in part.
