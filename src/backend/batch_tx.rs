@@ -190,7 +190,12 @@ impl<'a> BatchTx<'a> {
 
     /// Sets `key` in `bucket` to `value`. The bucket must exist.
     pub fn put(&mut self, bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let (bucket, key, value) = (bucket.as_ref(), key.as_ref(), value.as_ref());
+        self.put_ref(bucket.as_ref(), key.as_ref(), value.as_ref()).map(|_| ())
+    }
+
+    /// As [`put`](Self::put); returns where the value lies in the log, which stays valid in
+    /// every later view that still has its segment (see [`ReadTx::value_at`]).
+    pub(crate) fn put_ref(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<ValueRef> {
         check_key(key)?;
         check_value(value)?;
         let w = self.writable()?;
@@ -201,10 +206,15 @@ impl<'a> BatchTx<'a> {
             Ok(v) => {
                 b.put(key, v);
                 self.ops += 1;
-                Ok(())
+                Ok(v)
             }
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// The bytes at `v`, if its segment is still part of the log (see `ReadTx::value_at`).
+    pub(crate) fn value_at(&self, v: ValueRef) -> Option<&[u8]> {
+        self.reader().values.value(v)
     }
 
     /// The same as [`put`](Self::put); the name says the caller writes ascending keys (as

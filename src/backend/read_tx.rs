@@ -221,6 +221,14 @@ impl ReadTx {
         Reader { catalog: &self.view.catalog, values: self.view.as_ref() }
     }
 
+    /// The bytes a put wrote at `v` (from [`BatchTx::put_ref`](super::BatchTx)), if this
+    /// snapshot's log still has the segment: until a defrag rewrites the log, a place in it
+    /// holds the same bytes in every later snapshot. `None` after a defrag (or for a place this
+    /// snapshot cannot reach): look the key up instead.
+    pub(crate) fn value_at(&self, v: ValueRef) -> Option<&[u8]> {
+        self.view.value(v)
+    }
+
     /// Sequence number of the last transaction this snapshot includes (0 for none). Strictly
     /// increasing with every `BatchTx` that writes something.
     pub fn seq(&self) -> u64 {

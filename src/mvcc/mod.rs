@@ -235,7 +235,7 @@ impl KvStore {
         // `trailing` and are applied to the index in place, so a txn of one put (every `put`)
         // copies no history.
         let mut overlay: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
-        let mut trailing: Vec<(&[u8], Revision)> = Vec::new();
+        let mut trailing: Vec<(&[u8], Revision, crate::index::ValueRef)> = Vec::new();
         let mut delete_keys: Vec<Vec<u8>> = Vec::new();
         let mut trailing_deletes: Vec<Revision> = Vec::new();
         let succeeded = {
@@ -266,16 +266,19 @@ impl KvStore {
                     kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, *lease]);
                     if watched {
                         let prev = match found {
-                            Some(f) => Some(Source::Batch(&tx).stored(f.modified)?),
+                            Some(f) => {
+                                let hint = st.key_index(&overlay, key).and_then(|ki| ki.value_of(&f));
+                                Some(Source::Batch(&tx).stored_hinted(f.modified, hint)?)
+                            }
                             None => None,
                         };
                         events.push(EventKind::Put, &encoded, prev);
                     }
-                    tx.seq_put(KEY_BUCKET, r.to_key(false), &encoded)?;
+                    let at = tx.put_ref(KEY_BUCKET, &r.to_key(false), &encoded)?;
                     if read_later {
-                        st.overlay_entry(&mut overlay, key).put(r);
+                        st.overlay_entry(&mut overlay, key).put_at(r, at);
                     } else {
-                        trailing.push((key, r));
+                        trailing.push((key, r, at));
                     }
                     responses.push(OpResponse::Put { revision: rev });
                     sub += 1;
@@ -318,8 +321,8 @@ impl KvStore {
             for (k, ki) in overlay {
                 st.index.insert(&k, ki);
             }
-            for (k, r) in trailing {
-                st.index.entry(k).put(r);
+            for (k, r, at) in trailing {
+                st.index.entry(k).put_at(r, at);
             }
             for (k, r) in delete_keys.iter().zip(trailing_deletes) {
                 st.index.entry(k).tombstone(r);
@@ -438,6 +441,28 @@ impl<'a> Source<'a, '_> {
         KeyValue::decode(self.stored(rev)?)
     }
 
+    /// As [`kv`](Self::kv), reading the value where `hint` says it was written (see
+    /// [`stored_hinted`](Self::stored_hinted)).
+    fn kv_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<KeyValue> {
+        KeyValue::decode(self.stored_hinted(rev, hint)?)
+    }
+
+    /// As [`stored`](Self::stored), reading the value where `hint` says it was written if the
+    /// log still has it there (see `KeyIndex::value`) and it is that revision's record;
+    /// otherwise the revision is looked up.
+    fn stored_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<&'a [u8]> {
+        let at = hint.and_then(|v| match *self {
+            Source::Read(t) => t.value_at(v),
+            Source::Batch(t) => t.value_at(v),
+        });
+        if let Some(b) = at
+            && kv::KeyValueRef::decode(b).is_ok_and(|kv| kv.mod_revision == rev.main)
+        {
+            return Ok(b);
+        }
+        self.stored(rev)
+    }
+
     /// The stored form of the key-value put at `rev`.
     fn stored(&self, rev: Revision) -> Result<&'a [u8]> {
         let k = rev.to_key(false);
@@ -482,7 +507,10 @@ impl State {
         at: i64,
     ) -> Result<Option<KeyValue>> {
         match self.key_index(overlay, key).and_then(|ki| ki.get(at)) {
-            Some(found) => src.kv(found.modified).map(Some),
+            Some(found) => {
+                let hint = self.key_index(overlay, key).and_then(|ki| ki.value_of(&found));
+                src.kv_hinted(found.modified, hint).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -506,10 +534,11 @@ impl State {
         let mut result = RangeResult { kvs: Vec::new(), count: 0, rev: current };
         if end.is_empty() {
             // One key: a lookup, not a merge of two range iterators.
-            if let Some(found) = self.key_index(overlay, key).and_then(|ki| ki.get(at)) {
+            let ki = self.key_index(overlay, key);
+            if let Some((ki, found)) = ki.and_then(|ki| Some((ki, ki.get(at)?))) {
                 result.count = 1;
                 if !opts.count_only {
-                    let mut kv = src.kv(found.modified)?;
+                    let mut kv = src.kv_hinted(found.modified, ki.value_of(&found))?;
                     if opts.keys_only {
                         kv.value.clear();
                     }
@@ -543,7 +572,7 @@ impl State {
             if opts.count_only || (opts.limit > 0 && result.kvs.len() >= opts.limit) {
                 continue;
             }
-            let mut kv = src.kv(found.modified)?;
+            let mut kv = src.kv_hinted(found.modified, ki.value_of(&found))?;
             debug_assert_eq!(&kv.key, k);
             if opts.keys_only {
                 kv.value.clear();
