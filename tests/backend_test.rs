@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use logtree::{Backend, Config, Error};
 
+mod common;
+use common::{Content, content_of};
+
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir);
     c.sync = false;
@@ -695,19 +698,8 @@ fn reopen_keeps_everything_and_continues() {
 fn small_transactions_never_change_a_view_a_reader_holds() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
-    type Content = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
-    let mut model: Content = BTreeMap::new();
-    let dump = |t: &logtree::ReadTx| -> Content {
-        let mut all = BTreeMap::new();
-        for b in t.buckets() {
-            t.for_each(&b, |k, v| {
-                all.insert((b.clone(), k.to_vec()), v.to_vec());
-                Ok(())
-            })
-            .unwrap();
-        }
-        all
-    };
+    let mut model = Content::new();
+    let dump = content_of;
     let mut kept: Vec<(logtree::ReadTx, Content)> = Vec::new();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut rnd = |n: u64| {

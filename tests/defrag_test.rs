@@ -13,19 +13,12 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
-type Model = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
+mod common;
+
+type Model = common::Content;
 
 fn dump(db: &Backend) -> Model {
-    let r = db.read_tx();
-    let mut m = Model::new();
-    for b in r.buckets() {
-        r.for_each(&b, |k, v| {
-            m.insert((b.clone(), k.to_vec()), v.to_vec());
-            Ok(())
-        })
-        .unwrap();
-    }
-    m
+    common::content_of(&db.read_tx())
 }
 
 fn segment_files(dir: &std::path::Path) -> usize {

@@ -5,7 +5,6 @@
 //!
 //! The child is this test binary re-executed as `<exe> --exact failpoint_child --ignored`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -20,19 +19,12 @@ fn config(dir: &Path) -> Config {
     c
 }
 
-type Content = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
+mod common;
+
+use common::Content;
 
 fn content(db: &Backend) -> Content {
-    let r = db.read_tx();
-    let mut m = Content::new();
-    for b in r.buckets() {
-        r.for_each(&b, |k, v| {
-            m.insert((b.clone(), k.to_vec()), v.to_vec());
-            Ok(())
-        })
-        .expect("for_each");
-    }
-    m
+    common::content_of(&db.read_tx())
 }
 
 /// A database whose log is mostly garbage, over several segments, everything committed.
