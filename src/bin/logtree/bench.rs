@@ -152,6 +152,11 @@ pub struct BenchArgs {
     /// Watchers of every key in the mvcc-watch phase (each with a thread receiving its events).
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub watchers: u64,
+    /// Threads that receive the mvcc-watch phase's watchers, each serving an equal share of
+    /// them in turn, as etcd's benchmark multiplexes watchers over its streams (default: one
+    /// thread per watcher).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub watch_streams: Option<u64>,
     /// What the mvcc-txn-put phase's txns compare before their put.
     #[arg(long, value_name = "C", value_enum, default_value_t = TxnCompare::ModRevision)]
     pub txn_compare: TxnCompare,
@@ -164,6 +169,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The threads receiving mvcc-watch's watchers: `--watch-streams`, at most one per watcher.
+    pub fn watch_streams(&self) -> u64 {
+        self.watch_streams.unwrap_or(self.watchers).clamp(1, self.watchers)
+    }
+
     /// `--keys`, or the workload's default.
     pub fn keys(&self) -> u64 {
         self.keys.unwrap_or(if self.workload.is_mvcc() { DEFAULT_MVCC_KEYS } else { DEFAULT_KEYS })
@@ -321,6 +331,9 @@ struct SettingsReport {
     /// mvcc-watch's watchers (only for the workloads that run it).
     #[serde(skip_serializing_if = "Option::is_none")]
     watchers: Option<u64>,
+    /// The threads receiving them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watch_streams: Option<u64>,
     /// mvcc-txn-put's compare (only for the workloads that run it).
     #[serde(skip_serializing_if = "Option::is_none")]
     txn_compare: Option<TxnCompare>,
@@ -574,6 +587,7 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
                 ops: args.ops,
                 workload: args.workload,
                 watchers: w.runs(Workload::MvccWatch).then_some(args.watchers),
+                watch_streams: w.runs(Workload::MvccWatch).then_some(args.watch_streams()),
                 txn_compare: w.runs(Workload::MvccTxnPut).then_some(args.txn_compare),
                 cpus: thread::available_parallelism().map_or(1, |n| n.get()),
             },

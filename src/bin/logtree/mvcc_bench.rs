@@ -130,7 +130,11 @@ pub fn describe(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
         parts.push(format!("txn-put compares {cmp}"));
     }
     if w.runs(Workload::MvccWatch) {
-        parts.push(format!("{} watchers", grouped(args.watchers)));
+        parts.push(format!(
+            "{} watchers on {} receiving threads",
+            grouped(args.watchers),
+            grouped(args.watch_streams())
+        ));
     }
     writeln!(out, "  {}", parts.join("; "))?;
     Ok(())
@@ -429,46 +433,72 @@ struct Received {
     done: Option<Instant>,
 }
 
-/// The body of a watcher's thread: receives until it has every revision up to `last` (known
-/// once the writer stops), or `abort` is set, or the drain limit passes.
-fn receive(w: &Watcher, first: i64, last: &AtomicI64, abort: &AtomicBool, stamps: &Stamps) -> CliResult<Received> {
-    let mut r = Received { delays: Sample::new()?, received: 0, out_of_order: 0, early: 0, next: first, done: None };
+/// The body of a receiving thread (a stream): serves its watchers in turn until each has
+/// every revision up to `last` (known once the writer stops), or `abort` is set, or the drain
+/// limit passes.
+fn receive(
+    ws: &[Watcher],
+    first: i64,
+    last: &AtomicI64,
+    abort: &AtomicBool,
+    stamps: &Stamps,
+) -> CliResult<Vec<Received>> {
+    let mut rs = Vec::with_capacity(ws.len());
+    for _ in ws {
+        rs.push(Received { delays: Sample::new()?, received: 0, out_of_order: 0, early: 0, next: first, done: None });
+    }
     let mut deadline = None;
     loop {
         let end = last.load(Ordering::Acquire);
-        if r.next > end {
-            r.done = Some(Instant::now());
+        let now = Instant::now();
+        for r in rs.iter_mut().filter(|r| r.done.is_none() && r.next > end) {
+            r.done = Some(now);
+        }
+        if rs.iter().all(|r| r.done.is_some()) || abort.load(Ordering::Relaxed) {
             break;
         }
-        if abort.load(Ordering::Relaxed) {
+        if end != i64::MAX && *deadline.get_or_insert_with(|| now + DRAIN_LIMIT) < now {
             break;
         }
-        if end != i64::MAX && *deadline.get_or_insert_with(|| Instant::now() + DRAIN_LIMIT) < Instant::now() {
-            break;
+        let mut got = 0;
+        for (w, r) in ws.iter().zip(rs.iter_mut()).filter(|(_, r)| r.done.is_none()) {
+            got += take(w, r, Duration::ZERO, stamps)?;
         }
-        // Events come lent, in batches (all that is ready), as a busy client would take them;
-        // one receipt time serves the batch.
-        let mut received = None;
-        w.recv_with(RECV_POLL, |ev| {
-            let at = *received.get_or_insert_with(Instant::now);
-            let rev = ev.kv.mod_revision;
-            r.received += 1;
-            if rev != r.next {
-                r.out_of_order += 1;
+        if got == 0 {
+            // Nothing ready for any of them: wait on one. They all watch every key, so an event
+            // for one is an event for all.
+            if let Some((w, r)) = ws.iter().zip(rs.iter_mut()).find(|(_, r)| r.done.is_none()) {
+                take(w, r, RECV_POLL, stamps)?;
             }
-            r.next = r.next.max(rev + 1);
-            if rev % LATENCY_SAMPLE != 0 {
-                return;
-            }
-            if let Some(d) = stamps.delay(rev, at) {
-                if d.is_zero() {
-                    r.early += 1;
-                }
-                r.delays.record(d);
-            }
-        })?;
+        }
     }
-    Ok(r)
+    Ok(rs)
+}
+
+/// Receives what `w` has ready (waiting at most `timeout` for something) into `r`; returns how
+/// many events. Events come lent, in batches, as a busy client would take them; one receipt
+/// time serves the batch.
+fn take(w: &Watcher, r: &mut Received, timeout: Duration, stamps: &Stamps) -> CliResult<usize> {
+    let mut received = None;
+    let n = w.recv_with(timeout, |ev| {
+        let at = *received.get_or_insert_with(Instant::now);
+        let rev = ev.kv.mod_revision;
+        r.received += 1;
+        if rev != r.next {
+            r.out_of_order += 1;
+        }
+        r.next = r.next.max(rev + 1);
+        if rev % LATENCY_SAMPLE != 0 {
+            return;
+        }
+        if let Some(d) = stamps.delay(rev, at) {
+            if d.is_zero() {
+                r.early += 1;
+            }
+            r.delays.record(d);
+        }
+    })?;
+    Ok(n)
 }
 
 /// etcd's `watch` and `watch-latency` benchmarks together: one writer puts random keys for the
@@ -495,11 +525,12 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let label = format!("mvcc-watch ({})", c.args.watchers);
 
     let (timed, writer_end, received) = thread::scope(|s| {
+        let per_stream = watchers.len().div_ceil(c.args.watch_streams() as usize);
         let handles: Vec<_> = watchers
-            .iter()
-            .map(|w| {
+            .chunks(per_stream)
+            .map(|ws| {
                 let (last, abort, stamps) = (&last, &abort, &stamps);
-                s.spawn(move || receive(w, first, last, abort, stamps))
+                s.spawn(move || receive(ws, first, last, abort, stamps))
             })
             .collect();
         let timed = c.run_timed(&label, &[Role { threads: 1, body: &watched }]);
@@ -520,11 +551,14 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let mut delays = Sample::new()?;
     let (mut got, mut out_of_order, mut early, mut complete) = (0u64, 0u64, 0u64, true);
     let mut drained = writer_end;
-    for r in received {
-        let r = match r {
-            Ok(r) => r?,
+    let mut streams = Vec::new();
+    for stream in received {
+        match stream {
+            Ok(rs) => streams.extend(rs?),
             Err(_) => return Err(CliError::new("a watcher's thread failed (see the message above)")),
-        };
+        }
+    }
+    for r in streams {
         delays.merge(&r.delays);
         got += r.received;
         out_of_order += r.out_of_order;
