@@ -47,7 +47,7 @@ pub use kv::{
     Compare, CompareOp, EventKind, HashKv, KeyValue, KeyValueRef, Op, OpResponse, RangeOptions, RangeResult, TxnResult,
     WatchEvent, WatchEventRef,
 };
-pub use revision::Revision;
+pub use revision::{RevKey, Revision};
 pub use watch::Watcher;
 
 const KEY_BUCKET: &[u8] = b"key";
@@ -190,7 +190,7 @@ impl KvStore {
 
     /// Puts `key`; returns the new revision.
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64> {
-        let r = self.txn(&[], &[Op::put(key, value, lease)], &[])?;
+        let r = self.txn_refs(&[], &[OpRef::Put { key, value, lease }], &[])?;
         Ok(r.revision)
     }
 
@@ -204,7 +204,7 @@ impl KvStore {
     /// Deletes every live key in `[key, end)`; returns how many and the revision (unchanged if
     /// nothing was deleted).
     pub fn delete_range(&self, key: &[u8], end: &[u8]) -> Result<(u64, i64)> {
-        let r = self.txn(&[], &[Op::delete_range(key, end)], &[])?;
+        let r = self.txn_refs(&[], &[OpRef::DeleteRange { key, end }], &[])?;
         let deleted = match r.responses.first() {
             Some(OpResponse::DeleteRange { deleted }) => *deleted,
             _ => 0,
@@ -216,8 +216,15 @@ impl KvStore {
     /// or `failure` atomically as one revision (none if the branch writes nothing). Ranges in
     /// the branch see the branch's earlier writes.
     pub fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult> {
+        let success: Vec<OpRef<'_>> = success.iter().map(OpRef::of).collect();
+        let failure: Vec<OpRef<'_>> = failure.iter().map(OpRef::of).collect();
+        self.txn_refs(compares, &success, &failure)
+    }
+
+    /// [`txn`](Self::txn) over borrowed ops, so that `put` and `delete_range` copy nothing.
+    fn txn_refs(&self, compares: &[Compare], success: &[OpRef<'_>], failure: &[OpRef<'_>]) -> Result<TxnResult> {
         for op in success.iter().chain(failure) {
-            if let Op::Put { key, .. } = op {
+            if let OpRef::Put { key, .. } = *op {
                 crate::backend::check_key(key)?;
             }
         }
@@ -257,13 +264,13 @@ impl KvStore {
         for (i, op) in ops.iter().enumerate() {
             let at = if sub > 0 { rev } else { begin };
             let read_later = i + 1 < ops.len();
-            match op {
-                Op::Put { key, value, lease } => {
+            match *op {
+                OpRef::Put { key, value, lease } => {
                     let found = st.key_index(&overlay, key).and_then(|ki| ki.get(at));
                     let r = Revision { main: rev, sub };
                     let create_revision = found.map_or(rev, |f| f.created.main);
                     let version = found.map_or(1, |f| f.version + 1);
-                    kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, *lease]);
+                    kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, lease]);
                     if watched {
                         let prev = match found {
                             Some(f) => {
@@ -274,7 +281,7 @@ impl KvStore {
                         };
                         events.push(EventKind::Put, &encoded, prev);
                     }
-                    let at = tx.put_ref(KEY_BUCKET, &r.to_key(false), &encoded)?;
+                    let at = tx.put_ref(KEY_BUCKET, &r.key_bytes(false), &encoded)?;
                     if read_later {
                         st.overlay_entry(&mut overlay, key).put_at(r, at);
                     } else {
@@ -283,7 +290,7 @@ impl KvStore {
                     responses.push(OpResponse::Put { revision: rev });
                     sub += 1;
                 }
-                Op::DeleteRange { key, end } => {
+                OpRef::DeleteRange { key, end } => {
                     let live = st.range(&Source::Batch(&tx), &overlay, key, end, &RangeOptions::default(), at)?.kvs;
                     let deleted = live.len() as u64;
                     for prev in live {
@@ -293,7 +300,7 @@ impl KvStore {
                         if watched {
                             events.push(EventKind::Delete, &stored, Some(&prev.encode()));
                         }
-                        tx.seq_put(KEY_BUCKET, r.to_key(true), stored)?;
+                        tx.seq_put(KEY_BUCKET, r.key_bytes(true), stored)?;
                         if read_later {
                             st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
                         } else {
@@ -304,7 +311,7 @@ impl KvStore {
                     }
                     responses.push(OpResponse::DeleteRange { deleted });
                 }
-                Op::Range { key, end, opts } => {
+                OpRef::Range { key, end, opts } => {
                     let result = st.range(&Source::Batch(&tx), &overlay, key, end, opts, at)?;
                     responses.push(OpResponse::Range(RangeResult { rev: at, ..result }));
                 }
@@ -430,6 +437,24 @@ impl std::fmt::Debug for KvStore {
     }
 }
 
+/// An [`Op`] borrowed.
+#[derive(Clone, Copy)]
+enum OpRef<'a> {
+    Put { key: &'a [u8], value: &'a [u8], lease: i64 },
+    DeleteRange { key: &'a [u8], end: &'a [u8] },
+    Range { key: &'a [u8], end: &'a [u8], opts: &'a RangeOptions },
+}
+
+impl OpRef<'_> {
+    fn of(op: &Op) -> OpRef<'_> {
+        match op {
+            Op::Put { key, value, lease } => OpRef::Put { key, value, lease: *lease },
+            Op::DeleteRange { key, end } => OpRef::DeleteRange { key, end },
+            Op::Range { key, end, opts } => OpRef::Range { key, end, opts },
+        }
+    }
+}
+
 /// Where values are read: a snapshot, or the write transaction (which sees its own writes).
 enum Source<'a, 'b> {
     Read(&'a ReadTx),
@@ -465,10 +490,10 @@ impl<'a> Source<'a, '_> {
 
     /// The stored form of the key-value put at `rev`.
     fn stored(&self, rev: Revision) -> Result<&'a [u8]> {
-        let k = rev.to_key(false);
+        let k = rev.key_bytes(false);
         let v = match *self {
-            Source::Read(t) => t.get_ref(KEY_BUCKET, &k)?,
-            Source::Batch(t) => t.get_ref(KEY_BUCKET, &k)?,
+            Source::Read(t) => t.get_ref(KEY_BUCKET, k)?,
+            Source::Batch(t) => t.get_ref(KEY_BUCKET, k)?,
         };
         let v = v.ok_or_else(|| Error::Corruption {
             file: "<mvcc key bucket>".into(),

@@ -33,6 +33,17 @@ impl Revision {
         k
     }
 
+    /// As [`to_key`](Self::to_key), on the stack: the hot paths (every put, every read of a
+    /// value by revision) make no allocation for it.
+    pub fn key_bytes(self, tombstone: bool) -> RevKey {
+        let mut buf = [0u8; REV_KEY_LEN + 1];
+        buf[..8].copy_from_slice(&self.main.to_be_bytes());
+        buf[8] = b'_';
+        buf[9..17].copy_from_slice(&self.sub.to_be_bytes());
+        buf[17] = TOMBSTONE;
+        RevKey { buf, len: if tombstone { REV_KEY_LEN + 1 } else { REV_KEY_LEN } }
+    }
+
     /// Parses a bucket key: the revision and whether it is a tombstone.
     pub fn from_key(k: &[u8]) -> Result<(Revision, bool)> {
         let bad = || Error::Corruption {
@@ -54,6 +65,26 @@ impl Revision {
     }
 }
 
+/// A revision's bucket key, held on the stack (see [`Revision::key_bytes`]).
+#[derive(Clone, Copy)]
+pub struct RevKey {
+    buf: [u8; REV_KEY_LEN + 1],
+    len: usize,
+}
+
+impl std::ops::Deref for RevKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl AsRef<[u8]> for RevKey {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +102,8 @@ mod tests {
         for r in revs {
             assert_eq!(Revision::from_key(&r.to_key(false)).unwrap(), (r, false));
             assert_eq!(Revision::from_key(&r.to_key(true)).unwrap(), (r, true));
+            assert_eq!(&*r.key_bytes(false), &r.to_key(false)[..]);
+            assert_eq!(&*r.key_bytes(true), &r.to_key(true)[..]);
         }
         assert!(Revision::from_key(b"short").is_err());
         let mut bad = revs[0].to_key(false);
