@@ -28,7 +28,7 @@
 //! it forward, so it never loses or repeats an event. Dropping a [`Watcher`] ends it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,15 @@ use crate::error::{Error, Result};
 
 /// Revisions per feed segment.
 pub const SEGMENT_REVS: usize = 1024;
-/// Segments the hub keeps: the feed holds the last 4,096–5,120 revisions.
+/// Segments the hub keeps: the feed holds the last 4,096–5,120 revisions, or fewer if
+/// they are large (see `FEED_BYTES`).
 pub const KEPT_SEGMENTS: usize = 5;
+/// Bytes of events the feed keeps at most, unless the segment being filled alone holds more
+/// (then only it is kept): values may be
+/// hundreds of megabytes, and the feed must not hold thousands of them. A segment whose events
+/// reach a fifth of it is sealed early (the next revision starts a new one), and old segments
+/// go once the total is over it; watchers behind them read history instead.
+pub const FEED_BYTES: usize = 64 << 20;
 /// The longest a watcher sleeps before it looks again, whether woken or not.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Events a watcher reads from history at a time (whole revisions, so it may be more).
@@ -47,6 +54,9 @@ pub const HISTORY_BATCH: usize = 1024;
 /// A run of consecutive revisions of the feed.
 pub(crate) struct Segment {
     first_rev: i64,
+    /// The revision after the last one this segment holds, once it is sealed early (i64::MAX
+    /// while it may still take every one of its slots).
+    end_rev: AtomicI64,
     /// Each revision's events, encoded (see `EventsBuf`).
     slots: Box<[Slot]>,
 }
@@ -60,11 +70,17 @@ struct Slot(OnceLock<Box<[u8]>>);
 
 impl Segment {
     fn new(first_rev: i64) -> Segment {
-        Segment { first_rev, slots: (0..SEGMENT_REVS).map(|_| Slot::default()).collect() }
+        Segment {
+            first_rev,
+            end_rev: AtomicI64::new(i64::MAX),
+            slots: (0..SEGMENT_REVS).map(|_| Slot::default()).collect(),
+        }
     }
 
     fn covers(&self, rev: i64) -> bool {
-        rev >= self.first_rev && rev - self.first_rev < SEGMENT_REVS as i64
+        rev >= self.first_rev
+            && rev - self.first_rev < SEGMENT_REVS as i64
+            && rev < self.end_rev.load(Ordering::Acquire)
     }
 
     /// The events of `rev`, if the writer has appended it. Requires `covers(rev)`.
@@ -74,7 +90,10 @@ impl Segment {
 }
 
 struct Feed {
-    segments: VecDeque<Arc<Segment>>,
+    /// The segments, oldest first, each with the bytes of events it holds.
+    segments: VecDeque<(Arc<Segment>, usize)>,
+    /// Their sum.
+    bytes: usize,
     /// The revision the next append gets.
     next_rev: i64,
 }
@@ -82,7 +101,7 @@ struct Feed {
 impl Feed {
     /// The oldest revision the feed still holds (`next_rev` if it holds none).
     fn first_rev(&self) -> i64 {
-        self.segments.front().map_or(self.next_rev, |s| s.first_rev)
+        self.segments.front().map_or(self.next_rev, |(s, _)| s.first_rev)
     }
 }
 
@@ -115,7 +134,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Hub {
     pub fn new(next_rev: i64) -> Hub {
         Hub {
-            feed: Mutex::new(Feed { segments: VecDeque::new(), next_rev }),
+            feed: Mutex::new(Feed { segments: VecDeque::new(), bytes: 0, next_rev }),
             watchers: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             sleep: Mutex::new(()),
@@ -134,6 +153,7 @@ impl Hub {
         let mut feed = lock(&self.feed);
         if feed.next_rev != next_rev {
             feed.segments.clear();
+            feed.bytes = 0;
             feed.next_rev = next_rev;
         }
     }
@@ -173,8 +193,8 @@ impl Hub {
         if rev < feed.first_rev() {
             return Position::History(feed.first_rev());
         }
-        match feed.segments.iter().rev().find(|s| s.covers(rev)) {
-            Some(s) => Position::Feed(s.clone()),
+        match feed.segments.iter().rev().find(|(s, _)| s.covers(rev)) {
+            Some((s, _)) => Position::Feed(s.clone()),
             None => Position::Ahead,
         }
     }
@@ -206,16 +226,25 @@ impl FeedGuard<'_> {
             return false;
         }
         let feed = &mut *self.feed;
-        if !feed.segments.back().is_some_and(|s| s.covers(rev)) {
-            feed.segments.push_back(Arc::new(Segment::new(rev)));
-            while feed.segments.len() > KEPT_SEGMENTS {
-                feed.segments.pop_front();
-            }
+        if !feed.segments.back().is_some_and(|(s, _)| s.covers(rev)) {
+            feed.segments.push_back((Arc::new(Segment::new(rev)), 0));
         }
-        let seg = feed.segments.back().expect("just ensured");
+        let len = events.buf.len();
+        let (seg, seg_bytes) = feed.segments.back_mut().expect("just ensured");
         // Only the writer appends, once per revision: the slot is empty.
         let _ = seg.slots[(rev - seg.first_rev) as usize].0.set(events.buf.into_boxed_slice());
+        *seg_bytes += len;
+        if *seg_bytes >= FEED_BYTES / KEPT_SEGMENTS {
+            seg.end_rev.store(rev + 1, Ordering::Release);
+        }
+        feed.bytes += len;
         feed.next_rev = rev + 1;
+        // Never the segment being filled: it holds the revision just appended.
+        while feed.segments.len() > KEPT_SEGMENTS || (feed.segments.len() > 1 && feed.bytes > FEED_BYTES) {
+            if let Some((_, bytes)) = feed.segments.pop_front() {
+                feed.bytes -= bytes;
+            }
+        }
         drop(self.feed);
         self.hub.anyone_waiting()
     }
@@ -428,5 +457,42 @@ impl Drop for Watcher {
 impl std::fmt::Debug for Watcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watcher").field("key", &self.key).field("end", &self.end).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::kv::EventKind;
+
+    fn big_revision(bytes: usize) -> EventsBuf {
+        let kv = crate::mvcc::KeyValue { key: b"k".to_vec(), value: vec![7; bytes], ..Default::default() };
+        let mut e = EventsBuf::default();
+        e.push(EventKind::Put, &kv.encode(), None);
+        e
+    }
+
+    /// Large values do not pile up in the feed: it keeps about `FEED_BYTES`, sealing segments
+    /// early and dropping old ones, and what it dropped is read from history.
+    #[test]
+    fn the_feed_keeps_a_bounded_number_of_bytes() {
+        let hub = Hub::new(1);
+        let each = 3 << 20;
+        for rev in 1..=100 {
+            hub.lock_feed().append(rev, big_revision(each));
+            let bytes = lock(&hub.feed).bytes;
+            assert!(bytes <= FEED_BYTES, "revision {rev}: the feed holds {bytes} bytes");
+        }
+        assert!(matches!(hub.position(1), Position::History(_)), "old revisions come from history");
+        assert!(matches!(hub.position(100), Position::Feed(_)));
+        assert!(matches!(hub.position(101), Position::Ahead));
+        // Consecutive segments cover consecutive revisions, with no gap where one was sealed.
+        let feed = lock(&hub.feed);
+        let first = feed.first_rev();
+        assert!(first > 1 && first <= 100 - (FEED_BYTES / each) as i64 + 2, "first kept revision {first}");
+        for rev in first..=100 {
+            let n = feed.segments.iter().filter(|(s, _)| s.covers(rev) && s.get(rev).is_some()).count();
+            assert_eq!(n, 1, "revision {rev} is in exactly one segment");
+        }
     }
 }
