@@ -703,10 +703,11 @@ impl watch::History for Inner {
         let start = Revision { main: from, sub: 0 }.to_key(false);
         let stop = Revision { main: to, sub: 0 }.to_key(false);
         let mut events = Vec::new();
+        let mut bytes = 0usize;
         for entry in rtx.scan(KEY_BUCKET, &start, Some(&stop))? {
             let (k, v) = entry?;
             let (r, tombstone) = Revision::from_key(k)?;
-            if r.sub == 0 && events.len() >= watch::HISTORY_BATCH {
+            if r.sub == 0 && (events.len() >= watch::HISTORY_BATCH || bytes >= watch::HISTORY_BYTES) {
                 return Ok((events, r.main)); // whole revisions only
             }
             let kv = KeyValue::decode(v)?;
@@ -718,6 +719,7 @@ impl watch::History for Inner {
                 None => None,
             };
             let kind = if tombstone { EventKind::Delete } else { EventKind::Put };
+            bytes += kv.value.len() + prev_kv.as_ref().map_or(0, |p| p.value.len());
             events.push(WatchEvent { kind, kv, prev_kv });
         }
         Ok((events, to))

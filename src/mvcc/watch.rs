@@ -50,6 +50,8 @@ pub const FEED_BYTES: usize = 64 << 20;
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Events a watcher reads from history at a time (whole revisions, so it may be more).
 pub const HISTORY_BATCH: usize = 1024;
+/// Bytes of values (and previous values) a watcher reads from history at a time, likewise.
+pub const HISTORY_BYTES: usize = 16 << 20;
 
 /// A run of consecutive revisions of the feed.
 pub(crate) struct Segment {
@@ -286,8 +288,8 @@ impl Ended {
 }
 
 /// Reads the store's history for a watcher: the events of revisions `from..to` in `key..end`,
-/// whole revisions, about `HISTORY_BATCH` events at most; returns them and the revision after
-/// the last one read.
+/// whole revisions, about `HISTORY_BATCH` events or `HISTORY_BYTES` of values at most; returns
+/// them and the revision after the last one read.
 pub(crate) trait History {
     fn read(&self, key: &[u8], end: &[u8], from: i64, to: i64) -> Result<(Vec<WatchEvent>, i64)>;
 }
