@@ -8,8 +8,8 @@
 //! `Arc` of the segment it is reading. The writer's cost per revision is therefore the same for
 //! one watcher or a thousand — it used to send each event to each watcher's channel and wake
 //! each watcher, and puts with 100 watchers ran at a sixth of their speed. The hub keeps the
-//! last [`KEPT_SEGMENTS`] segments; older ones are freed when the last watcher reading them
-//! moves on.
+//! last [`KEPT_SEGMENTS`] segments and at most [`FEED_BYTES`] of events; older ones are freed
+//! when the last watcher reading them moves on.
 //!
 //! **History.** A watcher whose next revision is older than the feed's first (it started in the
 //! past, or read so slowly that the feed moved on) reads from the store's `key` bucket instead,
@@ -41,8 +41,8 @@ pub const SEGMENT_REVS: usize = 1024;
 /// they are large (see `FEED_BYTES`).
 pub const KEPT_SEGMENTS: usize = 5;
 /// Bytes of events the feed keeps at most, unless the segment being filled alone holds more
-/// (then only it is kept): values may be
-/// hundreds of megabytes, and the feed must not hold thousands of them. A segment whose events
+/// (then only it is kept): values may be hundreds of megabytes, and the feed must not hold
+/// thousands of them. A segment whose events
 /// reach a fifth of it is sealed early (the next revision starts a new one), and old segments
 /// go once the total is over it; watchers behind them read history instead.
 pub const FEED_BYTES: usize = 64 << 20;
