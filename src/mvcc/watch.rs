@@ -42,9 +42,9 @@ pub const SEGMENT_REVS: usize = 1024;
 pub const KEPT_SEGMENTS: usize = 5;
 /// Bytes of events the feed keeps at most, unless the segment being filled alone holds more
 /// (then only it is kept): values may be hundreds of megabytes, and the feed must not hold
-/// thousands of them. A segment whose events
-/// reach a fifth of it is sealed early (the next revision starts a new one), and old segments
-/// go once the total is over it; watchers behind them read history instead.
+/// thousands of them. A segment whose events reach a fifth of it is sealed early (the next
+/// revision starts a new one), and old segments go once the total is over it; watchers behind
+/// them read history instead.
 pub const FEED_BYTES: usize = 64 << 20;
 /// The longest a watcher sleeps before it looks again, whether woken or not.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
