@@ -119,7 +119,7 @@ impl BTree {
             return None;
         };
         let mut pieces = Vec::new();
-        let old = node::insert(root, key, value, &mut pieces);
+        let old = node::insert(root, key, value, &mut pieces, true);
         if !pieces.is_empty()
             && let Some(root) = self.root.take()
         {

@@ -370,6 +370,30 @@ fn memory_stays_near_target_after_deletes() {
     assert!(per_key < 24 + 64, "{per_key} bytes/key after deletes");
 }
 
+/// Appends at the right edge grow a leaf's arrays by doubling (fewer reallocations); the split
+/// of a full leaf trims it to size, so an ascending load takes no more memory than a random
+/// one (its leaves are full where a random load's are about 70% so), and only the last leaf
+/// may keep slack.
+#[test]
+fn ascending_inserts_leave_no_slack_behind() {
+    let mut rng = Rng(11);
+    let mut keys: Vec<Vec<u8>> = (0..60_000).map(|_| rng.bytes(24)).collect();
+    let mut random = BTree::new();
+    for (i, k) in keys.iter().enumerate() {
+        random.insert(k, vr(i as u64));
+    }
+    keys.sort();
+    let mut ascending = BTree::new();
+    for (i, k) in keys.iter().enumerate() {
+        ascending.insert(k, vr(i as u64));
+    }
+    ascending.check_invariants();
+    assert_eq!(ascending.iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>(), keys);
+    let (a, r) = (ascending.heap_bytes() / keys.len(), random.heap_bytes() / keys.len());
+    assert!(a <= r, "ascending load: {a} bytes/key, random load: {r}");
+    assert!(a < 24 + 40, "ascending load: {a} bytes/key");
+}
+
 #[test]
 fn tree_is_send_sync_and_clone_is_shallow() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
