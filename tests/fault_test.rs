@@ -37,31 +37,13 @@ use std::time::{Duration, Instant};
 use logtree::vfs::{OpenMode, Vfs, VfsFile};
 use logtree::{Backend, Config, Error};
 
+mod common;
+use common::Rng;
+
 const ENOSPC: i32 = 28;
 /// The page size of the simulated page cache.
 const PAGE: usize = 4096;
 const EIO: i32 = 5;
-
-// ---------------------------------------------------------------------------------------------
-// A small deterministic PRNG (splitmix64), so that a seed replays a run.
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The fault-injecting, power-cut-simulating Vfs

@@ -26,6 +26,9 @@ use std::time::Duration;
 
 use logtree::{Backend, Config, Error, RecoveryStats};
 
+mod common;
+use common::Rng;
+
 /// Whether the engine has the fixes for the bugs pinned by the ignored `bug_*` tests at the end
 /// of this file. While false, the sweeps leave out exactly the cases those tests cover (a write
 /// in the session that recovered an unfinished multi-frame transaction; a sealed segment cut
@@ -346,25 +349,6 @@ fn assert_state(got: &State, want: &State, ctx: &str) {
     }
     diffs.truncate(12);
     panic!("{ctx}: state differs from the model: {}", diffs.join("; "));
-}
-
-/// A tiny deterministic PRNG (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-//! Helpers shared by the integration tests that compare a backend's content with a model.
+//! Helpers shared by the integration tests: a backend's content for comparing with a model, and
+//! a deterministic PRNG. Each test crate uses only some of them.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -18,4 +20,31 @@ pub fn content_of(r: &ReadTx) -> Content {
         .expect("for_each over a listed bucket");
     }
     m
+}
+
+/// A small deterministic PRNG (splitmix64): a seed replays a run, and the tests need no crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
 }
