@@ -218,46 +218,56 @@ impl<'a> Mvcc<'a> {
     ) -> impl Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync + 'a {
         let value = self.c.value(generation);
         move |t, ctl| {
-            let mut rng = Rng::new(salt ^ (t + 1));
-            let mut key = self.c.key_buf();
-            let mut s = Sample::new()?;
-            while ctl.more(s.ops) {
-                let i = rng.below(self.c.args.keys());
-                fill_key(i, &mut key);
+            self.random_keys(salt, t, ctl, |i, key| {
                 let t0 = Instant::now();
-                let rev = self.store.put(&key, &value, 0)?;
+                let rev = self.store.put(key, &value, 0)?;
                 let returned = Instant::now();
                 if let Some(st) = stamps {
                     st.mark(rev, returned);
                 }
-                s.record(returned - t0);
                 self.saw(i, rev);
-            }
-            Ok(s)
+                Ok(returned - t0)
+            })
         }
+    }
+
+    /// Thread `t`'s loop in a timed phase: random existing keys (by number, from a generator
+    /// seeded with `salt` and `t`) until the phase ends; `op` runs on each and returns the time
+    /// to record.
+    fn random_keys(
+        self,
+        salt: u64,
+        t: u64,
+        ctl: &Ctl<'_>,
+        mut op: impl FnMut(u64, &[u8]) -> CliResult<Duration>,
+    ) -> CliResult<Sample> {
+        let mut rng = Rng::new(salt ^ (t + 1));
+        let mut key = self.c.key_buf();
+        let mut s = Sample::new()?;
+        while ctl.more(s.ops) {
+            let i = rng.below(self.c.args.keys());
+            fill_key(i, &mut key);
+            s.record(op(i, &key)?);
+        }
+        Ok(s)
     }
 
     /// The body of a range reader: a single-key range of a random existing key (etcd's range
     /// benchmark with `--consistency s`: here every read is local, as a serializable one).
     fn ranger(self, salt: u64) -> impl Fn(u64, &Ctl<'_>) -> CliResult<Sample> + Sync + 'a {
         move |t, ctl| {
-            let mut rng = Rng::new(salt ^ (t + 1));
-            let mut key = self.c.key_buf();
-            let mut s = Sample::new()?;
-            while ctl.more(s.ops) {
-                let i = rng.below(self.c.args.keys());
-                fill_key(i, &mut key);
+            self.random_keys(salt, t, ctl, |i, key| {
                 let t0 = Instant::now();
-                let r = self.store.range(&key, &[], RangeOptions::default())?;
-                s.record(t0.elapsed());
+                let r = self.store.range(key, &[], RangeOptions::default())?;
+                let took = t0.elapsed();
                 if r.kvs.len() != 1 || r.kvs[0].key != key {
                     return Err(CliError::new(format!(
                         "a range of key number {i} returned {} keys after the load (an engine bug?)",
                         r.kvs.len()
                     )));
                 }
-            }
-            Ok(s)
+                Ok(took)
+            })
         }
     }
 
@@ -269,16 +279,11 @@ impl<'a> Mvcc<'a> {
         let value = self.c.value(4);
         let compare = self.c.args.txn_compare;
         move |t, ctl| {
-            let mut rng = Rng::new(salt ^ (t + 1));
-            let mut key = self.c.key_buf();
-            let mut s = Sample::new()?;
-            while ctl.more(s.ops) {
-                let i = rng.below(self.c.args.keys());
-                fill_key(i, &mut key);
+            self.random_keys(salt, t, ctl, |i, key| {
                 // Built before the clock starts, as etcd's tool builds requests apart from
                 // sending them.
-                let put = [Op::put(&key, &value, 0)];
-                let read = [Op::range(&key, &[], RangeOptions::default())];
+                let put = [Op::put(key, &value, 0)];
+                let read = [Op::range(key, &[], RangeOptions::default())];
                 let t0 = Instant::now();
                 let mut attempts = 0;
                 loop {
@@ -287,7 +292,7 @@ impl<'a> Mvcc<'a> {
                         TxnCompare::NoCompare => self.store.txn(&[], &put, &[])?,
                         TxnCompare::ModRevision => {
                             let seen = self.revs[i as usize].load(Ordering::Relaxed);
-                            self.store.txn(&[Compare::mod_revision(&key, CompareOp::Equal, seen)], &put, &read)?
+                            self.store.txn(&[Compare::mod_revision(key, CompareOp::Equal, seen)], &put, &read)?
                         }
                     };
                     if r.succeeded {
@@ -306,9 +311,8 @@ impl<'a> Mvcc<'a> {
                         )));
                     }
                 }
-                s.record(t0.elapsed());
-            }
-            Ok(s)
+                Ok(t0.elapsed())
+            })
         }
     }
 }
