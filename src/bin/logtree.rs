@@ -160,12 +160,15 @@ enum SnapshotCommand {
 }
 
 fn run(cli: Cli, out: &mut Out) -> CliResult<()> {
+    let dump = matches!(cli.command, Command::Dump { .. });
     match cli.command {
         Command::Bench(args) => bench::run(out, &args),
         Command::Stats { dir, json } => inspect::stats(out, &dir, json),
         Command::Check { dir } => inspect::check(out, &dir),
         Command::Get { dir, bucket, key, key_hex, hex } => inspect::get(out, &dir, &bucket, &key, key_hex, hex),
-        Command::Keys { dir, bucket, prefix, limit, key_hex, hex } => inspect::list(
+        // `keys` and `dump` list alike; `dump` adds the values.
+        Command::Keys { dir, bucket, prefix, limit, key_hex, hex }
+        | Command::Dump { dir, bucket, prefix, limit, key_hex, hex } => inspect::list(
             out,
             &inspect::Listing {
                 dir: &dir,
@@ -174,19 +177,7 @@ fn run(cli: Cli, out: &mut Out) -> CliResult<()> {
                 key_hex,
                 limit,
                 force_hex: hex,
-                values: false,
-            },
-        ),
-        Command::Dump { dir, bucket, limit, prefix, key_hex, hex } => inspect::list(
-            out,
-            &inspect::Listing {
-                dir: &dir,
-                bucket: &bucket,
-                prefix: prefix.as_deref(),
-                key_hex,
-                limit,
-                force_hex: hex,
-                values: true,
+                values: dump,
             },
         ),
         Command::Hash { dir } => inspect::hash(out, &dir),
