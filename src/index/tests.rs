@@ -45,6 +45,14 @@ fn vr(n: u64) -> ValueRef {
     ValueRef { seg: (n >> 32) as u32, off: n as u32, len: (n % 1000) as u32 }
 }
 
+/// Every snapshot taken along the way is still a valid tree with the content it had then.
+fn assert_snapshots(snaps: &[(BTree, Model)]) {
+    for (s, sm) in snaps {
+        s.check_invariants();
+        assert_same(s, sm);
+    }
+}
+
 fn assert_same(t: &BTree, m: &Model) {
     assert_eq!(t.len(), m.len());
     assert_eq!(t.is_empty(), m.is_empty());
@@ -432,10 +440,7 @@ fn snapshots_are_frozen_random_workload() {
     }
     t.check_invariants();
     assert_same(&t, &m);
-    for (s, sm) in &snaps {
-        s.check_invariants();
-        assert_same(s, sm);
-    }
+    assert_snapshots(&snaps);
 }
 
 #[test]
@@ -469,10 +474,7 @@ fn snapshot_survives_delete_everything_and_rebuild() {
     assert_same(&t, &m);
     snap.check_invariants();
     assert_same(&snap, &snap_m);
-    for (s, sm) in &snaps {
-        s.check_invariants();
-        assert_same(s, sm);
-    }
+    assert_snapshots(&snaps);
 }
 
 #[test]
@@ -528,10 +530,7 @@ fn snapshots_with_big_keys() {
             snaps.push((t.clone(), m.clone()));
         }
     }
-    for (s, sm) in &snaps {
-        s.check_invariants();
-        assert_same(s, sm);
-    }
+    assert_snapshots(&snaps);
 }
 
 #[test]
@@ -567,10 +566,7 @@ fn big_key_churn_with_long_separators() {
     }
     t.check_invariants();
     assert_same(&t, &m);
-    for (s, sm) in &snaps {
-        s.check_invariants();
-        assert_same(s, sm);
-    }
+    assert_snapshots(&snaps);
 }
 
 #[test]
@@ -724,10 +720,7 @@ fn run_ops(ops: &[Op]) {
         assert_eq!(t.len(), m.len());
     }
     assert_same(&t, &m);
-    for (s, sm) in &snaps {
-        s.check_invariants();
-        assert_same(s, sm);
-    }
+    assert_snapshots(&snaps);
 }
 
 proptest! {
