@@ -242,9 +242,7 @@ impl KvStore {
         // `trailing` and are applied to the index in place, so a txn of one put (every `put`)
         // copies no history.
         let mut overlay: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
-        let mut trailing: Vec<(&[u8], Revision, crate::index::ValueRef)> = Vec::new();
-        let mut delete_keys: Vec<Vec<u8>> = Vec::new();
-        let mut trailing_deletes: Vec<Revision> = Vec::new();
+        let mut trailing: Vec<Trailing<'_>> = Vec::new();
         let succeeded = {
             let src = Source::Batch(&tx);
             let mut ok = true;
@@ -266,7 +264,8 @@ impl KvStore {
             let read_later = i + 1 < ops.len();
             match *op {
                 OpRef::Put { key, value, lease } => {
-                    let found = st.key_index(&overlay, key).and_then(|ki| ki.get(at));
+                    let ki = st.key_index(&overlay, key);
+                    let found = ki.and_then(|ki| ki.get(at));
                     let r = Revision { main: rev, sub };
                     let create_revision = found.map_or(rev, |f| f.created.main);
                     let version = found.map_or(1, |f| f.version + 1);
@@ -274,7 +273,7 @@ impl KvStore {
                     if watched {
                         let prev = match found {
                             Some(f) => {
-                                let hint = st.key_index(&overlay, key).and_then(|ki| ki.value_of(&f));
+                                let hint = ki.and_then(|ki| ki.value_of(&f));
                                 Some(Source::Batch(&tx).stored_hinted(f.modified, hint)?)
                             }
                             None => None,
@@ -285,7 +284,7 @@ impl KvStore {
                     if read_later {
                         st.overlay_entry(&mut overlay, key).put_at(r, at);
                     } else {
-                        trailing.push((key, r, at));
+                        trailing.push(Trailing::Put(key, r, at));
                     }
                     responses.push(OpResponse::Put { revision: rev });
                     sub += 1;
@@ -304,8 +303,7 @@ impl KvStore {
                         if read_later {
                             st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
                         } else {
-                            delete_keys.push(prev.key.clone());
-                            trailing_deletes.push(r);
+                            trailing.push(Trailing::Delete(prev.key, r));
                         }
                         sub += 1;
                     }
@@ -328,11 +326,13 @@ impl KvStore {
             for (k, ki) in overlay {
                 st.index.insert(&k, ki);
             }
-            for (k, r, at) in trailing {
-                st.index.entry(k).put_at(r, at);
-            }
-            for (k, r) in delete_keys.iter().zip(trailing_deletes) {
-                st.index.entry(k).tombstone(r);
+            for change in trailing {
+                match change {
+                    Trailing::Put(k, r, at) => st.index.entry(k).put_at(r, at),
+                    Trailing::Delete(k, r) => {
+                        st.index.entry(&k).tombstone(r);
+                    }
+                }
             }
             st.current = rev;
         }
@@ -437,6 +437,13 @@ impl std::fmt::Debug for KvStore {
     }
 }
 
+/// A change of a txn's last op, applied to the key index in place once the txn's `BatchTx`
+/// has ended: a put (key, revision, where its value was written) or a deletion.
+enum Trailing<'a> {
+    Put(&'a [u8], Revision, crate::index::ValueRef),
+    Delete(Vec<u8>, Revision),
+}
+
 /// An [`Op`] borrowed.
 #[derive(Clone, Copy)]
 enum OpRef<'a> {
@@ -531,11 +538,9 @@ impl State {
         key: &[u8],
         at: i64,
     ) -> Result<Option<KeyValue>> {
-        match self.key_index(overlay, key).and_then(|ki| ki.get(at)) {
-            Some(found) => {
-                let hint = self.key_index(overlay, key).and_then(|ki| ki.value_of(&found));
-                src.kv_hinted(found.modified, hint).map(Some)
-            }
+        let Some(ki) = self.key_index(overlay, key) else { return Ok(None) };
+        match ki.get(at) {
+            Some(found) => src.kv_hinted(found.modified, ki.value_of(&found)).map(Some),
             None => Ok(None),
         }
     }
