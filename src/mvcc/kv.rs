@@ -39,16 +39,7 @@ impl KeyValue {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<KeyValue> {
-        let (key, create_revision, version) = peek(b)?;
-        let i = |at: usize| i64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-        Ok(KeyValue {
-            key: key.to_vec(),
-            value: b[FIXED + key.len()..].to_vec(),
-            create_revision,
-            mod_revision: i(9),
-            version,
-            lease: i(25),
-        })
+        KeyValueRef::decode(b).map(|kv| kv.to_owned())
     }
 }
 
