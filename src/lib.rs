@@ -48,6 +48,7 @@ mod index;
 pub mod kv;
 mod log;
 pub mod mvcc;
+mod prefetch;
 pub mod vfs;
 
 pub use backend::{

@@ -303,6 +303,10 @@ fn bad_input_is_a_clear_error_and_changes_nothing() {
     let ns = store.namespace("abc"); // 0x01, u32 length, "abc", 0x00: 9 bytes
     let ns_max = MAX_KEY_LEN - 9;
     ns.set(&vec![b'a'; ns_max], b"v", None).unwrap();
+    for (s, max) in [(&store, root_max), (&ns, ns_max)] {
+        assert_eq!(s.get(&vec![b'a'; max]).unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(s.exists(&vec![b'a'; max]).unwrap() && s.has(&vec![b'a'; max]).unwrap());
+    }
     assert!(matches!(ns.get(&vec![b'a'; ns_max + 1]), Err(Error::KeyTooLarge { max, .. }) if max == ns_max));
     assert!(matches!(ns.atomic_put(&vec![b'a'; ns_max + 1], b"v", None), Err(Error::KeyTooLarge { .. })));
     // A namespace name that leaves no room for a key.
@@ -610,6 +614,31 @@ fn speed() {
     let (fresh, _dir2) = Store::open_temp().unwrap();
     let (rate, retries) = cas_speed(&fresh);
     println!("cas: 16 threads, 100 keys, in a new store: {rate:.0} successful CAS/s ({retries} retries)");
+}
+
+/// Keys of every length around the read path's limits (an MVCC key built on the stack up to
+/// 128 bytes, a key index entry inline up to 30) read back as written, in the root and in a
+/// namespace, and keys that are prefixes of each other stay apart.
+#[test]
+fn keys_of_every_length_read_back() {
+    let (store, _dir) = Store::open_temp().unwrap();
+    let ns = store.namespace("n");
+    let key = |len: usize| (0..len).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>();
+    for len in 1..=140 {
+        store.set(&key(len), &len.to_le_bytes(), None).unwrap();
+        ns.set(&key(len), &(len * 2).to_le_bytes(), None).unwrap();
+    }
+    for len in 1..=140 {
+        assert_eq!(store.get(&key(len)).unwrap(), Some(len.to_le_bytes().to_vec()), "{len}");
+        assert_eq!(ns.get(&key(len)).unwrap(), Some((len * 2).to_le_bytes().to_vec()), "{len}");
+        assert!(store.exists(&key(len)).unwrap() && ns.has(&key(len)).unwrap());
+        assert_eq!(store.get(&[key(len).as_slice(), b"!"].concat()).unwrap(), None);
+    }
+    assert_eq!(store.count(b"").unwrap(), 140);
+    store.delete(&key(30)).unwrap();
+    assert_eq!(store.get(&key(30)).unwrap(), None);
+    assert_eq!(store.get(&key(31)).unwrap(), Some(31usize.to_le_bytes().to_vec()));
+    assert!(!store.has(&key(30)).unwrap());
 }
 
 /// The MVCC layer alone, for comparison: `mvcc::KvStore::put` and a single-key `range`.

@@ -1,5 +1,6 @@
 //! The backend: opening, the two kinds of transaction, commits, sizes, closing.
 
+use crate::prefetch::prefetch;
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -453,20 +454,6 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
         run_start = i + 1;
     }
     Ok(())
-}
-
-/// Asks the CPU to bring the start of `items` into the cache without waiting for it.
-#[inline]
-fn prefetch<T>(items: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: SSE is part of the x86_64 baseline, so the instruction exists; a prefetch
-        // only hints the cache and never faults or reads into the program, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(items.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    std::hint::black_box(items.as_ptr());
 }
 
 fn key_of<'a>(op: &Op<'a>) -> (u32, &'a [u8]) {

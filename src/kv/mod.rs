@@ -638,6 +638,12 @@ impl Store {
 
     /// The MVCC key of `key`, after checking it.
     fn mkey(&self, key: &[u8]) -> Result<Vec<u8>> {
+        self.check_key(key)?;
+        Ok(keys::join(&self.prefix, key))
+    }
+
+    /// Refuses an empty key or one too long for this namespace.
+    fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
         }
@@ -645,7 +651,33 @@ impl Store {
         if key.len() > max {
             return Err(Error::KeyTooLarge { len: key.len(), max });
         }
-        Ok(keys::join(&self.prefix, key))
+        Ok(())
+    }
+
+    /// Looks `key` up and, if it is stored (expired or not), calls `f` with its stored value
+    /// (envelope and user value, lent from the log) and parsed envelope header; a missing key
+    /// gives `T::default()`. The read path of `get`, `exists` and `has`: it copies nothing but
+    /// what `f` does, and builds the MVCC key on the stack when it is short.
+    fn peek<T: Default>(&self, key: &[u8], f: impl FnOnce(&[u8], &Header) -> Result<T>) -> Result<T> {
+        const STACK_KEY: usize = 128;
+        self.with(|kv| {
+            self.check_key(key)?;
+            let read = |mkey: &[u8]| -> Result<T> {
+                kv.get_with(mkey, |rec| match rec {
+                    Some(rec) => f(rec.value, &Header::parse(rec.value)?),
+                    None => Ok(T::default()),
+                })?
+            };
+            let len = self.prefix.len() + key.len();
+            if len <= STACK_KEY {
+                let mut buf = [0u8; STACK_KEY];
+                buf[..self.prefix.len()].copy_from_slice(&self.prefix);
+                buf[self.prefix.len()..len].copy_from_slice(key);
+                read(&buf[..len])
+            } else {
+                read(&keys::join(&self.prefix, key))
+            }
+        })
     }
 
     /// Checks that the MVCC record for this value stays within the backend's value limit.
@@ -668,16 +700,7 @@ impl Store {
     /// # Ok::<(), logtree::Error>(())
     /// ```
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with(|kv| {
-            let mkey = self.mkey(key)?;
-            let Some(rec) = read(kv, &mkey)? else { return Ok(None) };
-            if !rec.h.visible(|| self.shared().now()) {
-                return Ok(None);
-            }
-            let mut value = rec.kv.value;
-            value.drain(..rec.h.value_at);
-            Ok(Some(value))
-        })
+        self.peek(key, |stored, h| Ok(h.visible(|| self.shared().now()).then(|| stored[h.value_at..].to_vec())))
     }
 
     /// The key with its value, revision, expiry and metadata, or `None` if it is missing or
@@ -825,10 +848,7 @@ impl Store {
     /// # Ok::<(), logtree::Error>(())
     /// ```
     pub fn exists(&self, key: &[u8]) -> Result<bool> {
-        self.with(|kv| {
-            let mkey = self.mkey(key)?;
-            Ok(read(kv, &mkey)?.is_some_and(|rec| rec.h.visible(|| self.shared().now())))
-        })
+        self.peek(key, |_, h| Ok(h.visible(|| self.shared().now())))
     }
 
     /// Whether `key` is present, expired or not, until it is deleted (dKV `Has`).
@@ -853,10 +873,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn has(&self, key: &[u8]) -> Result<bool> {
-        self.with(|kv| {
-            let mkey = self.mkey(key)?;
-            Ok(read(kv, &mkey)?.is_some_and(|rec| rec.h.present(|| self.shared().now())))
-        })
+        self.peek(key, |_, h| Ok(h.present(|| self.shared().now())))
     }
 
     /// Walks the visible keys of this namespace that `opts` selects, ascending, calling `f`

@@ -201,6 +201,30 @@ impl KvStore {
         st.range(&Source::Read(&rtx), &BTreeMap::new(), key, end, &opts, st.current)
     }
 
+    /// Reads the single key `key` at the current revision and lends it to `f` straight from the
+    /// log, without copying key or value: the cheapest read, for a caller that only looks at
+    /// the value or copies part of it. `f` gets `None` if the key does not exist.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// let (backend, _dir) = logtree::Backend::open_temp()?;
+    /// let kv = logtree::mvcc::KvStore::open(Arc::new(backend))?;
+    /// let rev = kv.put(b"k", b"value", 0)?;
+    /// assert_eq!(kv.get_with(b"k", |kv| kv.map(|kv| (kv.value.len(), kv.mod_revision)))?, Some((5, rev)));
+    /// assert_eq!(kv.get_with(b"missing", |kv| kv.is_some())?, false);
+    /// # Ok::<(), logtree::Error>(())
+    /// ```
+    pub fn get_with<T>(&self, key: &[u8], f: impl FnOnce(Option<KeyValueRef<'_>>) -> T) -> Result<T> {
+        let st = self.inner.read_state();
+        let rtx = self.inner.backend.read_tx();
+        let found = st.index.get(key).and_then(|ki| Some((ki, ki.get(st.current)?)));
+        let kv = match found {
+            Some((ki, found)) => Some(Source::Read(&rtx).kv_ref_hinted(found.modified, ki.value_of(&found))?),
+            None => None,
+        };
+        Ok(f(kv))
+    }
+
     /// Deletes every live key in `[key, end)`; returns how many and the revision (unchanged if
     /// nothing was deleted).
     pub fn delete_range(&self, key: &[u8], end: &[u8]) -> Result<(u64, i64)> {
@@ -476,18 +500,38 @@ impl<'a> Source<'a, '_> {
     /// As [`kv`](Self::kv), reading the value where `hint` says it was written (see
     /// [`stored_hinted`](Self::stored_hinted)).
     fn kv_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<KeyValue> {
-        KeyValue::decode(self.stored_hinted(rev, hint)?)
+        self.kv_ref_hinted(rev, hint).map(|kv| kv.to_owned())
+    }
+
+    /// As [`kv_hinted`](Self::kv_hinted), lent from the log instead of copied, and decoded
+    /// once (the check that the hint still holds is the decode).
+    fn kv_ref_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<KeyValueRef<'a>> {
+        if let Some(b) = hint.and_then(|v| self.value_at(v))
+            && let Ok(kv) = KeyValueRef::decode({
+                // Decoding reads the first lines, the caller's copy the rest: ask for all at
+                // once so that their misses overlap.
+                crate::prefetch::prefetch_all(b);
+                b
+            })
+            && kv.mod_revision == rev.main
+        {
+            return Ok(kv);
+        }
+        KeyValueRef::decode(self.stored(rev)?)
+    }
+
+    fn value_at(&self, at: crate::index::ValueRef) -> Option<&'a [u8]> {
+        match *self {
+            Source::Read(t) => t.value_at(at),
+            Source::Batch(t) => t.value_at(at),
+        }
     }
 
     /// As [`stored`](Self::stored), reading the value where `hint` says it was written if the
     /// log still has it there (see `KeyIndex::value`) and it is that revision's record;
     /// otherwise the revision is looked up.
     fn stored_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<&'a [u8]> {
-        let at = hint.and_then(|v| match *self {
-            Source::Read(t) => t.value_at(v),
-            Source::Batch(t) => t.value_at(v),
-        });
-        if let Some(b) = at
+        if let Some(b) = hint.and_then(|v| self.value_at(v))
             && kv::KeyValueRef::decode(b).is_ok_and(|kv| kv.mod_revision == rev.main)
         {
             return Ok(b);
