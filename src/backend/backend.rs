@@ -146,7 +146,7 @@ impl Backend {
         let writer_config = log.as_ref().map(|l| l.config().clone());
         Ok(Backend {
             view: RwLock::new(Arc::new(view)),
-            writer: Mutex::new(Writer { log, catalog, segments, mirrored_ops: 0 }),
+            writer: Mutex::new(Writer { log, catalog, segments, mirrored_ops: 0, pool: None }),
             writer_thread: AtomicUsize::new(0),
             durability,
             committer,

@@ -18,6 +18,7 @@ use super::read_tx::{Reader, Values, View, read_methods};
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
 use crate::index::catalog::Catalog;
+use crate::index::pool::{self, Pool};
 use crate::log::format;
 use crate::log::writer::{LogWriter, SegmentSet, find_segment};
 use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
@@ -33,6 +34,8 @@ pub(crate) struct Writer {
     /// Operations replayed into a spare catalog since the working catalog last shared all its
     /// nodes with the published one (see `mirror`).
     pub mirrored_ops: u64,
+    /// Freed index node buffers, lent to the thread of each `BatchTx` (see `index::pool`).
+    pub pool: Option<Box<Pool>>,
 }
 
 impl Values for Writer {
@@ -78,6 +81,8 @@ pub struct BatchTx<'a> {
     /// `None` only for a transaction handed out unusable (see [`Backend::batch_tx`]) or after
     /// it has ended.
     guard: Option<MutexGuard<'a, Writer>>,
+    /// The writer's node buffer pool is lent to this thread until the transaction ends.
+    pool_lent: bool,
     /// Operations written by this transaction.
     ops: u64,
     /// An I/O error hit this transaction: it will be rolled back, not published.
@@ -90,9 +95,12 @@ pub struct BatchTx<'a> {
 }
 
 impl<'a> BatchTx<'a> {
-    pub(crate) fn new(backend: &'a Backend, guard: MutexGuard<'a, Writer>) -> BatchTx<'a> {
+    pub(crate) fn new(backend: &'a Backend, mut guard: MutexGuard<'a, Writer>) -> BatchTx<'a> {
+        let pool = guard.pool.take().unwrap_or_default();
+        guard.pool = pool::lend(pool);
         BatchTx {
             backend,
+            pool_lent: guard.pool.is_none(),
             guard: Some(guard),
             ops: 0,
             failed: false,
@@ -106,6 +114,7 @@ impl<'a> BatchTx<'a> {
         BatchTx {
             backend,
             guard: None,
+            pool_lent: false,
             ops: 0,
             failed: false,
             unusable: Some(why),
@@ -342,9 +351,14 @@ impl<'a> BatchTx<'a> {
         if let Some(old) = replaced {
             old_view = mirror(w, old, self.ops);
         }
+        // The replaced view's nodes, if nobody else holds them, go to the pool while it is
+        // still lent to this thread, for the next transaction's copies.
+        drop(old_view);
+        if std::mem::take(&mut self.pool_lent) {
+            w.pool = pool::reclaim();
+        }
         self.backend.release_writer();
         drop(guard);
-        drop(old_view);
         if let Some(seq) = limit_reached {
             if self.defer_limit_sync {
                 self.limit_sync_due = true;

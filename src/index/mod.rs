@@ -42,6 +42,7 @@
 
 pub mod catalog;
 mod node;
+pub(crate) mod pool;
 #[cfg(test)]
 mod tests;
 

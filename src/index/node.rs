@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::{MAX_CHILDREN, MAX_LEAF_ENTRIES, MAX_NODE_KEY_BYTES, ValueRef};
+use super::{MAX_CHILDREN, MAX_LEAF_ENTRIES, MAX_NODE_KEY_BYTES, ValueRef, pool};
 
 /// A node is "underfull" (and gets merged with or refilled from a sibling
 /// after a delete) only if it is short on BOTH entries and key bytes: a leaf
@@ -104,12 +104,33 @@ fn head(s: &[u8]) -> u32 {
 /// or break a tie. Lookups in a large tree are bound by cache misses, and
 /// this avoids the several arena misses per node that comparing full keys
 /// at every probe would cost.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct Keys {
     data: Vec<u8>,
     ends: Vec<u32>,
     heads: Vec<u32>,
     prefix: u32,
+}
+
+// Node buffers come from and go back to the writer's pool (see `pool.rs`) when one is lent to
+// this thread, so that the copies each transaction makes do not go through the allocator.
+impl Clone for Keys {
+    fn clone(&self) -> Keys {
+        Keys {
+            data: pool::copy_of(&self.data),
+            ends: pool::copy_of(&self.ends),
+            heads: pool::copy_of(&self.heads),
+            prefix: self.prefix,
+        }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.data));
+        pool::give(std::mem::take(&mut self.ends));
+        pool::give(std::mem::take(&mut self.heads));
+    }
 }
 
 impl Keys {
@@ -329,10 +350,22 @@ impl Keys {
 }
 
 /// Leaf: entry `i` is `(keys.get(i), vals[i])`, keys strictly ascending.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(super) struct Leaf {
     pub(super) keys: Keys,
     pub(super) vals: Vec<ValueRef>,
+}
+
+impl Clone for Leaf {
+    fn clone(&self) -> Leaf {
+        Leaf { keys: self.keys.clone(), vals: pool::copy_of(&self.vals) }
+    }
+}
+
+impl Drop for Leaf {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.vals));
+    }
 }
 
 /// Inner node with `n` children and `n - 1` separators.
@@ -356,13 +389,16 @@ pub(super) struct Inner {
 impl Clone for Inner {
     fn clone(&self) -> Inner {
         touch_children(&self.children);
-        Inner { keys: self.keys.clone(), children: self.children.clone() }
+        let mut children = pool::take(self.children.len());
+        children.extend(self.children.iter().cloned());
+        Inner { keys: self.keys.clone(), children }
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         touch_children(&self.children);
+        pool::give(std::mem::take(&mut self.children));
     }
 }
 

@@ -443,6 +443,42 @@ fn snapshots_are_frozen_random_workload() {
     assert_snapshots(&snaps);
 }
 
+/// With the writer's buffer pool lent (as inside a `BatchTx`), snapshots dropped along the
+/// way give their nodes' buffers to the pool and later copies reuse them: every snapshot still
+/// held reads as when it was taken, and the tree as the model.
+#[test]
+fn snapshots_are_frozen_while_copies_reuse_pooled_buffers() {
+    assert!(super::pool::lend(Box::default()).is_none());
+    let mut rng = Rng(7);
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut snaps: Vec<(BTree, Model)> = Vec::new();
+    for step in 0..40_000u64 {
+        // 5,000 keys of 4 to 40 bytes, so that removes hit and nodes of many sizes are copied.
+        let i = rng.below(5000);
+        let k = format!("{i:0w$}", w = 4 + i % 37).into_bytes();
+        if rng.below(4) == 0 {
+            assert_eq!(t.remove(&k), m.remove(&k));
+        } else {
+            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
+        }
+        if step % 500 == 0 {
+            snaps.push((t.clone(), m.clone()));
+            if snaps.len() > 4 {
+                snaps.remove(rng.below(4));
+                assert_snapshots(&snaps);
+            }
+        }
+    }
+    t.check_invariants();
+    assert_same(&t, &m);
+    assert_snapshots(&snaps);
+    let pool = super::pool::reclaim().expect("still lent");
+    drop(snaps);
+    drop(t);
+    assert!(pool.bytes() > 0, "the dropped snapshots' buffers went to the pool");
+}
+
 #[test]
 fn snapshot_survives_delete_everything_and_rebuild() {
     let mut rng = Rng(9);
