@@ -137,8 +137,15 @@ impl Backend {
                 segment_ids: Arc::new(AtomicU32::new(next_segment_id)),
                 in_manifest: true,
                 failed: Arc::new(AtomicBool::new(false)),
+                sync_gate: Arc::new(RwLock::new(())),
             };
-            let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit, wcfg.failed.clone()));
+            let dur = Arc::new(Durability::new(
+                active,
+                last_seq,
+                config.batch_limit,
+                wcfg.failed.clone(),
+                wcfg.sync_gate.clone(),
+            ));
             let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq, Some(rec.base_seq));
             let committer = Committer::start(dur.clone(), config.batch_interval)?;
             (Some(log), Some(dur), Some(committer))
@@ -331,6 +338,13 @@ impl Backend {
         match &self.durability {
             Some(d) => d.sync_to(seq),
             None => Ok(()),
+        }
+    }
+
+    /// Starts making transaction `seq` durable on the committer thread, without waiting.
+    pub(crate) fn start_sync(&self, seq: u64) {
+        if let Some(c) = &self.committer {
+            c.kick(seq);
         }
     }
 

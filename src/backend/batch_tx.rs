@@ -83,6 +83,9 @@ pub struct BatchTx<'a> {
     guard: Option<MutexGuard<'a, Writer>>,
     /// The writer's node buffer pool is lent to this thread until the transaction ends.
     pool_lent: bool,
+    /// Set by `commit`: once published, the transaction's fdatasync starts on the committer
+    /// thread, and the replaced view is freed while it runs.
+    sync_on_publish: bool,
     /// Operations written by this transaction.
     ops: u64,
     /// An I/O error hit this transaction: it will be rolled back, not published.
@@ -101,6 +104,7 @@ impl<'a> BatchTx<'a> {
         BatchTx {
             backend,
             pool_lent: guard.pool.is_none(),
+            sync_on_publish: false,
             guard: Some(guard),
             ops: 0,
             failed: false,
@@ -115,6 +119,7 @@ impl<'a> BatchTx<'a> {
             backend,
             guard: None,
             pool_lent: false,
+            sync_on_publish: false,
             ops: 0,
             failed: false,
             unusable: Some(why),
@@ -260,6 +265,7 @@ impl<'a> BatchTx<'a> {
         if let Some(why) = self.unusable {
             return Err(Error::TxUnusable(why.into()));
         }
+        self.sync_on_publish = true;
         self.end(true)?;
         self.backend.sync_written()
     }
@@ -328,7 +334,7 @@ impl<'a> BatchTx<'a> {
                         if self.backend.wrote(seq, self.ops, log.active()) {
                             limit_reached = Some(seq);
                         }
-                        replaced = Some(old);
+                        replaced = Some((old, seq));
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -348,7 +354,10 @@ impl<'a> BatchTx<'a> {
                 w.catalog = self.backend.published_catalog();
             }
         }
-        if let Some(old) = replaced {
+        if let Some((old, seq)) = replaced {
+            if self.sync_on_publish {
+                self.backend.start_sync(seq);
+            }
             old_view = mirror(w, old, self.ops);
         }
         // The replaced view's nodes, if nobody else holds them, go to the pool while it is

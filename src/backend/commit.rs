@@ -20,7 +20,7 @@
 //! kernel may have dropped the dirty pages already, so a retry that succeeds proves nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -40,6 +40,43 @@ struct DurState {
     active: Arc<Segment>,
     syncing: bool,
     poisoned: Option<String>,
+    /// A failed fdatasync that the committer ran for a committing transaction (a kick), with
+    /// the last transaction it was to make durable: the first commit to find it, waiting for
+    /// one of those transactions, reports that I/O error as if it had run the sync itself;
+    /// every other call reports `Poisoned`, as after a failed sync run inline.
+    failed_sync: Option<(u64, FailedSync)>,
+}
+
+/// What is kept of a failed fdatasync's error (an `io::Error` cannot be cloned).
+struct FailedSync {
+    context: String,
+    path: Option<std::path::PathBuf>,
+    kind: std::io::ErrorKind,
+    os_code: Option<i32>,
+    message: String,
+}
+
+impl FailedSync {
+    fn of(e: &Error) -> Option<FailedSync> {
+        match e {
+            Error::Io { context, path, source } => Some(FailedSync {
+                context: context.clone(),
+                path: path.clone(),
+                kind: source.kind(),
+                os_code: source.raw_os_error(),
+                message: source.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn to_error(&self) -> Error {
+        let source = match self.os_code {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(self.kind, self.message.clone()),
+        };
+        Error::io(self.context.clone(), self.path.clone(), source)
+    }
 }
 
 pub struct Durability {
@@ -49,10 +86,19 @@ pub struct Durability {
     /// Raised together with `poisoned`, without the lock, and checked by the log writer before
     /// every write: the moment an fdatasync fails, no later write or roll-over may start.
     failed: Arc<AtomicBool>,
+    /// Held exclusively while an fdatasync runs, and shared by each write of the log (see
+    /// `WriterConfig::sync_gate`): no write overlaps a sync that may fail.
+    sync_gate: Arc<RwLock<()>>,
 }
 
 impl Durability {
-    pub fn new(active: Arc<Segment>, last_seq: u64, batch_limit: usize, failed: Arc<AtomicBool>) -> Durability {
+    pub fn new(
+        active: Arc<Segment>,
+        last_seq: u64,
+        batch_limit: usize,
+        failed: Arc<AtomicBool>,
+        sync_gate: Arc<RwLock<()>>,
+    ) -> Durability {
         Durability {
             st: Mutex::new(DurState {
                 written_seq: last_seq,
@@ -62,10 +108,12 @@ impl Durability {
                 active,
                 syncing: false,
                 poisoned: None,
+                failed_sync: None,
             }),
             cond: Condvar::new(),
             batch_limit: batch_limit as u64,
             failed,
+            sync_gate,
         }
     }
 
@@ -137,10 +185,20 @@ impl Durability {
 
     /// Returns once transaction `target` is durable (or with the error that prevents it).
     pub fn sync_to(&self, target: u64) -> Result<()> {
+        self.sync_as(target, false)
+    }
+
+    /// As [`sync_to`](Self::sync_to); with `for_waiter`, a failure of the sync this call runs
+    /// is kept for the commit waiting on it (see `failed_sync`), which has not run it itself.
+    fn sync_as(&self, target: u64, for_waiter: bool) -> Result<()> {
         let mut st = self.lock();
         loop {
-            if let Some(cause) = &st.poisoned {
-                return Err(Error::Poisoned { cause: cause.clone() });
+            if let Some(cause) = st.poisoned.clone() {
+                let its_sync = matches!(st.failed_sync, Some((upto, _)) if target > st.durable_seq && target <= upto);
+                return Err(match st.failed_sync.take() {
+                    Some((_, failure)) if its_sync => failure.to_error(),
+                    _ => Error::Poisoned { cause },
+                });
             }
             if st.durable_seq >= target {
                 return Ok(());
@@ -152,10 +210,14 @@ impl Durability {
             st.syncing = true;
             let (seg, upto_seq, upto_ops) = (st.active.clone(), st.written_seq, st.written_ops);
             drop(st);
-            let r = seg.sync();
-            if r.is_err() {
-                self.failed.store(true, Ordering::SeqCst);
-            }
+            let r = {
+                let _no_writes = self.sync_gate.write().unwrap_or_else(|e| e.into_inner());
+                let r = seg.sync();
+                if r.is_err() {
+                    self.failed.store(true, Ordering::SeqCst);
+                }
+                r
+            };
             st = self.lock();
             st.syncing = false;
             match r {
@@ -166,6 +228,9 @@ impl Durability {
                 Err(e) => {
                     if st.poisoned.is_none() {
                         st.poisoned = Some(e.to_string());
+                        if for_waiter {
+                            st.failed_sync = FailedSync::of(&e).map(|f| (upto_seq, f));
+                        }
                     }
                     self.cond.notify_all();
                     return Err(e);
@@ -173,6 +238,18 @@ impl Durability {
             }
             self.cond.notify_all();
         }
+    }
+
+    /// A kick: sync unless transaction `seq` is durable already (or the engine is poisoned).
+    fn sync_if_behind(&self, seq: u64) {
+        {
+            let st = self.lock();
+            if st.poisoned.is_some() || st.durable_seq >= seq {
+                return;
+            }
+        }
+        // A failure poisons the engine; the committing transaction reports it.
+        let _ = self.sync_as(seq, true);
     }
 
     /// The committer's tick: sync if anything is pending and nobody is poisoned.
@@ -192,12 +269,15 @@ impl Durability {
 /// The background thread that commits every `batch_interval`.
 pub struct Committer {
     stop: Option<Sender<()>>,
+    /// Asks for a sync now (see [`kick`](Self::kick)).
+    kick: Sender<u64>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Committer {
     pub fn start(dur: Arc<Durability>, interval: Duration) -> Result<Committer> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (kick_tx, kick_rx) = crossbeam_channel::bounded::<u64>(1);
         let handle = std::thread::Builder::new()
             .name("logtree-committer".into())
             .spawn(move || {
@@ -206,11 +286,20 @@ impl Committer {
                     select! {
                         recv(stop_rx) -> _ => return,
                         recv(ticker) -> _ => dur.sync_if_pending(),
+                        recv(kick_rx) -> seq => if let Ok(seq) = seq { dur.sync_if_behind(seq) },
                     }
                 }
             })
             .map_err(|e| Error::io("start the committer thread", None, e))?;
-        Ok(Committer { stop: Some(stop_tx), handle: Some(handle) })
+        Ok(Committer { stop: Some(stop_tx), kick: kick_tx, handle: Some(handle) })
+    }
+
+    /// Has the thread make transaction `seq` durable now, without waiting for it: a
+    /// committing `BatchTx` then frees the view it replaced while the fdatasync runs, instead
+    /// of before it. A kick already pending stands for this one (the sync it runs covers
+    /// everything written by then); a kick handled after `seq` became durable does nothing.
+    pub fn kick(&self, seq: u64) {
+        let _ = self.kick.try_send(seq);
     }
 
     /// Stops the thread and waits for it (a sync it is running finishes first).

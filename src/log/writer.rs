@@ -9,8 +9,8 @@
 //! capacity. Durability (fdatasync) is not the writer's business: see `backend::commit`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use super::format::{
     self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN,
@@ -54,6 +54,14 @@ pub struct WriterConfig {
     /// Raised when a write or fdatasync of the log failed (the engine is poisoned): nothing may
     /// be written after that, and a failed fdatasync must not be retried by a roll-over.
     pub failed: Arc<AtomicBool>,
+    /// Each write of the log holds this shared, with its check of `failed`; a background
+    /// fdatasync (the committer's, another thread's commit) holds it exclusively and raises
+    /// `failed` before letting go if the sync failed. So a write either ends before such a
+    /// sync begins or begins after it ended and sees its failure: no write lands after a
+    /// failed fdatasync, even one that started before the failure was known. (Without it a
+    /// write that passed the check could be stalled, resumed after the failure, and leave a
+    /// valid frame behind the pages the kernel dropped: corruption after a power cut.)
+    pub sync_gate: Arc<RwLock<()>>,
     /// Whether a roll-over lists the new segment in the manifest. False for a defrag's writer,
     /// whose segments join the log only when the defrag switches over.
     pub in_manifest: bool,
@@ -185,6 +193,8 @@ impl LogWriter {
     }
 
     fn write_frame(&mut self, kind: u8, seq: u64) -> Result<()> {
+        let gate = self.cfg.sync_gate.clone();
+        let _no_sync = gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_not_failed()?;
         self.buf[FRAME_HEADER_LEN] = kind;
         self.buf[FRAME_HEADER_LEN + 1..FRAME_OPS_AT].copy_from_slice(&self.parts.to_le_bytes());
@@ -197,6 +207,9 @@ impl LogWriter {
     /// Seals the active segment (fdatasync, so that recovery may treat any damage in it as
     /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
     fn roll_over(&mut self, op_len: usize) -> Result<()> {
+        // Writes (the new segment's header, the manifest), so it holds the gate like a frame.
+        let gate = self.cfg.sync_gate.clone();
+        let _no_sync = gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_not_failed()?;
         self.active().sync()?;
         let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;
