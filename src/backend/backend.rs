@@ -1,6 +1,5 @@
 //! The backend: opening, the two kinds of transaction, commits, sizes, closing.
 
-use crate::prefetch::prefetch;
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -17,6 +16,7 @@ use crate::log::manifest;
 use crate::log::recovery::{self, OpenOptions};
 use crate::log::segment::Segment;
 use crate::log::writer::{LogPos, LogWriter, WriterConfig};
+use crate::prefetch::prefetch;
 use crate::vfs::{OpenMode, VfsFile};
 
 const LOCK_NAME: &str = "LOCK";

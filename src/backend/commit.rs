@@ -242,6 +242,8 @@ impl Durability {
 
     /// A kick: sync unless transaction `seq` is durable already (or the engine is poisoned).
     fn sync_if_behind(&self, seq: u64) {
+        // Checked here, not left to `sync_as`: on a poisoned engine that would take the kept
+        // failure meant for the waiting commit, and answer it `Poisoned` instead.
         {
             let st = self.lock();
             if st.poisoned.is_some() || st.durable_seq >= seq {

@@ -389,9 +389,7 @@ pub(super) struct Inner {
 impl Clone for Inner {
     fn clone(&self) -> Inner {
         touch_children(&self.children);
-        let mut children = pool::take(self.children.len());
-        children.extend(self.children.iter().cloned());
-        Inner { keys: self.keys.clone(), children }
+        Inner { keys: self.keys.clone(), children: pool::copy_of(&self.children) }
     }
 }
 

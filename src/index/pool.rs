@@ -3,8 +3,9 @@
 //! Why: a transaction copies every node on the path to each key it changes (copy-on-write,
 //! see `node.rs`), and publishing it makes the previous version's copies garbage. A batch of
 //! 1,000 random puts over a million keys copies some 1,400 nodes — each four or five
-//! allocations of 0.25–1.5 KiB — and frees as many. Those sizes are past glibc's per-thread
-//! cache (1,032 bytes), so each went through the allocator's bins and chunk consolidation:
+//! allocations of 64 B–1.5 KiB — and frees as many. Most of those sizes are past glibc's
+//! per-thread cache (1,032 bytes), and the rest overflow its few entries per size, so they
+//! went through the allocator's bins and chunk consolidation:
 //! measured, malloc and free were about 45% of such a batch. A writer frees about as many
 //! buffers of each size as it allocates, so it keeps the freed ones here and takes copies'
 //! buffers from them.

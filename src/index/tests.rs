@@ -46,6 +46,16 @@ fn vr(n: u64) -> ValueRef {
 }
 
 /// Every snapshot taken along the way is still a valid tree with the content it had then.
+/// Removes `k` from the tree and the model, or inserts it into both with `vr(step)`, and
+/// checks that they answer alike.
+fn remove_or_insert(t: &mut BTree, m: &mut Model, k: Vec<u8>, remove: bool, step: u64) {
+    if remove {
+        assert_eq!(t.remove(&k), m.remove(&k));
+    } else {
+        assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
+    }
+}
+
 fn assert_snapshots(snaps: &[(BTree, Model)]) {
     for (s, sm) in snaps {
         s.check_invariants();
@@ -426,11 +436,7 @@ fn snapshots_are_frozen_random_workload() {
     for step in 0..60_000u64 {
         let k = rng.var_bytes(1, 3); // ~16M keyspace but skewed short
         let k = if rng.below(2) == 0 { k[..1].to_vec() } else { k };
-        if rng.below(3) == 0 {
-            assert_eq!(t.remove(&k), m.remove(&k));
-        } else {
-            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
-        }
+        remove_or_insert(&mut t, &mut m, k, rng.below(3) == 0, step);
         if step % 1500 == 0 {
             snaps.push((t.clone(), m.clone()));
         }
@@ -457,11 +463,7 @@ fn snapshots_are_frozen_while_copies_reuse_pooled_buffers() {
         // 5,000 keys of 4 to 40 bytes, so that removes hit and nodes of many sizes are copied.
         let i = rng.below(5000);
         let k = format!("{i:0w$}", w = 4 + i % 37).into_bytes();
-        if rng.below(4) == 0 {
-            assert_eq!(t.remove(&k), m.remove(&k));
-        } else {
-            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
-        }
+        remove_or_insert(&mut t, &mut m, k, rng.below(4) == 0, step);
         if step % 500 == 0 {
             snaps.push((t.clone(), m.clone()));
             if snaps.len() > 4 {
@@ -556,11 +558,7 @@ fn snapshots_with_big_keys() {
         let mut k = vec![b'q'; len];
         let last = k.len() - 1;
         k[last] = rng.below(40) as u8;
-        if rng.below(3) == 0 {
-            assert_eq!(t.remove(&k), m.remove(&k));
-        } else {
-            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
-        }
+        remove_or_insert(&mut t, &mut m, k, rng.below(3) == 0, step);
         if step % 100 == 0 {
             t.check_invariants();
             snaps.push((t.clone(), m.clone()));
@@ -587,11 +585,8 @@ fn big_key_churn_with_long_separators() {
             k.push(rng.below(8) as u8);
         }
         let grow_phase = (step / 2000) % 2 == 0;
-        if rng.below(10) < if grow_phase { 7 } else { 3 } {
-            assert_eq!(t.insert(&k, vr(step)), m.insert(k, vr(step)));
-        } else {
-            assert_eq!(t.remove(&k), m.remove(&k));
-        }
+        let insert = rng.below(10) < if grow_phase { 7 } else { 3 };
+        remove_or_insert(&mut t, &mut m, k, !insert, step);
         if step % 97 == 0 {
             t.check_invariants();
             assert_eq!(t.len(), m.len());

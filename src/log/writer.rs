@@ -193,8 +193,7 @@ impl LogWriter {
     }
 
     fn write_frame(&mut self, kind: u8, seq: u64) -> Result<()> {
-        let gate = self.cfg.sync_gate.clone();
-        let _no_sync = gate.read().unwrap_or_else(|e| e.into_inner());
+        let _no_sync = self.cfg.sync_gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_not_failed()?;
         self.buf[FRAME_HEADER_LEN] = kind;
         self.buf[FRAME_HEADER_LEN + 1..FRAME_OPS_AT].copy_from_slice(&self.parts.to_le_bytes());
@@ -208,8 +207,7 @@ impl LogWriter {
     /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
     fn roll_over(&mut self, op_len: usize) -> Result<()> {
         // Writes (the new segment's header, the manifest), so it holds the gate like a frame.
-        let gate = self.cfg.sync_gate.clone();
-        let _no_sync = gate.read().unwrap_or_else(|e| e.into_inner());
+        let _no_sync = self.cfg.sync_gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_not_failed()?;
         self.active().sync()?;
         let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;

@@ -506,18 +506,20 @@ impl<'a> Source<'a, '_> {
     /// As [`kv_hinted`](Self::kv_hinted), lent from the log instead of copied, and decoded
     /// once (the check that the hint still holds is the decode).
     fn kv_ref_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<KeyValueRef<'a>> {
-        if let Some(b) = hint.and_then(|v| self.value_at(v))
-            && let Ok(kv) = KeyValueRef::decode({
-                // Decoding reads the first lines, the caller's copy the rest: ask for all at
-                // once so that their misses overlap.
-                crate::prefetch::prefetch_all(b);
-                b
-            })
-            && kv.mod_revision == rev.main
-        {
-            return Ok(kv);
+        match self.at_hint(rev, hint) {
+            Some((_, kv)) => Ok(kv),
+            None => KeyValueRef::decode(self.stored(rev)?),
         }
-        KeyValueRef::decode(self.stored(rev)?)
+    }
+
+    /// The stored form of revision `rev` at the place `hint` names, and its decoding, if the
+    /// log still has that place and the record there is that revision's (see `KeyIndex::value`).
+    fn at_hint(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Option<(&'a [u8], KeyValueRef<'a>)> {
+        let b = self.value_at(hint?)?;
+        // Decoding reads the first lines, the caller's copy the rest: ask for all at once so
+        // that their misses overlap.
+        crate::prefetch::prefetch_all(b);
+        KeyValueRef::decode(b).ok().filter(|kv| kv.mod_revision == rev.main).map(|kv| (b, kv))
     }
 
     fn value_at(&self, at: crate::index::ValueRef) -> Option<&'a [u8]> {
@@ -531,12 +533,10 @@ impl<'a> Source<'a, '_> {
     /// log still has it there (see `KeyIndex::value`) and it is that revision's record;
     /// otherwise the revision is looked up.
     fn stored_hinted(&self, rev: Revision, hint: Option<crate::index::ValueRef>) -> Result<&'a [u8]> {
-        if let Some(b) = hint.and_then(|v| self.value_at(v))
-            && kv::KeyValueRef::decode(b).is_ok_and(|kv| kv.mod_revision == rev.main)
-        {
-            return Ok(b);
+        match self.at_hint(rev, hint) {
+            Some((b, _)) => Ok(b),
+            None => self.stored(rev),
         }
-        self.stored(rev)
     }
 
     /// The stored form of the key-value put at `rev`.
