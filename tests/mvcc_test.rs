@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use logtree::mvcc::{
-    Compare, CompareOp, EventKind, KeyValue, KvStore, Op, OpResponse, RangeOptions, WatchEvent, WatchEventRef, Watcher,
+    Compare, CompareOp, EventKind, KeyValue, KvStore, Op, OpResponse, RangeOptions, WatchEvent, WatchEventRef,
+    WatchOptions, Watcher,
 };
 use logtree::{Backend, Config, Error};
 
@@ -259,6 +260,57 @@ fn watch_live_and_from_history() {
     let revs: Vec<i64> = (0..4).map(|_| next(&all).kv.mod_revision).collect();
     assert_eq!(revs, vec![3, 4, 5, 6]);
     assert_eq!(all.try_recv().unwrap(), None);
+}
+
+/// Previous values come only to watchers that ask (etcd's `WithPrevKV`), from the feed and from
+/// history alike, including to a watcher that asks after the writer stopped reading them.
+#[test]
+fn previous_values_only_when_asked() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    let without = |start_rev| WatchOptions { start_rev, prev_kv: false };
+    let with = |start_rev| WatchOptions { start_rev, prev_kv: true };
+    s.put(b"foo", b"1", 0).unwrap(); // 2
+    s.put(b"foo", b"2", 0).unwrap(); // 3
+    let plain = s.watch_with(b"foo", b"", without(0)).unwrap();
+    s.put(b"foo", b"3", 0).unwrap(); // 4: nobody wants previous values; the feed has none
+    let asking = s.watch_with(b"foo", b"", with(3)).unwrap();
+    let plain_history = s.watch_with(b"foo", b"", without(2)).unwrap();
+    s.delete_range(b"foo", b"").unwrap(); // 5
+    s.put(b"foo", b"5", 0).unwrap(); // 6
+
+    let got = |w: &Watcher, n: usize| -> Vec<(i64, EventKind, Option<KeyValue>)> {
+        (0..n).map(|_| next(w)).map(|e| (e.kv.mod_revision, e.kind, e.prev_kv)).collect()
+    };
+    use EventKind::{Delete, Put};
+    assert_eq!(got(&plain, 3), vec![(4, Put, None), (5, Delete, None), (6, Put, None)]);
+    assert_eq!(
+        got(&asking, 4),
+        vec![
+            (3, Put, Some(kv("foo", "1", 2, 2, 1))),
+            (4, Put, Some(kv("foo", "2", 2, 3, 2))),
+            (5, Delete, Some(kv("foo", "3", 2, 4, 3))),
+            (6, Put, None),
+        ]
+    );
+    assert_eq!(got(&plain_history, 5).iter().map(|e| (e.0, e.2.clone())).collect::<Vec<_>>(), {
+        (2..=6).map(|r| (r, None)).collect::<Vec<_>>()
+    });
+
+    // The only watcher that asked goes; the writer stops reading previous values; a new one
+    // asks, from a revision written without them.
+    drop(asking);
+    s.put(b"foo", b"7", 0).unwrap(); // 7
+    let late = s.watch_with(b"foo", b"", with(7)).unwrap();
+    s.put(b"foo", b"8", 0).unwrap(); // 8
+    assert_eq!(got(&late, 2), vec![(7, Put, Some(kv("foo", "5", 6, 6, 1))), (8, Put, Some(kv("foo", "7", 6, 7, 2)))]);
+    let mut lent = Vec::new();
+    while lent.len() < 2 {
+        plain.recv_with(Duration::from_secs(20), |e| lent.push((e.kv.mod_revision, e.prev_kv.is_some()))).unwrap();
+    }
+    assert_eq!(lent, vec![(7, false), (8, false)]);
+    assert_eq!(plain.try_recv().unwrap(), None);
+    assert_eq!(late.try_recv().unwrap(), None);
 }
 
 #[test]

@@ -74,6 +74,17 @@ pub(crate) fn peek(b: &[u8]) -> Result<(&[u8], i64, i64)> {
     Ok((key, i(1), i(17)))
 }
 
+/// Options of a watch; see [`KvStore::watch_with`](crate::mvcc::KvStore::watch_with).
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    /// The first revision to deliver; 0 for the next write.
+    pub start_rev: i64,
+    /// Whether events carry the key's previous value (etcd's `WithPrevKV`); `prev_kv` is
+    /// `None` in every event otherwise. Previous values cost the writer a read of the old
+    /// value per changed key while any watcher asks for them.
+    pub prev_kv: bool,
+}
+
 /// Options of a range read.
 #[derive(Clone, Debug, Default)]
 pub struct RangeOptions {
@@ -389,24 +400,51 @@ impl EventsBuf {
     }
 }
 
+/// One event of an [`EventsBuf`], not yet decoded: a watcher decodes only the events in its
+/// range, and this is small enough to move around in registers (a decoded `WatchEventRef` is
+/// not: moving it cost a `memcpy` call per event).
+#[derive(Clone, Copy)]
+pub(crate) struct RawEvent<'a> {
+    kind: EventKind,
+    kv: &'a [u8],
+    prev: Option<&'a [u8]>,
+}
+
+impl<'a> RawEvent<'a> {
+    /// The event's key.
+    pub fn key(&self) -> &'a [u8] {
+        peek(self.kv).map_or(&[], |(key, _, _)| key)
+    }
+
+    /// The whole event, with its previous value if `prev_kv` and the feed has it, if its
+    /// stored forms decode (they always do: this process wrote them).
+    pub fn decode(&self, prev_kv: bool) -> Option<WatchEventRef<'a>> {
+        let kv = KeyValueRef::decode(self.kv).ok()?;
+        let prev_kv = match self.prev.filter(|_| prev_kv) {
+            Some(p) => Some(KeyValueRef::decode(p).ok()?),
+            None => None,
+        };
+        Some(WatchEventRef { kind: self.kind, kv, prev_kv })
+    }
+}
+
 /// The events of an [`EventsBuf`]'s bytes, in order. The bytes were written by this process and
 /// never change, so a malformed one is a bug: iteration stops there.
-pub(crate) fn events(mut b: &[u8]) -> impl Iterator<Item = WatchEventRef<'_>> {
+pub(crate) fn events(mut b: &[u8]) -> impl Iterator<Item = RawEvent<'_>> {
+    fn part<'a>(r: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(r.get(..4)?.try_into().ok()?) as usize;
+        let bytes = r.get(4..4usize.checked_add(len)?)?;
+        *r = &r[4 + len..];
+        Some(bytes)
+    }
     std::iter::from_fn(move || {
         let (&kind, rest) = b.split_first()?;
-        let (&has_prev, rest) = rest.split_first()?;
-        fn part<'a>(r: &mut &'a [u8]) -> Option<KeyValueRef<'a>> {
-            let len = u32::from_le_bytes(r.get(..4)?.try_into().ok()?) as usize;
-            let bytes = r.get(4..4 + len)?;
-            *r = &r[4 + len..];
-            KeyValueRef::decode(bytes).ok()
-        }
-        let mut r = rest;
+        let (&has_prev, mut r) = rest.split_first()?;
         let kv = part(&mut r)?;
-        let prev_kv = if has_prev == 1 { Some(part(&mut r)?) } else { None };
+        let prev = if has_prev == 1 { Some(part(&mut r)?) } else { None };
         b = r;
         let kind = if kind == 0 { EventKind::Put } else { EventKind::Delete };
-        Some(WatchEventRef { kind, kv, prev_kv })
+        Some(RawEvent { kind, kv, prev })
     })
 }
 

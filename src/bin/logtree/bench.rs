@@ -157,6 +157,10 @@ pub struct BenchArgs {
     /// thread per watcher).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub watch_streams: Option<u64>,
+    /// Ask mvcc-watch's watchers for previous values (etcd's `WithPrevKV`): the writer then
+    /// reads each put key's old value for the events. Off by default, as in etcd's benchmark.
+    #[arg(long)]
+    pub watch_prev_kv: bool,
     /// What the mvcc-txn-put phase's txns compare before their put.
     #[arg(long, value_name = "C", value_enum, default_value_t = TxnCompare::ModRevision)]
     pub txn_compare: TxnCompare,
@@ -334,6 +338,9 @@ struct SettingsReport {
     /// The threads receiving them.
     #[serde(skip_serializing_if = "Option::is_none")]
     watch_streams: Option<u64>,
+    /// Whether they asked for previous values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watch_prev_kv: Option<bool>,
     /// mvcc-txn-put's compare (only for the workloads that run it).
     #[serde(skip_serializing_if = "Option::is_none")]
     txn_compare: Option<TxnCompare>,
@@ -588,6 +595,7 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
                 workload: args.workload,
                 watchers: w.runs(Workload::MvccWatch).then_some(args.watchers),
                 watch_streams: w.runs(Workload::MvccWatch).then_some(args.watch_streams()),
+                watch_prev_kv: w.runs(Workload::MvccWatch).then_some(args.watch_prev_kv),
                 txn_compare: w.runs(Workload::MvccTxnPut).then_some(args.txn_compare),
                 cpus: thread::available_parallelism().map_or(1, |n| n.get()),
             },

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use logtree::Backend;
-use logtree::mvcc::{Compare, CompareOp, KvStore, Op, OpResponse, RangeOptions, Watcher};
+use logtree::mvcc::{Compare, CompareOp, KvStore, Op, OpResponse, RangeOptions, WatchOptions, Watcher};
 use serde::Serialize;
 
 use crate::bench::{
@@ -38,10 +38,12 @@ const RECV_POLL: Duration = Duration::from_millis(20);
 /// writer must have put the key that often in between.
 const MAX_TXN_ATTEMPTS: u32 = 1000;
 /// Delivery latency is recorded for the revisions that are multiples of this: a uniform sample,
-/// the same for every watcher. Recording all of them (tens of millions of histogram updates)
-/// took more of the 2-core test machine's CPU than the watchers' own work, slowing the writer
-/// that the phase measures.
-const LATENCY_SAMPLE: i64 = 8;
+/// the same for every watcher, of about 5,000 revisions a second at full speed (half a million
+/// delays a second over 100 watchers). Recording all of them (tens of millions of histogram
+/// updates) took more of the 2-core test machine's CPU than the watchers' own work, and even
+/// one in 8 was 5% of the phase's CPU (100 histograms do not stay in cache), slowing the
+/// writer that the phase measures.
+const LATENCY_SAMPLE: i64 = 64;
 /// The slots of put return times kept for the watch phase at most (8 bytes each).
 const MAX_STAMPS: u64 = 64 << 20;
 
@@ -72,6 +74,9 @@ pub struct WatchReport {
     /// Events that were not the next revision the watcher expected (lost, repeated or out of
     /// order): 0 unless the watch is broken.
     pub events_out_of_order: u64,
+    /// Events whose previous value was missing though asked for (every put overwrites a loaded
+    /// key), or present though not: 0 unless the watch is broken.
+    pub events_wrong_prev: u64,
     /// Whether every watcher received every revision, exactly once and in order.
     pub all_delivered: bool,
     /// Events taken from the channel before their put had returned to the writer (the store
@@ -81,7 +86,7 @@ pub struct WatchReport {
     /// watchers were.
     pub drain_ns: u64,
     /// From the put's return to the event's receipt by a watcher's thread, for every
-    /// `LATENCY_SAMPLE`th (8th) revision.
+    /// `LATENCY_SAMPLE`th (64th) revision.
     pub delivery: Latency,
 }
 
@@ -131,8 +136,9 @@ pub fn describe(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     }
     if w.runs(Workload::MvccWatch) {
         parts.push(format!(
-            "{} watchers on {} receiving threads",
+            "{} watchers{} on {} receiving threads",
             grouped(args.watchers),
+            if args.watch_prev_kv { " with previous values" } else { "" },
             grouped(args.watch_streams())
         ));
     }
@@ -186,7 +192,7 @@ pub fn summary(out: &mut Out, phases: &[PhaseReport]) -> CliResult<()> {
         )?;
         writeln!(
             out,
-            "mvcc-watch: delivery from put return (every 8th revision) p50 {}, p99 {}, max {}; {} of {} events ({} revisions × {} watchers), {}; drained {} after the last put",
+            "mvcc-watch: delivery from put return (every {LATENCY_SAMPLE}th revision) p50 {}, p99 {}, max {}; {} of {} events ({} revisions × {} watchers), {}; drained {} after the last put",
             human_ns(w.delivery.p50_ns),
             human_ns(w.delivery.p99_ns),
             human_ns(w.delivery.max_ns),
@@ -430,6 +436,7 @@ struct Received {
     delays: Sample,
     received: u64,
     out_of_order: u64,
+    wrong_prev: u64,
     early: u64,
     /// The next revision it expects.
     next: i64,
@@ -442,6 +449,7 @@ struct Received {
 /// limit passes.
 fn receive(
     ws: &[Watcher],
+    prev_kv: bool,
     first: i64,
     last: &AtomicI64,
     abort: &AtomicBool,
@@ -449,7 +457,15 @@ fn receive(
 ) -> CliResult<Vec<Received>> {
     let mut rs = Vec::with_capacity(ws.len());
     for _ in ws {
-        rs.push(Received { delays: Sample::new()?, received: 0, out_of_order: 0, early: 0, next: first, done: None });
+        rs.push(Received {
+            delays: Sample::new()?,
+            received: 0,
+            out_of_order: 0,
+            wrong_prev: 0,
+            early: 0,
+            next: first,
+            done: None,
+        });
     }
     let mut deadline = None;
     loop {
@@ -466,13 +482,13 @@ fn receive(
         }
         let mut got = 0;
         for (w, r) in ws.iter().zip(rs.iter_mut()).filter(|(_, r)| r.done.is_none()) {
-            got += take(w, r, Duration::ZERO, stamps)?;
+            got += take(w, prev_kv, r, Duration::ZERO, stamps)?;
         }
         if got == 0 {
             // Nothing ready for any of them: wait on one. They all watch every key, so an event
             // for one is an event for all.
             if let Some((w, r)) = ws.iter().zip(rs.iter_mut()).find(|(_, r)| r.done.is_none()) {
-                take(w, r, RECV_POLL, stamps)?;
+                take(w, prev_kv, r, RECV_POLL, stamps)?;
             }
         }
     }
@@ -481,20 +497,24 @@ fn receive(
 
 /// Receives what `w` has ready (waiting at most `timeout` for something) into `r`; returns how
 /// many events. Events come lent, in batches, as a busy client would take them; one receipt
-/// time serves the batch.
-fn take(w: &Watcher, r: &mut Received, timeout: Duration, stamps: &Stamps) -> CliResult<usize> {
+/// time serves the batch. `prev_kv`: whether the watcher asked for previous values.
+fn take(w: &Watcher, prev_kv: bool, r: &mut Received, timeout: Duration, stamps: &Stamps) -> CliResult<usize> {
+    // The receipt time is read once per batch, and only for a batch holding a sampled revision.
     let mut received = None;
     let n = w.recv_with(timeout, |ev| {
-        let at = *received.get_or_insert_with(Instant::now);
         let rev = ev.kv.mod_revision;
         r.received += 1;
         if rev != r.next {
             r.out_of_order += 1;
         }
+        if ev.prev_kv.is_some() != prev_kv {
+            r.wrong_prev += 1;
+        }
         r.next = r.next.max(rev + 1);
         if rev % LATENCY_SAMPLE != 0 {
             return;
         }
+        let at = *received.get_or_insert_with(Instant::now);
         if let Some(d) = stamps.delay(rev, at) {
             if d.is_zero() {
                 r.early += 1;
@@ -517,8 +537,10 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
 
     // Watch from the next revision; no other writer runs, so it is the same for every watcher.
     let first = m.store.current_revision() + 1;
-    let watchers: Vec<Watcher> =
-        (0..c.args.watchers).map(|_| m.store.watch(b"\0", b"\0", 0)).collect::<logtree::Result<_>>()?;
+    let prev_kv = c.args.watch_prev_kv;
+    let watchers: Vec<Watcher> = (0..c.args.watchers)
+        .map(|_| m.store.watch_with(b"\0", b"\0", WatchOptions { start_rev: 0, prev_kv }))
+        .collect::<logtree::Result<_>>()?;
     // One slot per put of the watched run: --ops of them, or about as many as the unwatched
     // run did (twice, so a faster second run is still covered; puts past the end go untimed).
     let slots = c.args.ops.unwrap_or(without[0].ops.saturating_mul(2) + 4096).min(MAX_STAMPS);
@@ -534,7 +556,7 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
             .chunks(per_stream)
             .map(|ws| {
                 let (last, abort, stamps) = (&last, &abort, &stamps);
-                s.spawn(move || receive(ws, first, last, abort, stamps))
+                s.spawn(move || receive(ws, prev_kv, first, last, abort, stamps))
             })
             .collect();
         let timed = c.run_timed(&label, &[Role { threads: 1, body: &watched }]);
@@ -553,7 +575,7 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let last = last.into_inner();
     let revisions = u64::try_from(last - first + 1).unwrap_or(0);
     let mut delays = Sample::new()?;
-    let (mut got, mut out_of_order, mut early, mut complete) = (0u64, 0u64, 0u64, true);
+    let (mut got, mut out_of_order, mut wrong_prev, mut early, mut complete) = (0u64, 0u64, 0u64, 0u64, true);
     let mut drained = writer_end;
     let mut streams = Vec::new();
     for stream in received {
@@ -566,8 +588,9 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
         delays.merge(&r.delays);
         got += r.received;
         out_of_order += r.out_of_order;
+        wrong_prev += r.wrong_prev;
         early += r.early;
-        complete &= r.next == last + 1 && r.received == revisions && r.out_of_order == 0;
+        complete &= r.next == last + 1 && r.received == revisions && r.out_of_order == 0 && r.wrong_prev == 0;
         match r.done {
             Some(t) => drained = drained.max(t),
             None => complete = false,
@@ -585,6 +608,7 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
         events_expected: revisions * c.args.watchers,
         events_received: got,
         events_out_of_order: out_of_order,
+        events_wrong_prev: wrong_prev,
         all_delivered: complete,
         events_before_put_returned: early,
         drain_ns: ns(drain),
@@ -605,10 +629,12 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     }
     if !complete {
         return Err(CliError::new(format!(
-            "mvcc-watch: the watchers received {} of {} events ({} out of order) within {} of the last put (an engine bug?)",
+            "mvcc-watch: the watchers received {} of {} events ({} out of order, {} with a previous value {}) within {} of the last put (an engine bug?)",
             grouped(got),
             grouped(revisions * c.args.watchers),
             grouped(out_of_order),
+            grouped(wrong_prev),
+            if prev_kv { "missing" } else { "not asked for" },
             human_duration(DRAIN_LIMIT),
         )));
     }
