@@ -3,7 +3,8 @@
 //!
 //! **The feed.** The writer appends each new revision's events, once, to a [`Hub`]: a list of
 //! segments of [`SEGMENT_REVS`] slots, slot `i` of a segment holding revision `first_rev + i`.
-//! A slot is written once (`OnceLock`), by the writer, in revision order, and never changed, so
+//! A slot is written once, by the writer, in revision order, and never changed (its bytes are
+//! copied into the segment's storage blocks, then it is published by a counter), so
 //! watchers read it without a lock and without copying it to each of them: a watcher keeps an
 //! `Arc` of the segment it is reading. The writer's cost per revision is therefore the same for
 //! one watcher or a thousand — it used to send each event to each watcher's channel and wake
@@ -18,8 +19,8 @@
 //! to the feed after its `BatchTx` has been published), so the two never disagree. A watcher's
 //! history that was compacted away ends the watch with `Error::Compacted`.
 //!
-//! **Waking.** A watcher with nothing to read waits on the hub's condition variable. The writer
-//! does not wake it: if anyone waits, it asks the store's notifier thread (a non-blocking send
+//! **Waking.** A watcher with nothing to read puts its thread on the hub's list of sleepers and
+//! parks it. The writer does not wake it: if anyone waits, it asks the store's notifier thread (a non-blocking send
 //! to a channel of one slot), which wakes all waiters and then pauses briefly, so that wake-ups
 //! are batched and the writer makes at most one cheap system call per pause. A 10 ms timeout on
 //! every wait bounds the delay if a wake-up is ever missed.
@@ -28,8 +29,8 @@
 //! it forward, so it never loses or repeats an event. Dropping a [`Watcher`] ends it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::kv::{EventsBuf, WatchEvent, WatchEventRef, events};
@@ -57,29 +58,47 @@ pub const HISTORY_BATCH: usize = 1024;
 /// Bytes of values (and previous values) a watcher reads from history at a time, likewise.
 pub const HISTORY_BYTES: usize = 16 << 20;
 
+/// Bytes of a segment's storage block: revisions' events are copied one after another into
+/// blocks of this size (one of its own for a larger revision).
+const BLOCK_BYTES: usize = 64 << 10;
+
 /// A run of consecutive revisions of the feed.
+///
+/// Each revision's events are copied into the segment's storage blocks, after the previous
+/// revision's, and never move or change until the segment is dropped. This replaced a
+/// separate allocation per revision: with 100 watchers the allocator was a tenth of the
+/// writer's time per put (the buffers were freed later, in thousands at once, often by a
+/// watcher's thread), and consecutive revisions now sit together for the watchers' reads.
 pub(crate) struct Segment {
     first_rev: i64,
     /// The revision after the last one this segment holds, once it is sealed early (i64::MAX
     /// while it may still take every one of its slots).
     end_rev: AtomicI64,
-    /// Each revision's events, encoded (see `EventsBuf`).
+    /// How many revisions have been appended: slots below it are readable. Written by the
+    /// writer after the slot and its bytes (release), read by watchers before them (acquire).
+    published: Padded<AtomicUsize>,
+    /// Where each revision's events are in `blocks`, encoded (see `EventsBuf`).
     slots: Box<[Slot]>,
+    /// The storage. Only the writer locks it, to append; watchers read published bytes through
+    /// their slots' pointers, never through this.
+    blocks: Mutex<Vec<Vec<u8>>>,
 }
 
-/// A feed slot, alone on its cache line: the writer fills the next slot while a hundred watchers
-/// read the one before, and sharing a line made each of the writer's stores a cache miss and each
-/// of the watchers' loads one too.
-#[repr(align(64))]
+/// The place of one revision's events: set once by the writer before it is published.
 #[derive(Default)]
-struct Slot(OnceLock<Box<[u8]>>);
+struct Slot {
+    ptr: AtomicPtr<u8>,
+    len: AtomicUsize,
+}
 
 impl Segment {
     fn new(first_rev: i64) -> Segment {
         Segment {
             first_rev,
             end_rev: AtomicI64::new(i64::MAX),
+            published: Padded(AtomicUsize::new(0)),
             slots: (0..SEGMENT_REVS).map(|_| Slot::default()).collect(),
+            blocks: Mutex::new(Vec::new()),
         }
     }
 
@@ -91,7 +110,42 @@ impl Segment {
 
     /// The events of `rev`, if the writer has appended it. Requires `covers(rev)`.
     fn get(&self, rev: i64) -> Option<&[u8]> {
-        self.slots[(rev - self.first_rev) as usize].0.get().map(|b| &**b)
+        let i = (rev - self.first_rev) as usize;
+        if i >= self.published.load(Ordering::Acquire) {
+            return None;
+        }
+        let slot = &self.slots[i];
+        let (ptr, len) = (slot.ptr.load(Ordering::Relaxed), slot.len.load(Ordering::Relaxed));
+        // SAFETY: slot `i` is published, so (acquire above, release in `push`) its pointer and
+        // length, and the `len` bytes they describe, were written before this read: `push`
+        // copied them into a block's spare capacity, set the block's length past them, and
+        // then published. Those bytes are never written again: `push` writes only past a
+        // block's length and never grows a block beyond its capacity, so the block's buffer
+        // never moves. The blocks are freed only when the segment is, and `&self` keeps it.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// Appends the events of `rev`, the next revision, which `covers(rev)`. Only the writer
+    /// calls it, holding the feed.
+    fn push(&self, rev: i64, events: &[u8]) {
+        let i = (rev - self.first_rev) as usize;
+        debug_assert_eq!(i, self.published.load(Ordering::Relaxed), "revisions are pushed in order");
+        let mut blocks = lock(&self.blocks);
+        let need = events.len();
+        if blocks.last().is_none_or(|b| b.capacity() - b.len() < need) {
+            blocks.push(Vec::with_capacity(need.max(BLOCK_BYTES)));
+        }
+        let Some(block) = blocks.last_mut() else { return };
+        let start = block.len();
+        for (to, &from) in block.spare_capacity_mut()[..need].iter_mut().zip(events) {
+            to.write(from); // a memcpy once compiled
+        }
+        // SAFETY: the `need` bytes after the old length were initialized just above.
+        unsafe { block.set_len(start + need) };
+        let ptr = block.as_ptr().wrapping_add(start).cast_mut();
+        self.slots[i].ptr.store(ptr, Ordering::Relaxed);
+        self.slots[i].len.store(need, Ordering::Relaxed);
+        self.published.store(i + 1, Ordering::Release);
     }
 }
 
@@ -138,9 +192,18 @@ pub(crate) struct Hub {
     watchers: Padded<Registered>,
     /// Watchers waiting for a revision.
     waiting: Padded<AtomicUsize>,
-    sleep: Padded<Mutex<()>>,
-    wake: Condvar,
+    /// The threads of waiting watchers, to unpark. Not a condition variable: woken at once, a
+    /// hundred watchers then queued on its mutex, each put back to sleep and woken again, and
+    /// the scheduling took more of a 2-core machine than their reading did.
+    sleepers: Padded<Mutex<Vec<Arc<Sleeper>>>>,
     closed: AtomicBool,
+}
+
+/// A parked watcher's thread.
+struct Sleeper {
+    thread: std::thread::Thread,
+    /// Set when the notifier takes it off the list (before it unparks it).
+    woken: AtomicBool,
 }
 
 /// How many watchers are registered, and how many of them want previous values.
@@ -171,8 +234,7 @@ impl Hub {
             feed: Padded(Mutex::new(Feed { segments: VecDeque::new(), bytes: 0, next_rev, with_prev: true })),
             watchers: Padded(Registered::default()),
             waiting: Padded(AtomicUsize::new(0)),
-            sleep: Padded(Mutex::new(())),
-            wake: Condvar::new(),
+            sleepers: Padded(Mutex::new(Vec::new())),
             closed: AtomicBool::new(false),
         }
     }
@@ -227,8 +289,11 @@ impl Hub {
 
     /// Wakes every waiting watcher (the notifier thread).
     pub fn wake_all(&self) {
-        let _g = lock(&self.sleep);
-        self.wake.notify_all();
+        let sleepers = std::mem::take(&mut *lock(&self.sleepers));
+        for s in sleepers {
+            s.woken.store(true, Ordering::Release);
+            s.thread.unpark();
+        }
     }
 
     /// Ends every watch: the store is gone.
@@ -252,10 +317,19 @@ impl Hub {
     fn wait(&self, until: Instant, ready: impl Fn() -> bool) {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let g = lock(&self.sleep);
+        // On the list before `ready` is checked: a revision appended after the check finds
+        // `waiting` raised (the fences), and the notifier's `wake_all`, which follows the append,
+        // takes the list after this push (the list's lock orders them) and unparks this thread,
+        // or, if it took the list before the push, the append is visible to `ready` (the same
+        // lock orders it before the check). `close` is ordered likewise.
+        let me = Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
+        lock(&self.sleepers).push(me.clone());
         if !ready() && !self.closed.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now()).min(WAIT_SLICE);
-            let _ = self.wake.wait_timeout(g, left);
+            std::thread::park_timeout(until.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
+        }
+        if !me.woken.load(Ordering::Acquire) {
+            // Timed out (or woken spuriously): still on the list, unless just taken off.
+            lock(&self.sleepers).retain(|s| !Arc::ptr_eq(s, &me));
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
@@ -282,8 +356,7 @@ impl FeedGuard<'_> {
         }
         let len = events.buf.len();
         let (seg, seg_bytes) = feed.segments.back_mut().expect("just ensured");
-        // Only the writer appends, once per revision: the slot is empty.
-        let _ = seg.slots[(rev - seg.first_rev) as usize].0.set(events.buf.into_boxed_slice());
+        seg.push(rev, &events.buf);
         *seg_bytes += len;
         if *seg_bytes >= FEED_BYTES / KEPT_SEGMENTS {
             seg.end_rev.store(rev + 1, Ordering::Release);
