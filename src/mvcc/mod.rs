@@ -65,7 +65,13 @@ const COMPACT_BATCH: usize = 1000;
 pub(crate) fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     match end {
         [] => key == start,
-        [0] => key >= start,
+        // Every key, or every non-empty key: the watch of "everything" (etcd's `"\0"`..`"\0"`)
+        // tests each event of the feed, and this spares it a `memcmp` call.
+        [0] => match start {
+            [] => true,
+            [0] => !key.is_empty(),
+            _ => key >= start,
+        },
         _ => key >= start && key < end,
     }
 }

@@ -607,6 +607,17 @@ impl std::fmt::Debug for Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcuts of `in_range` for open-ended ranges agree with the comparison they skip.
+    #[test]
+    fn open_ranges_from_the_empty_key_and_from_nul() {
+        let keys: [&[u8]; 6] = [b"", b"\0", b"\0\0", b"\x01", b"a", b"\xff\xff"];
+        for start in [&b""[..], b"\0", b"\0\0", b"a"] {
+            for key in keys {
+                assert_eq!(super::super::in_range(key, start, b"\0"), key >= start, "{key:?} from {start:?}");
+            }
+        }
+    }
     use crate::mvcc::kv::EventKind;
 
     fn big_revision(bytes: usize) -> EventsBuf {
