@@ -288,18 +288,20 @@ impl Hub {
     }
 
     /// Wakes every waiting watcher (the notifier thread).
-    pub fn wake_all(&self) {
+    /// Returns how many it woke.
+    pub fn wake_all(&self) -> usize {
         let sleepers = std::mem::take(&mut *lock(&self.sleepers));
-        for s in sleepers {
+        for s in &sleepers {
             s.woken.store(true, Ordering::Release);
             s.thread.unpark();
         }
+        sleepers.len()
     }
 
     /// Ends every watch: the store is gone.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.wake_all();
+        let _ = self.wake_all();
     }
 
     fn position(&self, rev: i64) -> Position {
