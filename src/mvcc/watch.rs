@@ -481,7 +481,7 @@ impl Watcher {
         self.recv_upto(timeout, usize::MAX, &mut f)
     }
 
-    fn recv_upto(&self, timeout: Duration, max: usize, f: &mut dyn FnMut(&WatchEventRef<'_>)) -> Result<usize> {
+    fn recv_upto(&self, timeout: Duration, max: usize, f: &mut impl FnMut(&WatchEventRef<'_>)) -> Result<usize> {
         // The deadline is read from the clock only once there is nothing to deliver: a busy
         // reader calls this with a zero timeout for every batch.
         let mut until = None;
@@ -522,7 +522,7 @@ impl Watcher {
 
     /// Hands out up to `max` events from the backlog, then from the feed segment the cursor is
     /// in, whole revisions at a time (`max` may be exceeded to finish one); returns how many.
-    fn deliver(&self, c: &mut Cursor, max: usize, f: &mut dyn FnMut(&WatchEventRef<'_>)) -> usize {
+    fn deliver(&self, c: &mut Cursor, max: usize, f: &mut impl FnMut(&WatchEventRef<'_>)) -> usize {
         let mut n = 0;
         while n < max {
             let Some(e) = c.backlog.pop_front() else { break };
