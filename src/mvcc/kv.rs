@@ -60,18 +60,32 @@ pub(crate) fn encode_into(b: &mut Vec<u8>, key: &[u8], value: &[u8], nums: [i64;
 /// The key, create revision and version of a stored `KeyValue`, without copying it (the index
 /// rebuild at open reads only these).
 pub(crate) fn peek(b: &[u8]) -> Result<(&[u8], i64, i64)> {
-    let bad = || Error::Corruption {
-        file: "<mvcc key bucket>".into(),
-        offset: 0,
-        reason: "malformed stored KeyValue".into(),
-    };
+    parse(b).map(|kv| (kv.key, kv.create_revision, kv.version)).ok_or_else(malformed)
+}
+
+fn malformed() -> Error {
+    Error::Corruption { file: "<mvcc key bucket>".into(), offset: 0, reason: "malformed stored KeyValue".into() }
+}
+
+/// The stored form's layout, read; `None` if `b` is not one. No error is built here: the
+/// watchers' loop over every feed event inlines this, and the callers that report bad input
+/// turn `None` into `Error::Corruption`.
+#[inline]
+fn parse(b: &[u8]) -> Option<KeyValueRef<'_>> {
     if b.len() < FIXED || b[0] != FORMAT {
-        return Err(bad());
+        return None;
     }
-    let i = |at: usize| i64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-    let klen = u32::from_le_bytes(b[33..37].try_into().map_err(|_| bad())?) as usize;
-    let key = b.get(FIXED..FIXED.checked_add(klen).ok_or_else(bad)?).ok_or_else(bad)?;
-    Ok((key, i(1), i(17)))
+    let i = |at: usize| b.get(at..at + 8).and_then(|x| x.try_into().ok()).map(i64::from_le_bytes);
+    let klen = u32::from_le_bytes(b.get(33..37)?.try_into().ok()?) as usize;
+    let key = b.get(FIXED..FIXED.checked_add(klen)?)?;
+    Some(KeyValueRef {
+        key,
+        value: &b[FIXED + key.len()..],
+        create_revision: i(1)?,
+        mod_revision: i(9)?,
+        version: i(17)?,
+        lease: i(25)?,
+    })
 }
 
 /// Options of a watch; see [`KvStore::watch_with`](crate::mvcc::KvStore::watch_with).
@@ -319,16 +333,7 @@ impl KeyValueRef<'_> {
 
     /// Reads the stored form (see the module documentation).
     pub(crate) fn decode(b: &[u8]) -> Result<KeyValueRef<'_>> {
-        let (key, create_revision, version) = peek(b)?;
-        let i = |at: usize| i64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-        Ok(KeyValueRef {
-            key,
-            value: &b[FIXED + key.len()..],
-            create_revision,
-            mod_revision: i(9),
-            version,
-            lease: i(25),
-        })
+        parse(b).ok_or_else(malformed)
     }
 }
 
@@ -410,43 +415,16 @@ pub(crate) struct RawEvent<'a> {
     prev: Option<&'a [u8]>,
 }
 
-/// The key of a stored `KeyValue` this process wrote (`None` if malformed, which is a bug):
-/// `peek` without building an error, inlined into the watchers' loop over every event.
-#[inline]
-fn key_of(b: &[u8]) -> Option<&[u8]> {
-    let klen = u32::from_le_bytes(b.get(33..37)?.try_into().ok()?) as usize;
-    b.get(FIXED..FIXED.checked_add(klen)?)
-}
-
-/// `KeyValueRef::decode` for a stored `KeyValue` this process wrote, likewise.
-#[inline]
-fn decode_own(b: &[u8]) -> Option<KeyValueRef<'_>> {
-    let key = key_of(b)?;
-    let i = |at: usize| b.get(at..at + 8).and_then(|x| x.try_into().ok()).map(i64::from_le_bytes);
-    Some(KeyValueRef {
-        key,
-        value: b.get(FIXED + key.len()..)?,
-        create_revision: i(1)?,
-        mod_revision: i(9)?,
-        version: i(17)?,
-        lease: i(25)?,
-    })
-}
-
 impl<'a> RawEvent<'a> {
-    /// The event's key.
+    /// The whole event if its key is in the range `[start, end)` (see `in_range`), with its
+    /// previous value if `prev_kv` and the feed has it. The previous value is decoded only for
+    /// an event in range. `None` also if a stored form does not decode (a bug: this process
+    /// wrote them).
     #[inline]
-    pub fn key(&self) -> &'a [u8] {
-        key_of(self.kv).unwrap_or_default()
-    }
-
-    /// The whole event, with its previous value if `prev_kv` and the feed has it, if its
-    /// stored forms decode (they always do: this process wrote them).
-    #[inline]
-    pub fn decode(&self, prev_kv: bool) -> Option<WatchEventRef<'a>> {
-        let kv = decode_own(self.kv)?;
+    pub fn decode_in(&self, start: &[u8], end: &[u8], prev_kv: bool) -> Option<WatchEventRef<'a>> {
+        let kv = parse(self.kv).filter(|kv| super::in_range(kv.key, start, end))?;
         let prev_kv = match self.prev.filter(|_| prev_kv) {
-            Some(p) => Some(decode_own(p)?),
+            Some(p) => Some(parse(p)?),
             None => None,
         };
         Some(WatchEventRef { kind: self.kind, kv, prev_kv })

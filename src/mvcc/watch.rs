@@ -135,7 +135,7 @@ impl Segment {
         if blocks.last().is_none_or(|b| b.capacity() - b.len() < need) {
             blocks.push(Vec::with_capacity(need.max(BLOCK_BYTES)));
         }
-        let Some(block) = blocks.last_mut() else { return };
+        let block = blocks.last_mut().expect("just ensured");
         let start = block.len();
         for (to, &from) in block.spare_capacity_mut()[..need].iter_mut().zip(events) {
             to.write(from); // a memcpy once compiled
@@ -521,7 +521,8 @@ impl Watcher {
     }
 
     /// Hands out up to `max` events from the backlog, then from the feed segment the cursor is
-    /// in, whole revisions at a time (`max` may be exceeded to finish one); returns how many.
+    /// in, whole revisions at a time (what `max` leaves of a revision waits in the backlog);
+    /// returns how many.
     fn deliver(&self, c: &mut Cursor, max: usize, f: &mut impl FnMut(&WatchEventRef<'_>)) -> usize {
         let mut n = 0;
         while n < max {
@@ -538,25 +539,13 @@ impl Watcher {
         let Some(seg) = seg.as_ref() else { return 0 };
         while n < max && seg.covers(*next_rev) {
             let Some(events_of_rev) = seg.get(*next_rev) else { break };
-            let mut matching = events(events_of_rev)
-                .filter(|e| super::in_range(e.key(), &self.key, &self.end))
-                .filter_map(|e| e.decode(self.prev_kv));
-            if max == 1 {
-                // One event wanted: the rest of the revision waits in the backlog.
-                if let Some(e) = matching.next() {
+            for raw in events(events_of_rev) {
+                let Some(e) = raw.decode_in(&self.key, &self.end, self.prev_kv) else { continue };
+                if n < max {
                     f(&e);
                     n += 1;
-                    backlog.extend(matching.map(|e| e.to_owned()));
-                }
-            } else {
-                for raw in events(events_of_rev) {
-                    if !super::in_range(raw.key(), &self.key, &self.end) {
-                        continue;
-                    }
-                    if let Some(e) = raw.decode(self.prev_kv) {
-                        f(&e);
-                        n += 1;
-                    }
+                } else {
+                    backlog.push_back(e.to_owned());
                 }
             }
             *next_rev += 1;
@@ -609,6 +598,7 @@ impl std::fmt::Debug for Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mvcc::kv::EventKind;
 
     /// A segment's storage gives back exactly the bytes pushed, for revisions that fill a block
     /// exactly, overflow it, exceed a block on their own, or are empty; nothing is readable
@@ -642,7 +632,6 @@ mod tests {
             }
         }
     }
-    use crate::mvcc::kv::EventKind;
 
     fn big_revision(bytes: usize) -> EventsBuf {
         let kv = crate::mvcc::KeyValue { key: b"k".to_vec(), value: vec![7; bytes], ..Default::default() };
