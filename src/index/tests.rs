@@ -45,7 +45,6 @@ fn vr(n: u64) -> ValueRef {
     ValueRef { seg: (n >> 32) as u32, off: n as u32, len: (n % 1000) as u32 }
 }
 
-/// Every snapshot taken along the way is still a valid tree with the content it had then.
 /// Removes `k` from the tree and the model, or inserts it into both with `vr(step)`, and
 /// checks that they answer alike.
 fn remove_or_insert(t: &mut BTree, m: &mut Model, k: Vec<u8>, remove: bool, step: u64) {
@@ -56,6 +55,7 @@ fn remove_or_insert(t: &mut BTree, m: &mut Model, k: Vec<u8>, remove: bool, step
     }
 }
 
+/// Every snapshot taken along the way is still a valid tree with the content it had then.
 fn assert_snapshots(snaps: &[(BTree, Model)]) {
     for (s, sm) in snaps {
         s.check_invariants();
