@@ -44,6 +44,7 @@ mod error;
 mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
+mod huge_pages;
 mod index;
 pub mod kv;
 mod log;

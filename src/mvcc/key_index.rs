@@ -10,10 +10,11 @@
 use std::collections::HashSet;
 use std::ops::Bound;
 
-use hashbrown::HashMap;
+use hashbrown::DefaultHashBuilder;
 use hashbrown::hash_map::EntryRef;
 
 use super::revision::Revision;
+use crate::huge_pages::HugePages;
 use crate::index::{BTree, ValueRef};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -206,7 +207,8 @@ impl KeyIndex {
 /// key up in the map.
 #[derive(Default)]
 pub struct Index {
-    map: HashMap<MapKey, KeyIndex>,
+    /// On huge pages: a random lookup in a large table then misses the cache but not the TLB.
+    map: hashbrown::HashMap<MapKey, KeyIndex, DefaultHashBuilder, HugePages>,
     order: BTree,
 }
 
