@@ -177,6 +177,33 @@ pub fn fix_file_checksums(b: &mut [u8], manifest: bool) {
     }
 }
 
+/// Where the frames of a segment file end, walking them by their length fields: the end of
+/// the file, or where zeros (reserved space) or a frame that does not fit begin.
+fn frames_end(b: &[u8]) -> usize {
+    let mut off = HEADER_LEN.min(b.len());
+    while let Some(len) = u32_at(b, off + 4) {
+        match (off + FRAME_HEADER_LEN).checked_add(len as usize) {
+            Some(end) if end <= b.len() && len > 0 => off = end,
+            _ => break,
+        }
+    }
+    off
+}
+
+/// Bytes of zeros after the frames of the last segment listed in `dir`'s manifest (space a
+/// live writer reserved); panics if anything else follows them.
+fn reserved_tail(dir: &Path) -> u64 {
+    let Some(last) =
+        fs::read(dir.join("MANIFEST")).ok().and_then(|m| manifest_ids(&m)).and_then(|ids| ids.last().copied())
+    else {
+        return 0;
+    };
+    let b = fs::read(dir.join(format!("seg-{last:010}.log"))).expect("read the last segment");
+    let end = frames_end(&b);
+    assert!(b[end..].iter().all(|&x| x == 0), "bytes other than zeros after the last frame");
+    (b.len() - end) as u64
+}
+
 /// The segment ids a manifest lists, if it parses (DESIGN.md §2.2).
 pub fn manifest_ids(b: &[u8]) -> Option<Vec<u32>> {
     let count = u32_at(b, HEADER_LEN + 8)? as usize;
@@ -980,8 +1007,10 @@ impl Machine {
                     .unwrap_or_else(|e| panic!("{ctx}: read-only open of the crashed files: {e}"));
                 read_everything(&ro.read_tx(), Some(&self.model), &format!("{ctx}: read-only open"));
                 drop(ro);
+                // Between writes, the only tail is the space the writer reserved: zeros.
+                let reserved = reserved_tail(&copy);
                 let db = self.open(&copy, ctx);
-                assert_eq!(db.recovery_stats().torn_bytes, 0, "{ctx}: torn bytes after a crash between writes");
+                assert_eq!(db.recovery_stats().torn_bytes, reserved, "{ctx}: torn bytes after a crash between writes");
                 // The crashed process's backend goes; what it wrote is in the copy.
                 self.db = Some(db);
                 self.dir = copy;
@@ -1117,30 +1146,32 @@ impl Machine {
         self.model = model;
     }
 
-    /// Appends to the last segment of the copy in `copy` a prefix — shorter than the next
-    /// transaction — of what the current directory's file of that name holds after it, if the
-    /// current file continues the copied one. Returns the bytes recovery must find torn: all of
-    /// them but the complete abort frames (which close rolled-back transactions).
+    /// Writes after the records of the last segment of the copy in `copy` a prefix — shorter
+    /// than the next transaction — of what the current directory's file of that name holds
+    /// after them, if the current file continues the copied one. Returns the bytes recovery
+    /// must find torn: all of them but the complete abort frames (which close rolled-back
+    /// transactions), and the zeros after them. (Both files may end in zeros, the space a
+    /// live writer reserves ahead of itself: the records end where the frames stop, and the
+    /// torn bytes go there, as a crash mid-write leaves them.)
     fn tear_onto(&self, copy: &Path, tear: u16) -> u64 {
-        if tear == 0 {
-            return 0;
-        }
         let Some(last) =
             fs::read(copy.join("MANIFEST")).ok().and_then(|m| manifest_ids(&m)).and_then(|ids| ids.last().copied())
         else {
             return 0;
         };
         let name = format!("seg-{last:010}.log");
-        let (Ok(old), Ok(cur)) = (fs::read(copy.join(&name)), fs::read(self.dir.join(&name))) else { return 0 };
-        if cur.len() <= old.len() || cur[..old.len()] != old[..] {
-            return 0;
+        let Ok(old) = fs::read(copy.join(&name)) else { return 0 };
+        let old_end = frames_end(&old);
+        let cur = fs::read(self.dir.join(&name)).unwrap_or_default();
+        if tear == 0 || cur.len() <= old_end || cur[..old_end] != old[..old_end] {
+            return (old.len() - old_end) as u64;
         }
-        let mut limit = cur.len();
-        let mut off = old.len();
+        let mut limit = frames_end(&cur);
+        let mut off = old_end;
         let mut abort_ends = Vec::new();
         while let Some(len) = u32_at(&cur, off + 4) {
             let end = off + FRAME_HEADER_LEN + len as usize;
-            if end > cur.len() {
+            if len == 0 || end > cur.len() {
                 break;
             }
             match cur.get(off + FRAME_HEADER_LEN) {
@@ -1153,12 +1184,15 @@ impl Machine {
             }
             off = end;
         }
-        let keep = tear as usize % (limit - old.len());
-        let cut = old.len() + keep;
-        let mut f = fs::OpenOptions::new().append(true).open(copy.join(&name)).expect("open copy");
-        std::io::Write::write_all(&mut f, &cur[old.len()..cut]).expect("append torn bytes");
-        let valid = abort_ends.iter().copied().filter(|&e| e <= cut).max().unwrap_or(old.len());
-        (cut - valid) as u64
+        if limit <= old_end {
+            return (old.len() - old_end) as u64;
+        }
+        let keep = tear as usize % (limit - old_end);
+        let cut = old_end + keep;
+        let f = fs::OpenOptions::new().write(true).open(copy.join(&name)).expect("open copy");
+        std::os::unix::fs::FileExt::write_all_at(&f, &cur[old_end..cut], old_end as u64).expect("write torn bytes");
+        let valid = abort_ends.iter().copied().filter(|&e| e <= cut).max().unwrap_or(old_end);
+        (old.len().max(cut) - valid) as u64
     }
 
     fn snapshot_restore(&mut self, switch: bool, ctx: &str) {

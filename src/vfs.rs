@@ -10,7 +10,10 @@
 //!
 //! Reads do not go through the seam: the engine reads segments through memory maps of the
 //! real file ([`VfsFile::as_file`]), since that is where its speed comes from. A test
-//! implementation must therefore keep the real files' bytes equal to what it reports.
+//! implementation must therefore keep the real files' bytes equal to what it reports. Nor do
+//! appends to a segment whose space [`VfsFile::allocate`] reserved: those are copied into a
+//! writable map of the file (no system call per transaction). An implementation that must see
+//! every byte written keeps the default `allocate`, which declines.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -41,6 +44,16 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn size(&self) -> io::Result<u64>;
     /// The real file, for memory maps and locks. Never write through it.
     fn as_file(&self) -> &File;
+    /// Allocates disk blocks for `len` bytes at `offset`, extending the file to cover them
+    /// (`fallocate`). `Ok(true)` means the engine may then write those bytes through a
+    /// writable memory map of [`as_file`](Self::as_file) instead of calling
+    /// [`write_all_at`](Self::write_all_at), so this seam does not see them; `Ok(false)` (the
+    /// default: not supported, or an implementation that must see every write, as a
+    /// fault-injecting one does) makes it keep writing with `write_all_at`.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
 }
 
 /// A file system as the engine sees it. See the module documentation.
@@ -82,6 +95,24 @@ impl VfsFile for StdFile {
     }
     fn as_file(&self) -> &File {
         &self.0
+    }
+    #[cfg(target_os = "linux")]
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(false);
+        };
+        // SAFETY: fallocate reads no memory of ours; the descriptor is open (we own the File).
+        let r = unsafe { libc::fallocate(self.0.as_raw_fd(), 0, offset, len) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // The file system cannot: write with pwrite as before.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+            _ => Err(e),
+        }
     }
 }
 

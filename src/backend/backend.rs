@@ -65,7 +65,8 @@ pub struct RecoveryStats {
     /// Complete transactions replayed.
     pub transactions: u64,
     /// Bytes of torn tail found after the last complete transaction (cut off unless the
-    /// backend is read-only).
+    /// backend is read-only). After a crash this includes the zeros of the space the writer
+    /// had reserved ahead of itself in the active segment (at most 2 MiB).
     pub torn_bytes: u64,
 }
 
@@ -203,7 +204,9 @@ impl Backend {
         self.sync_written()
     }
 
-    /// Bytes of all the engine's files on disk (the log's segments and the manifest).
+    /// Bytes of all the engine's files on disk: the log's segments, including the space the
+    /// writer has reserved ahead of itself in the active one (at most 2 MiB, given back when
+    /// the segment is sealed or the backend closed), and the manifest.
     pub fn size(&self) -> u64 {
         size_of(&self.current_view())
     }
@@ -259,6 +262,13 @@ impl Backend {
     fn shutdown(&mut self) -> Result<()> {
         if let Some(mut c) = self.committer.take() {
             c.stop();
+        }
+        // Nothing is appended after this, so the active segment gives back the space reserved
+        // ahead of the writer (even if a reader still maps it): a closed log's files hold just
+        // its records. Best effort: a tail left reserved reads as zeros, which the next open
+        // cuts off like a torn tail.
+        if let Some(log) = self.lock_writer().log.as_ref() {
+            let _ = log.active().seal();
         }
         match &self.durability {
             Some(d) => d.sync_written(),
@@ -373,7 +383,7 @@ impl std::fmt::Debug for Backend {
 /// Bytes of the files of `view`'s log: its segments and the manifest that lists them. (Stats
 /// take this from the same view as their other figures, so they agree with each other.)
 fn size_of(view: &View) -> u64 {
-    let segments: u64 = view.segments.iter().map(|s| s.len()).sum();
+    let segments: u64 = view.segments.iter().map(|s| s.file_len()).sum();
     segments + manifest::encoded_len(view.segments.len()) as u64
 }
 

@@ -246,6 +246,7 @@ impl Backend {
                 new.log.write_abort(seq)?;
             }
             // Earlier new segments were synced when the new log rolled over them.
+            new.log.active().give_back_reserve()?;
             new.log.active().sync()?;
             new.log.set_next_seq(old.next_seq());
             new.manifest_attempted = true;

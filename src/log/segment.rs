@@ -9,13 +9,26 @@
 //! file is: there is no remap and so no moment at which a reader's slice could dangle. Touching
 //! a mapped page beyond the end of the file would raise SIGBUS, so every read is checked
 //! against the bytes written so far (`len`), never against the map's length alone.
+//!
+//! Appends without a system call: where the file system can reserve blocks (`fallocate`, see
+//! [`VfsFile::allocate`]), the writer reserves the next [`RESERVE_STEP`] bytes of the file at a
+//! time and copies each frame into a second, writable shared map of the same file. The kernel
+//! has one page cache for both maps and for `fdatasync`, so the bytes are visible to readers as
+//! soon as `len` is raised, and durable at the next sync exactly as a `pwrite`'s would be. Why:
+//! a `pwrite` per transaction was about a fifth of the writer's time for small transactions
+//! (an MVCC put is one). Why reserve first: a store through a map into a hole of a sparse file
+//! on a full disk raises SIGBUS instead of returning ENOSPC; into reserved blocks it cannot
+//! fail, and a full disk is an error from `fallocate`. The reserved tail reads as zeros: it is
+//! cut back to `len` when the segment is sealed or dropped, and a crash leaves it as a zero
+//! tail, which recovery truncates like a torn one.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Mmap, MmapOptions, MmapRaw};
+use std::sync::Mutex;
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
 use crate::error::{Error, Result};
@@ -48,6 +61,26 @@ pub struct Segment {
     /// reader drops its `Arc`.
     obsolete: AtomicBool,
     vfs: Arc<dyn Vfs>,
+    /// How appends reach the file (the writer's business only; the lock is never contended).
+    appends: Mutex<Appends>,
+}
+
+/// How far bytes may be copied into the writable map (see the module documentation).
+pub const RESERVE_STEP: u64 = 2 << 20;
+
+/// The writer's side of a segment.
+struct Appends {
+    /// Bytes of the file that exist (its length): appends through the map stay below this.
+    reserved: u64,
+    /// The writable map, made at the first append through it.
+    map: Option<MmapRaw>,
+    /// False once the file cannot be written through a map (the Vfs declined to reserve, or
+    /// the map could not be made) or when the segment was opened read-only: appends use
+    /// `write_all_at`.
+    mapped: bool,
+    /// Whether the file was extended by a reservation, which `seal` gives back. (Never true
+    /// for a segment opened read-only, whose file must not change.)
+    trim: bool,
 }
 
 impl fmt::Debug for Segment {
@@ -84,6 +117,7 @@ impl Segment {
             sync,
             obsolete: AtomicBool::new(false),
             vfs: vfs.clone(),
+            appends: Mutex::new(Appends { reserved: SEGMENT_HEADER_LEN, map: None, mapped: true, trim: false }),
         })
     }
 
@@ -123,12 +157,20 @@ impl Segment {
             sync,
             obsolete: AtomicBool::new(false),
             vfs: vfs.clone(),
+            appends: Mutex::new(Appends { reserved: len, map: None, mapped: !read_only && capacity > 0, trim: false }),
         })
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
+    }
+
+    /// Bytes the file takes: what was written, plus the space reserved for appends beyond it
+    /// (at most [`RESERVE_STEP`], and only in the segment being written).
+    pub fn file_len(&self) -> u64 {
+        let reserved = self.appends.lock().unwrap_or_else(|e| e.into_inner()).reserved;
+        reserved.max(self.len())
     }
 
     /// How far the segment may grow without a remap.
@@ -160,8 +202,81 @@ impl Segment {
             // no reader could reach.
             return Err(Error::corruption(&self.path, off, "append beyond the segment's capacity"));
         }
-        self.file.write_all_at(buf, off).map_err(|e| Error::io("write segment", Some(self.path.clone()), e))?;
+        let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.copy_into_map(&mut appends, buf, off)? {
+            self.file.write_all_at(buf, off).map_err(|e| Error::io("write segment", Some(self.path.clone()), e))?;
+            appends.reserved = appends.reserved.max(end);
+        }
         self.len.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies `buf` to `off` through the writable map, reserving file space first as needed.
+    /// False if this segment is not written that way (the caller then uses `write_all_at`).
+    fn copy_into_map(&self, appends: &mut Appends, buf: &[u8], off: u64) -> Result<bool> {
+        if !appends.mapped {
+            return Ok(false);
+        }
+        let end = off + buf.len() as u64;
+        if end > appends.reserved {
+            let to = end.next_multiple_of(RESERVE_STEP).min(self.capacity()).max(end);
+            let at = appends.reserved;
+            match self.file.allocate(at, to - at) {
+                Ok(true) => {
+                    appends.reserved = to;
+                    appends.trim = true;
+                }
+                Ok(false) => {
+                    appends.mapped = false;
+                    return Ok(false);
+                }
+                Err(e) => return Err(Error::io("reserve segment space", Some(self.path.clone()), e)),
+            }
+        }
+        if appends.map.is_none() {
+            // A shared read-write map of our own segment file, which no other process writes
+            // (the directory lock is exclusive for writers). Only `copy_into_map` writes through
+            // it; see the SAFETY note of that copy.
+            match MmapOptions::new().len(self.map.len()).map_raw(self.file.as_file()) {
+                Ok(map) => appends.map = Some(map),
+                Err(_) => {
+                    appends.mapped = false;
+                    return Ok(false);
+                }
+            }
+        }
+        let Some(map) = appends.map.as_ref() else { return Ok(false) };
+        // SAFETY: `off + buf.len() <= capacity`, the map's length (checked by `append`), so
+        // the destination lies inside the map; it lies below `reserved`, inside the file and on
+        // blocks `allocate` reserved, so the store cannot fault; and it is at or above `len`,
+        // which no reader reads until the caller raises `len` (release) after this copy. The
+        // writer's lock (and this segment's `appends` lock) make this the only writer.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), map.as_mut_ptr().add(off as usize), buf.len()) };
+        Ok(true)
+    }
+
+    /// Gives back the space reserved beyond `len` and stops appending through the map: when
+    /// the segment is sealed (it will not grow again).
+    pub fn seal(&self) -> Result<()> {
+        let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        appends.mapped = false;
+        appends.map = None;
+        self.give_back(&mut appends)
+    }
+
+    /// Gives back the space reserved beyond `len`; later appends reserve again. (A defrag's
+    /// new log does this at the switch, so that its size is that of the records it holds.)
+    pub fn give_back_reserve(&self) -> Result<()> {
+        self.give_back(&mut self.appends.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn give_back(&self, appends: &mut Appends) -> Result<()> {
+        let len = self.len();
+        if appends.trim && appends.reserved > len {
+            self.file.set_len(len).map_err(|e| Error::io("trim segment", Some(self.path.clone()), e))?;
+            appends.reserved = len;
+            appends.trim = false;
+        }
         Ok(())
     }
 
@@ -176,6 +291,7 @@ impl Segment {
     /// Cuts the file back to `len` bytes (a torn tail found at open), durably.
     pub fn truncate(&self, len: u64) -> Result<()> {
         self.file.set_len(len).map_err(|e| Error::io("truncate torn tail", Some(self.path.clone()), e))?;
+        self.appends.lock().unwrap_or_else(|e| e.into_inner()).reserved = len;
         self.len.store(len, Ordering::Release);
         self.sync()
     }
@@ -191,6 +307,10 @@ impl Drop for Segment {
         if self.obsolete.load(Ordering::Acquire) {
             // Best effort: a file left behind is not in the manifest and open removes it.
             let _ = self.vfs.remove_file(&self.path);
+        } else {
+            // Best effort: a reserved tail left behind reads as zeros, which the next open
+            // cuts off as a torn tail.
+            let _ = self.seal();
         }
     }
 }
@@ -219,5 +339,51 @@ mod tests {
         assert_eq!(parse_segment_file_name("seg-0000000007.log.tmp"), None);
         assert_eq!(parse_segment_file_name("seg-00000000x7.log"), None);
         assert_eq!(parse_segment_file_name("seg-9999999999.log"), None, "beyond u32");
+    }
+
+    /// Appends through the writable map: every byte reads back through the readers' map and
+    /// from the file, across several reservations; the file is longer than the data only by
+    /// the reserved space, which sealing gives back; a reopened segment continues the same way.
+    #[test]
+    fn mapped_appends_read_back_and_seal_gives_back_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
+        let capacity = 3 * RESERVE_STEP + 1000;
+        let seg = Segment::create(dir.path(), &vfs, 1, capacity, false).unwrap();
+        let mut expect = seg.written().to_vec();
+        let mut x = 7u64;
+        while (expect.len() as u64) < capacity - 70_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let n = (x >> 33) as usize % 60_000 + 1;
+            let buf: Vec<u8> = (0..n).map(|i| (i as u64 ^ x) as u8 | 1).collect();
+            let off = seg.len();
+            seg.append(&buf, off).unwrap();
+            assert_eq!(seg.bytes(off, n), Some(&buf[..]), "read back through the map at {off}");
+            expect.extend_from_slice(&buf);
+            let file_len = std::fs::metadata(&seg.path).unwrap().len();
+            assert_eq!(seg.file_len(), file_len, "file_len is the file's length");
+            assert!(file_len >= seg.len() && file_len - seg.len() <= RESERVE_STEP, "reserve {file_len}");
+        }
+        if cfg!(target_os = "linux") {
+            assert!(seg.appends.lock().unwrap().map.is_some(), "appends went through the map");
+        }
+        assert_eq!(seg.written(), &expect[..]);
+        let on_disk = std::fs::read(&seg.path).unwrap();
+        assert_eq!(&on_disk[..expect.len()], &expect[..], "the file holds what was appended");
+        assert!(on_disk[expect.len()..].iter().all(|&b| b == 0), "the reserved space reads as zeros");
+        seg.sync().unwrap();
+        seg.seal().unwrap();
+        assert_eq!(std::fs::read(&seg.path).unwrap(), expect, "sealed: exactly the data");
+        assert_eq!(seg.file_len(), seg.len());
+        let path = seg.path.clone();
+        drop(seg);
+
+        let seg = Segment::open(path.clone(), &vfs, 1, capacity, false, false).unwrap();
+        let off = seg.len();
+        seg.append(b"more", off).unwrap();
+        assert_eq!(seg.bytes(off, 4), Some(&b"more"[..]));
+        drop(seg); // gives back the reserve too
+        expect.extend_from_slice(b"more");
+        assert_eq!(std::fs::read(&path).unwrap(), expect, "dropped: exactly the data");
     }
 }

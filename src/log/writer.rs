@@ -209,6 +209,7 @@ impl LogWriter {
         // Writes (the new segment's header, the manifest), so it holds the gate like a frame.
         let _no_sync = self.cfg.sync_gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_not_failed()?;
+        self.active().seal()?;
         self.active().sync()?;
         let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;
         let capacity = self.cfg.segment_size.max(need);
