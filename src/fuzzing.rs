@@ -1188,7 +1188,10 @@ impl Machine {
             return (old.len() - old_end) as u64;
         }
         let keep = tear as usize % (limit - old_end);
-        let cut = old_end + keep;
+        // A cut whose missing bytes are all zeros would leave the transaction whole, since
+        // the reserved space after it reads as zeros: cut before its last non-zero byte.
+        let last_non_zero = cur[old_end..limit].iter().rposition(|&b| b != 0).map_or(old_end, |i| old_end + i);
+        let cut = (old_end + keep).min(last_non_zero);
         let f = fs::OpenOptions::new().write(true).open(copy.join(&name)).expect("open copy");
         std::os::unix::fs::FileExt::write_all_at(&f, &cur[old_end..cut], old_end as u64).expect("write torn bytes");
         let valid = abort_ends.iter().copied().filter(|&e| e <= cut).max().unwrap_or(old_end);

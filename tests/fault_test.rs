@@ -1203,3 +1203,108 @@ fn no_writes_after_a_failed_fdatasync_open_batch_tx() {
     let _ = db.close();
     power_cut_after_failed_fdatasync(&vfs, &dir);
 }
+
+/// The real file system, but `allocate` — the writer reserving space for the appends it copies
+/// into a segment's writable map — fails with ENOSPC once `full` is set: a full disk as the
+/// mapped-append path meets it (the fault Vfs above declines `allocate`, so its runs use `pwrite`).
+#[derive(Debug, Clone, Default)]
+struct FullDisk {
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug)]
+struct FullDiskFile {
+    inner: Box<dyn VfsFile>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl VfsFile for FullDiskFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn as_file(&self) -> &File {
+        self.inner.as_file()
+    }
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(injected(ENOSPC));
+        }
+        self.inner.allocate(offset, len)
+    }
+}
+
+impl Vfs for FullDisk {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
+        Ok(Box::new(FullDiskFile { inner: logtree::vfs::StdVfs.open(path, mode)?, full: self.full.clone() }))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        logtree::vfs::StdVfs.create_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        logtree::vfs::StdVfs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        logtree::vfs::StdVfs.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        logtree::vfs::StdVfs.sync_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        logtree::vfs::StdVfs.read_dir(path)
+    }
+}
+
+/// A full disk when the writer reserves space for its mapped appends: the commit that needed
+/// the space fails with the I/O error (no SIGBUS, nothing half-written), later writes are
+/// refused as poisoned while reads go on, and a reopen holds exactly the commits that returned
+/// Ok.
+#[test]
+fn full_disk_at_a_reservation_fails_the_commit_and_keeps_every_acknowledged_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let vfs = FullDisk::default();
+    let cfg = Config { batch_interval: Duration::ZERO, sync: false, vfs: Arc::new(vfs.clone()), ..Config::new(&dir) };
+    let db = Backend::open(cfg.clone()).unwrap();
+    let value = vec![7u8; 1000];
+    let batch = |db: &Backend, i: usize| -> logtree::Result<()> {
+        let mut tx = db.batch_tx();
+        tx.create_bucket("b")?;
+        for k in 0..100 {
+            tx.put("b", format!("{i:05}-{k:03}"), &value)?;
+        }
+        tx.commit()
+    };
+    for i in 0..10 {
+        batch(&db, i).unwrap();
+    }
+    vfs.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    // 2 MiB are reserved at a time: within some 21 more batches of ~100 KB one needs more.
+    let mut acknowledged = 10;
+    let err = loop {
+        match batch(&db, acknowledged) {
+            Ok(()) => acknowledged += 1,
+            Err(e) => break e,
+        }
+        assert!(acknowledged < 40, "no reservation was needed");
+    };
+    assert!(matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(ENOSPC)), "{err:?}");
+    assert!(matches!(batch(&db, 99), Err(Error::Poisoned { .. })), "later writes are refused");
+    assert_eq!(db.read_tx().range("b", "", "\u{7f}", 0).unwrap().len(), acknowledged * 100, "reads go on");
+    drop(db);
+
+    vfs.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    let db = Backend::open(cfg).unwrap();
+    let rows = db.read_tx().range("b", "", "\u{7f}", 0).unwrap();
+    assert_eq!(rows.len(), acknowledged * 100, "exactly the acknowledged commits");
+    assert!(rows.iter().all(|(k, v)| v == &value && k[..5] < *format!("{acknowledged:05}").as_bytes()));
+    batch(&db, acknowledged).unwrap();
+}
