@@ -68,6 +68,10 @@ pub struct Segment {
 /// How far bytes may be copied into the writable map (see the module documentation).
 pub const RESERVE_STEP: u64 = 2 << 20;
 
+/// Appends longer than this use `pwrite` even where the map could take them: one system call
+/// is nothing beside their copy, while copying through the map takes a page fault per 4 KiB.
+const MAP_COPY_MAX: usize = 16 << 10;
+
 /// The writer's side of a segment.
 struct Appends {
     /// Bytes of the file that exist (its length): appends through the map stay below this.
@@ -214,7 +218,7 @@ impl Segment {
     /// Copies `buf` to `off` through the writable map, reserving file space first as needed.
     /// False if this segment is not written that way (the caller then uses `write_all_at`).
     fn copy_into_map(&self, appends: &mut Appends, buf: &[u8], off: u64) -> Result<bool> {
-        if !appends.mapped {
+        if !appends.mapped || buf.len() > MAP_COPY_MAX {
             return Ok(false);
         }
         let end = off + buf.len() as u64;
