@@ -105,6 +105,7 @@ impl BTree {
     pub fn get(&self, key: &[u8]) -> Option<ValueRef> {
         let mut node = self.root.as_deref()?;
         loop {
+            node.prefetch_for_search();
             match node {
                 Node::Inner(inner) => node = &inner.children[inner.child_index(key)],
                 Node::Leaf(leaf) => return leaf.get(key),
