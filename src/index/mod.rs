@@ -190,6 +190,7 @@ impl BTree {
         it.stack.reserve(8);
         let mut node = root;
         loop {
+            node.prefetch_for_search();
             match node {
                 Node::Inner(inner) => {
                     let c = inner.child_index(start);

@@ -903,6 +903,7 @@ pub(super) fn insert(
 /// separator), which may push it over the byte limit; it then splits into
 /// `out` exactly as on insert.
 pub(super) fn remove(node: &mut Arc<Node>, key: &[u8], out: &mut Vec<Piece>) -> Option<ValueRef> {
+    node.prefetch_for_search();
     match Arc::make_mut(node) {
         Node::Leaf(leaf) => {
             let i = leaf.keys.search(key).ok()?;
