@@ -661,15 +661,26 @@ impl<'a> Ctx<'a> {
     /// Runs the roles' threads until `--duration` passes (or each thread has done its share
     /// of `--ops`); returns each role's merged sample and the time taken.
     pub fn run_timed(self, what: &str, roles: &[Role<'_>]) -> CliResult<(Vec<Sample>, Duration)> {
+        self.run_timed_for(what, roles, self.args.ops, self.args.duration)
+    }
+
+    /// As [`run_timed`](Self::run_timed), for `ops` operations (if given) or else `seconds`.
+    pub fn run_timed_for(
+        self,
+        what: &str,
+        roles: &[Role<'_>],
+        ops: Option<u64>,
+        seconds: f64,
+    ) -> CliResult<(Vec<Sample>, Duration)> {
         let stop = AtomicBool::new(false);
         let done = AtomicU64::new(0);
         let threads: u64 = roles.iter().map(|r| r.threads).sum();
         let running = AtomicUsize::new(threads as usize);
-        let limit = match self.args.ops {
+        let limit = match ops {
             Some(_) => None,
-            None => Some(Duration::from_secs_f64(self.args.duration)),
+            None => Some(Duration::from_secs_f64(seconds)),
         };
-        let pb = match (limit, self.args.ops) {
+        let pb = match (limit, ops) {
             (Some(d), _) => timed_bar(d, what),
             (None, Some(n)) => progress_bar(n * roles.len() as u64, what),
             (None, None) => ProgressBar::hidden(),
@@ -680,7 +691,7 @@ impl<'a> Ctx<'a> {
             for (r, role) in roles.iter().enumerate() {
                 for t in 0..role.threads {
                     // An even split of --ops among the role's threads.
-                    let quota = self.args.ops.map_or(u64::MAX, |n| n / role.threads + u64::from(t < n % role.threads));
+                    let quota = ops.map_or(u64::MAX, |n| n / role.threads + u64::from(t < n % role.threads));
                     let (stop, done, running) = (&stop, &done, &running);
                     let body = role.body;
                     handles.push((

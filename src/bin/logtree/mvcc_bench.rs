@@ -525,15 +525,26 @@ fn take(w: &Watcher, prev_kv: bool, r: &mut Received, timeout: Duration, stamps:
     Ok(n)
 }
 
-/// etcd's `watch` and `watch-latency` benchmarks together: one writer puts random keys for the
-/// phase's time with no watcher, then `--watchers` watchers of every key are created, each
-/// with a thread receiving its events, and the writer puts again for as long. Reports both
+/// etcd's `watch` and `watch-latency` benchmarks together: one writer puts random keys for
+/// half the phase's time with no watcher, then `--watchers` watchers of every key are created,
+/// each with a thread receiving its events, and the writer puts for the phase's time; the
+/// watchers are dropped and the writer puts unwatched for the other half. Reports both
 /// throughputs and their ratio, the delay from each put's return to each watcher's receipt,
 /// and whether every watcher received every revision once and in order.
+///
+/// Why the unwatched run comes in two halves around the watched one: with one unwatched run
+/// first, anything that changes steadily over the phase — the machine's speed, which drifts,
+/// the store's size, which grows — counted against the watched run alone; halves on both
+/// sides cancel a steady change. (It does not remove the run-to-run spread of about ±0.1 in
+/// the ratio on the 2-core test machine, which comes from interference within the phases.)
 fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let c = m.c;
     let unwatched = m.putter(0x5eed_0104, 5, None);
-    let (without, without_time) = c.run_timed("mvcc-watch (0)", &[Role { threads: 1, body: &unwatched }])?;
+    let half_ops = |second: bool| c.args.ops.map(|n| if second { n - n / 2 } else { n / 2 });
+    let unwatched_half = |what: &str, second: bool| {
+        c.run_timed_for(what, &[Role { threads: 1, body: &unwatched }], half_ops(second), c.args.duration / 2.0)
+    };
+    let (mut without, mut without_time) = unwatched_half("mvcc-watch (0, before)", false)?;
 
     // Watch from the next revision; no other writer runs, so it is the same for every watcher.
     let first = m.store.current_revision() + 1;
@@ -542,8 +553,9 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
         .map(|_| m.store.watch_with(b"\0", b"\0", WatchOptions { start_rev: 0, prev_kv }))
         .collect::<logtree::Result<_>>()?;
     // One slot per put of the watched run: --ops of them, or about as many as the unwatched
-    // run did (twice, so a faster second run is still covered; puts past the end go untimed).
-    let slots = c.args.ops.unwrap_or(without[0].ops.saturating_mul(2) + 4096).min(MAX_STAMPS);
+    // half did in twice the time (twice that again, so a faster watched run is still covered;
+    // puts past the end go untimed).
+    let slots = c.args.ops.unwrap_or(without[0].ops.saturating_mul(4) + 4096).min(MAX_STAMPS);
     let stamps = Stamps::new(first, slots);
     let last = AtomicI64::new(i64::MAX);
     let abort = AtomicBool::new(false);
@@ -571,6 +583,9 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     });
     drop(watchers);
     let (with, with_time) = timed?;
+    let (after, after_time) = unwatched_half("mvcc-watch (0, after)", true)?;
+    without[0].merge(&after[0]);
+    without_time += after_time;
 
     let last = last.into_inner();
     let revisions = u64::try_from(last - first + 1).unwrap_or(0);
