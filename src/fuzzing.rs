@@ -166,39 +166,42 @@ pub fn fix_file_checksums(b: &mut [u8], manifest: bool) {
         return;
     }
     let mut off = HEADER_LEN;
-    while let Some(len) = u32_at(b, off + 4) {
-        let end = match (off + FRAME_HEADER_LEN).checked_add(len as usize) {
-            Some(end) if end <= b.len() && len > 0 => end,
-            _ => break,
-        };
+    while let Some(end) = frame_end_at(b, off) {
         let crc = crc32fast::hash(&b[off + 4..end]);
         b[off..off + 4].copy_from_slice(&crc.to_le_bytes());
         off = end;
     }
 }
 
+/// The end of the frame at `off`, by its length field, if it has a non-zero one and fits in
+/// `b` (zeros, as in space a writer reserved, end the walk).
+fn frame_end_at(b: &[u8], off: usize) -> Option<usize> {
+    let len = u32_at(b, off + 4)?;
+    let end = (off + FRAME_HEADER_LEN).checked_add(len as usize)?;
+    (len > 0 && end <= b.len()).then_some(end)
+}
+
 /// Where the frames of a segment file end, walking them by their length fields: the end of
 /// the file, or where zeros (reserved space) or a frame that does not fit begin.
 fn frames_end(b: &[u8]) -> usize {
     let mut off = HEADER_LEN.min(b.len());
-    while let Some(len) = u32_at(b, off + 4) {
-        match (off + FRAME_HEADER_LEN).checked_add(len as usize) {
-            Some(end) if end <= b.len() && len > 0 => off = end,
-            _ => break,
-        }
+    while let Some(end) = frame_end_at(b, off) {
+        off = end;
     }
     off
+}
+
+/// The file name of the last segment `dir`'s manifest lists, if it has a readable one.
+fn last_segment_name(dir: &Path) -> Option<String> {
+    let ids = fs::read(dir.join("MANIFEST")).ok().and_then(|m| manifest_ids(&m))?;
+    Some(format!("seg-{:010}.log", ids.last()?))
 }
 
 /// Bytes of zeros after the frames of the last segment listed in `dir`'s manifest (space a
 /// live writer reserved); panics if anything else follows them.
 fn reserved_tail(dir: &Path) -> u64 {
-    let Some(last) =
-        fs::read(dir.join("MANIFEST")).ok().and_then(|m| manifest_ids(&m)).and_then(|ids| ids.last().copied())
-    else {
-        return 0;
-    };
-    let b = fs::read(dir.join(format!("seg-{last:010}.log"))).expect("read the last segment");
+    let Some(name) = last_segment_name(dir) else { return 0 };
+    let b = fs::read(dir.join(name)).expect("read the last segment");
     let end = frames_end(&b);
     assert!(b[end..].iter().all(|&x| x == 0), "bytes other than zeros after the last frame");
     (b.len() - end) as u64
@@ -1154,12 +1157,7 @@ impl Machine {
     /// live writer reserves ahead of itself: the records end where the frames stop, and the
     /// torn bytes go there, as a crash mid-write leaves them.)
     fn tear_onto(&self, copy: &Path, tear: u16) -> u64 {
-        let Some(last) =
-            fs::read(copy.join("MANIFEST")).ok().and_then(|m| manifest_ids(&m)).and_then(|ids| ids.last().copied())
-        else {
-            return 0;
-        };
-        let name = format!("seg-{last:010}.log");
+        let Some(name) = last_segment_name(copy) else { return 0 };
         let Ok(old) = fs::read(copy.join(&name)) else { return 0 };
         let old_end = frames_end(&old);
         let cur = fs::read(self.dir.join(&name)).unwrap_or_default();
@@ -1169,11 +1167,7 @@ impl Machine {
         let mut limit = frames_end(&cur);
         let mut off = old_end;
         let mut abort_ends = Vec::new();
-        while let Some(len) = u32_at(&cur, off + 4) {
-            let end = off + FRAME_HEADER_LEN + len as usize;
-            if len == 0 || end > cur.len() {
-                break;
-            }
+        while let Some(end) = frame_end_at(&cur, off) {
             match cur.get(off + FRAME_HEADER_LEN) {
                 Some(&FRAME_TX_END) => {
                     limit = end;

@@ -12,7 +12,8 @@
 //!
 //! Appends without a system call: where the file system can reserve blocks (`fallocate`, see
 //! [`VfsFile::allocate`]), the writer reserves the next [`RESERVE_STEP`] bytes of the file at a
-//! time and copies each frame into a second, writable shared map of the same file. The kernel
+//! time and copies each small frame (up to 16 KiB) into a second, writable shared map of the
+//! same file; larger ones are still written with `pwrite`. The kernel
 //! has one page cache for both maps and for `fdatasync`, so the bytes are visible to readers as
 //! soon as `len` is raised, and durable at the next sync exactly as a `pwrite`'s would be. Why:
 //! a `pwrite` per transaction was about a fifth of the writer's time for small transactions
@@ -24,11 +25,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
-use std::sync::Mutex;
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
 use crate::error::{Error, Result};

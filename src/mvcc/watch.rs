@@ -21,8 +21,8 @@
 //!
 //! **Waking.** A watcher with nothing to read puts its thread on the hub's list of sleepers and
 //! parks it. The writer does not wake it: if anyone waits, it asks the store's notifier thread (a non-blocking send
-//! to a channel of one slot), which wakes all waiters and then pauses briefly, so that wake-ups
-//! are batched and the writer makes at most one cheap system call per pause. A 10 ms timeout on
+//! to a channel of one slot), which wakes the waiters a few at a time and then pauses briefly,
+//! so that wake-ups are batched and the writer makes at most one cheap system call per pause. A 10 ms timeout on
 //! every wait bounds the delay if a wake-up is ever missed.
 //!
 //! Every watcher remembers `next_rev`, the first revision it has not been given, and only moves
@@ -334,7 +334,7 @@ impl Hub {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         // On the list before `ready` is checked: a revision appended after the check finds
-        // `waiting` raised (the fences), and the notifier's `wake_all`, which follows the append,
+        // `waiting` raised (the fences), and the notifier's wake-up, which follows the append,
         // takes the list after this push (the list's lock orders them) and unparks this thread,
         // or, if it took the list before the push, the append is visible to `ready` (the same
         // lock orders it before the check). `close` is ordered likewise.
