@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use logtree::{Backend, Config};
 
+/// As the `logtree` tool and the demo (README, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VALUE: [u8; 150] = [0x5a; 150];
 
 struct Rng(u64);

@@ -25,6 +25,11 @@ use clap::{Parser, Subcommand};
 
 use crate::util::{CliError, CliResult, EXIT_USAGE, Out};
 
+/// mimalloc instead of the system's malloc: the index's many small copy-on-write node buffers
+/// are allocated and freed faster and lie closer together (see DESIGN.md §10).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The logtree storage engine's command-line tool.
 #[derive(Parser, Debug)]
 #[command(
