@@ -24,6 +24,16 @@ use std::time::Instant;
 
 use workload::{Data, ROWS, Results};
 
+/// Every engine and baseline runs on the same global allocator: the system's, or with the
+/// `mimalloc` feature mimalloc, which logtree's own programs use (README, "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "mimalloc")]
+pub const ALLOCATOR_NAME: &str = "mimalloc";
+#[cfg(not(feature = "mimalloc"))]
+pub const ALLOCATOR_NAME: &str = "system";
+
 /// Columns, in order: the engines, then the baselines.
 pub const COLUMNS: &[(&str, &str)] = &[
     ("logtree", "logtree"),
@@ -201,10 +211,11 @@ fn parent(args: &Args) {
         COLUMNS.iter().copied().filter(|(id, _)| args.only.is_empty() || args.only.iter().any(|o| o == id)).collect();
     let machine = report::Machine::probe(&args.dir);
     eprintln!(
-        "logtree-compare: logtree {}; {} elements, {} run(s), in {} ({}); load average {}",
+        "logtree-compare: logtree {}; {} elements, {} run(s), allocator {}, in {} ({}); load average {}",
         machine.logtree,
         args.elements,
         args.runs,
+        machine.allocator,
         args.dir.display(),
         machine.disk,
         machine.load_before

@@ -62,6 +62,8 @@ pub struct Machine {
     pub disk: String,
     pub kernel: String,
     pub rustc: String,
+    /// The global allocator every engine ran on: "mimalloc" (the default feature) or "system".
+    pub allocator: String,
     /// The logtree commit measured, "+ local changes" when src/ differs from it.
     pub logtree: String,
     pub load_before: String,
@@ -90,6 +92,7 @@ impl Machine {
             disk: disk(dir),
             kernel: command("uname", &["-r"]),
             rustc: command("rustc", &["--version"]),
+            allocator: crate::ALLOCATOR_NAME.to_string(),
             logtree: logtree_commit(),
             load_before: load(),
             load_after: String::new(),
@@ -182,6 +185,8 @@ impl Report<'static> {
             disk: s(&m["disk"]),
             kernel: s(&m["kernel"]),
             rustc: s(&m["rustc"]),
+            // Runs saved before the field existed used the system's allocator.
+            allocator: m["allocator"].as_str().unwrap_or("system").to_string(),
             logtree: s(&m["logtree"]),
             load_before: s(&m["load_before"]),
             load_after: s(&m["load_after"]),
@@ -347,7 +352,7 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            "  \"machine\": {{\"date\": {}, \"cpus\": {}, \"cpu_model\": {}, \"memory_gib\": {:.1}, \"disk\": {}, \"kernel\": {}, \"rustc\": {}, \"logtree\": {}, \"load_before\": {}, \"load_after\": {}, \"wall_seconds\": {:.0}}},",
+            "  \"machine\": {{\"date\": {}, \"cpus\": {}, \"cpu_model\": {}, \"memory_gib\": {:.1}, \"disk\": {}, \"kernel\": {}, \"rustc\": {}, \"allocator\": {}, \"logtree\": {}, \"load_before\": {}, \"load_after\": {}, \"wall_seconds\": {:.0}}},",
             q(&m.date),
             m.cpus,
             q(&m.cpu_model),
@@ -355,6 +360,7 @@ impl Report<'_> {
             q(&m.disk),
             q(&m.kernel),
             q(&m.rustc),
+            q(&m.allocator),
             q(&m.logtree),
             q(&m.load_before),
             q(&m.load_after),
