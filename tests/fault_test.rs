@@ -560,7 +560,8 @@ enum Step {
     /// and bucket changes, ended by commit, drop or rollback.
     Tx,
     /// A transaction larger than a segment: several parts, then commit or rollback (an abort
-    /// frame).
+    /// frame). It has more than 64 operations, so that its commit hands the fdatasync to the
+    /// committer thread (a small one runs it on its own thread).
     BigTx,
     ForceCommit,
     Snapshot,
@@ -592,10 +593,10 @@ fn run_tx(db: &Backend, h: &mut History, rng: &mut Rng, big: bool) -> logtree::R
             next.insert(b"meta".to_vec(), BTreeMap::new());
             next.insert(b"data".to_vec(), BTreeMap::new());
         }
-        let puts = if big { 6 + rng.below(6) } else { 1 + rng.below(4) };
+        let puts = if big { 66 + rng.below(6) } else { 1 + rng.below(4) };
         for _ in 0..puts {
             let k = format!("k{}", rng.below(12)).into_bytes();
-            let v = if big { vec![b'0' + (i % 10) as u8; 1200] } else { value(rng, i) };
+            let v = if big { vec![b'0' + (i % 10) as u8; 150] } else { value(rng, i) };
             tx.put("data", &k, &v)?;
             next.get_mut(b"data".as_slice()).unwrap().insert(k, v);
         }
