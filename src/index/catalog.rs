@@ -38,6 +38,19 @@ impl Bucket {
         old
     }
 
+    /// Fills an empty bucket with `entries` (strictly ascending keys) in one bottom-up build;
+    /// returns false, changing nothing, if the bucket has keys or a key is too long to build
+    /// with (see [`BTree::from_sorted`]), for the caller to insert them instead.
+    pub fn load_sorted(&mut self, entries: &[(&[u8], ValueRef)]) -> bool {
+        if !self.tree.is_empty() {
+            return false;
+        }
+        let Some(tree) = BTree::from_sorted(entries) else { return false };
+        self.tree = tree;
+        self.live_bytes += entries.iter().map(|(k, v)| put_len(k.len(), v.len as usize) as u64).sum::<u64>();
+        true
+    }
+
     /// Removes `key`; returns its value if it was there.
     pub fn delete(&mut self, key: &[u8]) -> Option<ValueRef> {
         let old = self.tree.remove(key);

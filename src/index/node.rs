@@ -942,6 +942,90 @@ pub(super) fn grow_root(mut root: Arc<Node>, mut pieces: Vec<Piece>) -> Arc<Node
     root
 }
 
+/// Keys longer than this make [`build`] decline (the caller inserts one by one instead): with
+/// every key at most 1 KiB, a node closed at the byte limit still holds at least 16 keys or
+/// children, which is what lets `build` keep every inner node at two children or more.
+pub(super) const BUILD_MAX_KEY: usize = 1024;
+
+impl Keys {
+    /// Appends a key after all others (the caller keeps the order); the prefix and heads are
+    /// set once the node is complete, by `reprefix`.
+    fn push_unprefixed(&mut self, key: &[u8]) {
+        self.data.extend_from_slice(key);
+        self.ends.push(off(self.data.len()));
+    }
+}
+
+/// Builds a tree holding `entries` — strictly ascending keys, each at most
+/// [`BUILD_MAX_KEY`] bytes — bottom up: leaves filled in order to the count and byte limits,
+/// then each level of inner nodes over the one below, with the shortest separators, as a
+/// sequence of ascending inserts would leave it but without a search or a copy per key.
+/// Returns the root (`None` for no entries). Recovery uses it to load a bucket's keys when
+/// its tree is empty.
+pub(super) fn build<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>) -> Option<Arc<Node>> {
+    // The level being built: its nodes and the separator before each node but the first.
+    let mut nodes: Vec<Arc<Node>> = Vec::new();
+    let mut seps: Vec<Vec<u8>> = Vec::new();
+    let mut leaf = Leaf::default();
+    let mut last: &[u8] = &[];
+    for (key, val) in entries {
+        debug_assert!(key.len() <= BUILD_MAX_KEY);
+        debug_assert!(leaf.len() == 0 && nodes.is_empty() || last < key, "keys must ascend");
+        let full = leaf.len() == MAX_LEAF_ENTRIES || leaf.keys.bytes() + key.len() > MAX_NODE_KEY_BYTES;
+        if leaf.len() > 0 && full {
+            leaf.keys.reprefix();
+            nodes.push(Arc::new(Node::Leaf(std::mem::take(&mut leaf))));
+            seps.push(shortest_separator(last, key).to_vec());
+        }
+        leaf.keys.push_unprefixed(key);
+        leaf.vals.push(val);
+        last = key;
+    }
+    if leaf.len() > 0 {
+        leaf.keys.reprefix();
+        nodes.push(Arc::new(Node::Leaf(leaf)));
+    }
+    while nodes.len() > 1 {
+        // Group the nodes: a group closes at MAX_CHILDREN children or when one more separator
+        // would pass the byte limit; a last group of one borrows a node from the one before.
+        let mut bounds = vec![0];
+        let mut bytes = 0;
+        for i in 1..nodes.len() {
+            let start = *bounds.last().expect("bounds start with 0");
+            if i - start == MAX_CHILDREN || bytes + seps[i - 1].len() > MAX_NODE_KEY_BYTES {
+                bounds.push(i);
+                bytes = 0;
+            } else {
+                bytes += seps[i - 1].len();
+            }
+        }
+        let n = bounds.len();
+        if n > 1 && nodes.len() - bounds[n - 1] == 1 {
+            bounds[n - 1] -= 1;
+        }
+        bounds.push(nodes.len());
+        let mut children = nodes.into_iter();
+        let mut up_nodes = Vec::with_capacity(bounds.len() - 1);
+        let mut up_seps = Vec::with_capacity(bounds.len().saturating_sub(2));
+        for w in bounds.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let mut keys = Keys::default();
+            for sep in &seps[a..b - 1] {
+                keys.push_unprefixed(sep);
+            }
+            keys.reprefix();
+            let inner = Inner { keys, children: children.by_ref().take(b - a).collect() };
+            up_nodes.push(Arc::new(Node::Inner(inner)));
+            if b < seps.len() + 1 {
+                up_seps.push(std::mem::take(&mut seps[b - 1]));
+            }
+        }
+        nodes = up_nodes;
+        seps = up_seps;
+    }
+    nodes.pop()
+}
+
 /// Leftmost leaf of a subtree.
 pub(super) fn leftmost_leaf(mut node: &Node) -> &Leaf {
     loop {
