@@ -65,7 +65,14 @@ impl<'a> Reader<'a> {
         if key.is_empty() {
             return Err(Error::EmptyKey);
         }
-        match self.bucket(bucket)?.tree.get(key) {
+        // The value's lines are asked for while the leaf confirms the key, so that its cache
+        // miss (and TLB miss: the log is mapped in 4 KiB pages) overlaps the key's.
+        let early = |v| {
+            if let Some(bytes) = self.values.value(v) {
+                crate::prefetch::prefetch_all(bytes);
+            }
+        };
+        match self.bucket(bucket)?.tree.get_early(key, early) {
             Some(v) => self.value(v).map(Some),
             None => Ok(None),
         }

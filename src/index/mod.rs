@@ -103,12 +103,20 @@ impl BTree {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<ValueRef> {
+        self.get_early(key, |_| {})
+    }
+
+    /// As [`get`](Self::get), but calls `early` with the value the key most likely has as
+    /// soon as the leaf shows it, before the key is confirmed (which costs a cache miss of its
+    /// own), so that the caller can start fetching the value's bytes meanwhile. `early` may
+    /// see a value that turns out not to be the key's, or not be called at all.
+    pub fn get_early(&self, key: &[u8], early: impl FnOnce(ValueRef)) -> Option<ValueRef> {
         let mut node = self.root.as_deref()?;
         loop {
             node.prefetch_for_search();
             match node {
                 Node::Inner(inner) => node = &inner.children[inner.child_index(key)],
-                Node::Leaf(leaf) => return leaf.get(key),
+                Node::Leaf(leaf) => return leaf.get(key, early),
             }
         }
     }

@@ -593,12 +593,14 @@ impl Leaf {
 
     /// Point lookup.
     #[inline]
-    pub(super) fn get(&self, key: &[u8]) -> Option<ValueRef> {
+    pub(super) fn get(&self, key: &[u8], early: impl FnOnce(ValueRef)) -> Option<ValueRef> {
         let (lo, hi, rest) = self.keys.head_range(key);
         if hi == lo + 1 {
-            // The common case: one candidate. Read its value before
-            // confirming the key so the two cache misses overlap.
+            // The common case: one candidate. Read its value — and let the caller start
+            // fetching what it points to — before confirming the key, so that the cache
+            // misses overlap.
             let v = self.vals[lo];
+            early(v);
             return (self.keys.rest(lo) == rest).then_some(v);
         }
         self.keys.search(key).ok().map(|i| self.vals[i])
