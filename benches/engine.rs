@@ -71,6 +71,39 @@ fn put_commit(c: &mut Criterion) {
             tx.commit().unwrap();
         })
     });
+    g.finish();
+
+    // The goal's shape exactly: 100 transactions of 1,000 random puts, each ended by a durable
+    // `commit()`, into a new database (the bench above keeps adding to one that grows with
+    // every iteration, to millions of keys).
+    let mut g = c.benchmark_group("write");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(100 * 1000));
+    g.bench_function("100_batches_of_1000_puts_commit_new_db", |b| {
+        b.iter_batched(
+            || {
+                let (db, dir) = Backend::open_temp().unwrap();
+                let mut tx = db.batch_tx();
+                tx.create_bucket("b").unwrap();
+                tx.commit().unwrap();
+                (db, dir)
+            },
+            |(db, dir)| {
+                for _ in 0..100 {
+                    let mut tx = db.batch_tx();
+                    for _ in 0..1000 {
+                        tx.put("b", key(rng.next()), VALUE).unwrap();
+                    }
+                    tx.commit().unwrap();
+                }
+                (db, dir)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("write");
     g.throughput(Throughput::Elements(1));
     g.bench_function("one_put_batch_tx_group_committed", |b| {
         b.iter(|| {
