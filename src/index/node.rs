@@ -438,14 +438,17 @@ pub(super) enum Node {
 }
 
 impl Node {
-    /// Asks for the lines a search of this node reads — its keys' heads and prefix and, in an
-    /// inner node, the child pointers — before the search needs them, so that those cache
+    /// Asks for the lines a search of this node reads — its keys' heads and prefix, and its
+    /// values or child pointers — before the search needs them, so that those cache
     /// misses overlap instead of following one another down each level. (Measured: random
     /// `get` over 1M keys 1,201–1,373 → 810–1,007 ns, eight alternated runs of the demo.)
     #[inline]
     pub(super) fn prefetch_for_search(&self) {
         match self {
-            Node::Leaf(leaf) => leaf.keys.prefetch_for_search(),
+            Node::Leaf(leaf) => {
+                leaf.keys.prefetch_for_search();
+                crate::prefetch::prefetch_all(as_bytes(&leaf.vals));
+            }
             Node::Inner(inner) => {
                 inner.keys.prefetch_for_search();
                 crate::prefetch::prefetch_all(as_bytes(&inner.children));
