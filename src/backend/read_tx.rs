@@ -119,9 +119,21 @@ pub struct Iter<'a> {
     reader: Reader<'a>,
 }
 
+/// How many entries ahead a scan asks for values, and how many of each value's first bytes.
+const SCAN_PREFETCH_AHEAD: usize = 8;
+const SCAN_PREFETCH_BYTES: usize = 256;
+
 impl<'a> Iterator for Iter<'a> {
     type Item = Result<(&'a [u8], &'a [u8])>;
     fn next(&mut self) -> Option<Self::Item> {
+        // Neighbouring keys' values lie wherever they were written in the log, each a cache
+        // (and often a TLB) miss of its own; asking for the value a few entries ahead lets
+        // those misses overlap instead of following one another.
+        if let Some(ahead) = self.inner.peek_value(SCAN_PREFETCH_AHEAD)
+            && let Some(bytes) = self.reader.values.value(ahead)
+        {
+            crate::prefetch::prefetch_all(&bytes[..bytes.len().min(SCAN_PREFETCH_BYTES)]);
+        }
         let (k, v) = self.inner.next()?;
         Some(self.reader.value(v).map(|v| (k, v)))
     }

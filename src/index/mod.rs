@@ -302,6 +302,13 @@ pub struct Iter<'a> {
 }
 
 impl<'a> Iter<'a> {
+    /// The value `n` entries after the next one, if it is in the same leaf (possibly past the
+    /// iteration's end): for a caller that fetches values ahead of reading them.
+    #[inline]
+    pub fn peek_value(&self, n: usize) -> Option<ValueRef> {
+        self.leaf?.vals.get(self.idx + n).copied()
+    }
+
     /// Moves to the leaf after the current one, or `None` at the end.
     fn next_leaf(&mut self) -> Option<&'a Leaf> {
         loop {
