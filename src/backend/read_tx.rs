@@ -66,15 +66,19 @@ impl<'a> Reader<'a> {
             return Err(Error::EmptyKey);
         }
         // The value's lines are asked for while the leaf confirms the key, so that its cache
-        // miss (and TLB miss: the log is mapped in 4 KiB pages) overlaps the key's.
-        let early = |v| {
+        // miss (and TLB miss: the log is mapped in 4 KiB pages) overlaps the key's; the place
+        // found for them then serves the read, unless the key turned out to have another.
+        let mut early: Option<(ValueRef, &'a [u8])> = None;
+        let found = self.bucket(bucket)?.tree.get_early(key, |v| {
             if let Some(bytes) = self.values.value(v) {
                 crate::prefetch::prefetch_all(bytes);
+                early = Some((v, bytes));
             }
-        };
-        match self.bucket(bucket)?.tree.get_early(key, early) {
-            Some(v) => self.value(v).map(Some),
-            None => Ok(None),
+        });
+        match (found, early) {
+            (Some(v), Some((seen, bytes))) if seen == v => Ok(Some(bytes)),
+            (Some(v), _) => self.value(v).map(Some),
+            (None, _) => Ok(None),
         }
     }
 

@@ -287,8 +287,7 @@ impl Hub {
         self.waiting.load(Ordering::SeqCst) > 0
     }
 
-    /// Wakes every waiting watcher (the notifier thread).
-    /// Returns how many it woke.
+    /// Wakes every waiting watcher at once (`close`). Returns how many it woke.
     pub fn wake_all(&self) -> usize {
         self.wake_staggered(|_| usize::MAX, Duration::ZERO)
     }
