@@ -134,6 +134,19 @@ impl Clone for Keys {
     }
 }
 
+impl Keys {
+    /// A copy with room for one more key of `key_len` bytes, so that inserting it does not
+    /// grow (copy again) the arrays just copied.
+    fn copy_with_room(&self, key_len: usize) -> Keys {
+        Keys {
+            data: pool::copy_with_room(&self.data, key_len),
+            ends: pool::copy_with_room(&self.ends, 1),
+            heads: pool::copy_with_room(&self.heads, 1),
+            prefix: self.prefix,
+        }
+    }
+}
+
 impl Drop for Keys {
     fn drop(&mut self) {
         pool::give(std::mem::take(&mut self.data));
@@ -377,6 +390,14 @@ pub(super) struct Leaf {
 impl Clone for Leaf {
     fn clone(&self) -> Leaf {
         Leaf { keys: self.keys.clone(), vals: pool::copy_of(&self.vals) }
+    }
+}
+
+impl Leaf {
+    /// A copy with room for one more entry whose key has `key_len` bytes: what a shared leaf
+    /// about to get a new key is copied into (see `insert`).
+    fn copy_with_room(&self, key_len: usize) -> Leaf {
+        Leaf { keys: self.keys.copy_with_room(key_len), vals: pool::copy_with_room(&self.vals, 1) }
     }
 }
 
@@ -871,6 +892,16 @@ pub(super) fn insert(
     rightmost: bool,
 ) -> Option<ValueRef> {
     node.prefetch_for_search();
+    // A shared leaf is copied before it changes. If the change is a new key, copy it with room
+    // for that key: `make_mut`'s exact copy would be grown — copied again, through the
+    // allocator — by the insert. (Only the writer can add owners of a node, so a count of one
+    // seen here stays one.)
+    if let Node::Leaf(leaf) = &**node
+        && Arc::strong_count(node) > 1
+        && leaf.keys.search(key).is_err()
+    {
+        *node = Arc::new(Node::Leaf(leaf.copy_with_room(key.len())));
+    }
     match Arc::make_mut(node) {
         Node::Leaf(leaf) => match leaf.keys.search(key) {
             Ok(i) => Some(std::mem::replace(&mut leaf.vals[i], val)),
