@@ -39,6 +39,10 @@ struct DurState {
     /// The segment the next fdatasync must cover. Earlier segments were synced when sealed.
     active: Arc<Segment>,
     syncing: bool,
+    /// Threads waiting on `cond` for a sync run by another. A sync that nobody waits for
+    /// skips the notification: `notify_all` is a system call even with no waiter, once per
+    /// durable commit.
+    waiters: u32,
     poisoned: Option<String>,
     /// A failed fdatasync that the committer ran for a committing transaction (a kick), with
     /// the last transaction it was to make durable: the first commit to find it, waiting for
@@ -107,6 +111,7 @@ impl Durability {
                 durable_ops: 0,
                 active,
                 syncing: false,
+                waiters: 0,
                 poisoned: None,
                 failed_sync: None,
             }),
@@ -204,7 +209,9 @@ impl Durability {
                 return Ok(());
             }
             if st.syncing {
+                st.waiters += 1;
                 st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.waiters -= 1;
                 continue;
             }
             st.syncing = true;
@@ -236,7 +243,9 @@ impl Durability {
                     return Err(e);
                 }
             }
-            self.cond.notify_all();
+            if st.waiters > 0 {
+                self.cond.notify_all();
+            }
         }
     }
 
