@@ -16,7 +16,9 @@
 //! so no thread other than a writer ever holds pooled memory. The pool holds at most
 //! [`POOL_BYTES`]; buffers are kept by size class (eight per power of two), and a copy takes a
 //! buffer of the class at or above what it needs, so a buffer is at most an eighth larger
-//! than an exact one.
+//! than an exact one. A transaction that ends with the pool over half full trims each class to
+//! what was asked of it lately (`Pool::trim_if_full`), so that the pool holds the sizes in
+//! demand rather than those some earlier workload freed.
 
 use std::cell::Cell;
 use std::sync::Arc;
