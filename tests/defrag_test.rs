@@ -103,24 +103,14 @@ fn defrag_rebuilds_every_bucket_index_exactly() {
     let c = config(dir.path());
     let db = Backend::open(c.clone()).unwrap();
     let mut tx = db.batch_tx();
-    for b in ["built", "long keys", "empty", "one"] {
-        tx.create_bucket(b).unwrap();
-    }
-    for i in 0..5000u32 {
-        tx.put("built", format!("k{:07}", i * 7 % 5000), format!("v{i}")).unwrap();
-    }
-    for len in 1..=2100usize {
-        let key: Vec<u8> = (0..len).map(|j| (j * 31 + len) as u8).collect();
-        tx.put("long keys", &key, len.to_le_bytes()).unwrap();
-    }
-    tx.put("one", "only", "key").unwrap();
+    common::put_buckets_of_every_shape(&mut tx);
     tx.commit().unwrap();
     let mut tx = db.batch_tx();
     for i in (0..5000u32).step_by(3) {
-        tx.delete("built", format!("k{i:07}")).unwrap();
+        tx.delete("many", format!("k{i:07}")).unwrap();
     }
     for i in 0..100u32 {
-        tx.put("built", format!("k{i:07}"), "overwritten").unwrap();
+        tx.put("many", format!("k{i:07}"), "overwritten").unwrap();
     }
     tx.commit().unwrap();
     let (before, hash, in_use) = (dump(&db), db.hash(&[]).unwrap(), db.size_in_use());
@@ -138,11 +128,11 @@ fn defrag_rebuilds_every_bucket_index_exactly() {
     for i in 0..5200u32 {
         let (key, value) = (format!("k{i:07}"), format!("again {i}"));
         if i % 5 == 0 {
-            tx.delete("built", &key).unwrap();
-            expected.remove(&(b"built".to_vec(), key.into_bytes()));
+            tx.delete("many", &key).unwrap();
+            expected.remove(&(b"many".to_vec(), key.into_bytes()));
         } else {
-            tx.put("built", &key, &value).unwrap();
-            expected.insert((b"built".to_vec(), key.into_bytes()), value.into_bytes());
+            tx.put("many", &key, &value).unwrap();
+            expected.insert((b"many".to_vec(), key.into_bytes()), value.into_bytes());
         }
     }
     tx.put("long keys", "a", "short").unwrap();

@@ -4,6 +4,8 @@ use std::io::Write;
 
 use logtree::{Backend, Config, Error};
 
+mod common;
+
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir);
     c.sync = false;
@@ -208,24 +210,14 @@ fn hash_is_deterministic_over_content() {
     assert_eq!(Backend::open(config(d1.path())).unwrap().hash(&[]).unwrap(), before);
 }
 
-/// A restore of buckets of thousands of keys, of keys up to 1.5 KiB, of an empty bucket and of a
-/// one-key bucket gives back every pair, the hash and the live bytes.
+/// A restore of buckets of thousands of keys, of keys up to 2,100 bytes, of an empty bucket and of
+/// a one-key bucket gives back every pair, the hash and the live bytes.
 #[test]
 fn restore_indexes_large_buckets_and_long_keys() {
     let dir = tempfile::tempdir().unwrap();
     let db = Backend::open(config(&dir.path().join("src"))).unwrap();
     let mut tx = db.batch_tx();
-    for b in ["many", "long keys", "empty", "one"] {
-        tx.create_bucket(b).unwrap();
-    }
-    for i in 0..5000u32 {
-        tx.put("many", format!("k{:07}", i * 7 % 5000), format!("v{i}")).unwrap();
-    }
-    for len in 1..=1500usize {
-        let key: Vec<u8> = (0..len).map(|j| (j * 31 + len) as u8).collect();
-        tx.put("long keys", &key, len.to_le_bytes()).unwrap();
-    }
-    tx.put("one", "only", "key").unwrap();
+    common::put_buckets_of_every_shape(&mut tx);
     tx.commit().unwrap();
     let mut image = Vec::new();
     db.snapshot().unwrap().write_to(&mut image).unwrap();

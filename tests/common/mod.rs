@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use logtree::ReadTx;
+use logtree::{BatchTx, ReadTx};
 
 /// Every pair of every bucket: `(bucket, key) → value`.
 pub type Content = BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>;
@@ -47,4 +47,21 @@ impl Rng {
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next() as u8).collect()
     }
+}
+
+/// Puts buckets of every shape an index build must handle: "many" (5,000 keys, written out of
+/// order), "long keys" (one key of each length from 1 to 2,100 bytes, so past the 1 KiB that a
+/// bottom-up build declines), "empty", and "one" (a single key).
+pub fn put_buckets_of_every_shape(tx: &mut BatchTx<'_>) {
+    for b in ["many", "long keys", "empty", "one"] {
+        tx.create_bucket(b).unwrap();
+    }
+    for i in 0..5000u32 {
+        tx.put("many", format!("k{:07}", i * 7 % 5000), format!("v{i}")).unwrap();
+    }
+    for len in 1..=2100usize {
+        let key: Vec<u8> = (0..len).map(|j| (j * 31 + len) as u8).collect();
+        tx.put("long keys", &key, len.to_le_bytes()).unwrap();
+    }
+    tx.put("one", "only", "key").unwrap();
 }
