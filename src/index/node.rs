@@ -125,23 +125,18 @@ pub(super) struct Keys {
 // this thread, so that the copies each transaction makes do not go through the allocator.
 impl Clone for Keys {
     fn clone(&self) -> Keys {
-        Keys {
-            data: pool::copy_of(&self.data),
-            ends: pool::copy_of(&self.ends),
-            heads: pool::copy_of(&self.heads),
-            prefix: self.prefix,
-        }
+        self.copy_with_room(0, 0)
     }
 }
 
 impl Keys {
-    /// A copy with room for one more key of `key_len` bytes, so that inserting it does not
-    /// grow (copy again) the arrays just copied.
-    fn copy_with_room(&self, key_len: usize) -> Keys {
+    /// A copy with room for `keys` more keys of `bytes` bytes in all, so that inserting them
+    /// does not grow (copy again) the arrays just copied.
+    fn copy_with_room(&self, keys: usize, bytes: usize) -> Keys {
         Keys {
-            data: pool::copy_with_room(&self.data, key_len),
-            ends: pool::copy_with_room(&self.ends, 1),
-            heads: pool::copy_with_room(&self.heads, 1),
+            data: pool::copy_with_room(&self.data, bytes),
+            ends: pool::copy_with_room(&self.ends, keys),
+            heads: pool::copy_with_room(&self.heads, keys),
             prefix: self.prefix,
         }
     }
@@ -389,15 +384,15 @@ pub(super) struct Leaf {
 
 impl Clone for Leaf {
     fn clone(&self) -> Leaf {
-        Leaf { keys: self.keys.clone(), vals: pool::copy_of(&self.vals) }
+        self.copy_with_room(0, 0)
     }
 }
 
 impl Leaf {
-    /// A copy with room for one more entry whose key has `key_len` bytes: what a shared leaf
-    /// about to get a new key is copied into (see `insert`).
-    fn copy_with_room(&self, key_len: usize) -> Leaf {
-        Leaf { keys: self.keys.copy_with_room(key_len), vals: pool::copy_with_room(&self.vals, 1) }
+    /// A copy with room for `entries` more entries whose keys have `bytes` bytes in all: with
+    /// room for one, what a shared leaf about to get a new key is copied into (see `insert`).
+    fn copy_with_room(&self, entries: usize, bytes: usize) -> Leaf {
+        Leaf { keys: self.keys.copy_with_room(entries, bytes), vals: pool::copy_with_room(&self.vals, entries) }
     }
 }
 
@@ -895,15 +890,17 @@ pub(super) fn insert(
     // A shared leaf is copied before it changes. If the change is a new key, copy it with room
     // for that key: `make_mut`'s exact copy would be grown — copied again, through the
     // allocator — by the insert. (Only the writer can add owners of a node, so a count of one
-    // seen here stays one.)
-    if let Node::Leaf(leaf) = &**node
-        && Arc::strong_count(node) > 1
-        && leaf.keys.search(key).is_err()
-    {
-        *node = Arc::new(Node::Leaf(leaf.copy_with_room(key.len())));
+    // seen here stays one.) The search is done once: the copy holds the same keys.
+    let mut leaf_slot = None;
+    if let Node::Leaf(leaf) = &**node {
+        let slot = leaf.keys.search(key);
+        if slot.is_err() && Arc::strong_count(node) > 1 {
+            *node = Arc::new(Node::Leaf(leaf.copy_with_room(1, key.len())));
+        }
+        leaf_slot = Some(slot);
     }
     match Arc::make_mut(node) {
-        Node::Leaf(leaf) => match leaf.keys.search(key) {
+        Node::Leaf(leaf) => match leaf_slot.unwrap_or_else(|| leaf.keys.search(key)) {
             Ok(i) => Some(std::mem::replace(&mut leaf.vals[i], val)),
             Err(i) => {
                 let appended = i == leaf.len();
