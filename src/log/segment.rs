@@ -1,9 +1,10 @@
 //! One segment file of the log, and its memory map.
 //!
-//! A segment is written only by appending (`pwrite` at its end) and read only through a
-//! read-only `MAP_SHARED` map of it. On Linux a shared map and `pwrite` see one page cache, so
-//! bytes appended are readable through the map as soon as the write returns — which is how a
-//! write becomes visible to readers before it is durable, as in etcd.
+//! A segment is written only by appending at its end (a copy into a writable map, or a `pwrite`;
+//! see below) and read only through a read-only `MAP_SHARED` map of it. On Linux shared maps
+//! and `pwrite` see one page cache, so bytes appended are readable through the map as soon as
+//! the write returns — which is how a write becomes visible to readers before it is durable,
+//! as in etcd.
 //!
 //! The map is made once, as long as the segment may grow (its capacity), not as long as the
 //! file is: there is no remap and so no moment at which a reader's slice could dangle. Touching

@@ -4,7 +4,8 @@
 //! it knows where that frame will land on disk (the active segment's end) before writing it,
 //! so every put can tell the index the final place of its value at once; until the frame is
 //! written, [`LogWriter::resolve`] serves those places from the buffer (a `BatchTx` reads its
-//! own writes). The frame is written with one `pwrite` when the transaction ends, or earlier
+//! own writes). The frame is appended when the transaction ends (copied into the segment's writable map, or
+//! one `pwrite` above 16 KiB: see `segment.rs`), or earlier
 //! as a `FRAME_TX_PART` when it grows past [`CHUNK_TARGET`] or would cross the segment's
 //! capacity. Durability (fdatasync) is not the writer's business: see `backend::commit`.
 
