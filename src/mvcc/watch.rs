@@ -110,21 +110,46 @@ impl Segment {
 
     /// The events of `rev`, if the writer has appended it. Requires `covers(rev)`.
     fn get(&self, rev: i64) -> Option<&[u8]> {
-        let i = (rev - self.first_rev) as usize;
-        if i >= self.published.load(Ordering::Acquire) {
-            return None;
-        }
-        let slot = &self.slots[i];
-        let (ptr, len) = (slot.ptr.load(Ordering::Relaxed), slot.len.load(Ordering::Relaxed));
-        // SAFETY: slot `i` is published, so (acquire above, release in `push`) its pointer and
-        // length, and the `len` bytes they describe, were written before this read: `push`
-        // copied them into a block's spare capacity, set the block's length past them, and
-        // then published. Those bytes are never written again: `push` writes only past a
-        // block's length and never grows a block beyond its capacity, so the block's buffer
-        // never moves. The blocks are freed only when the segment is, and `&self` keeps it.
-        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+        self.appended().get(rev)
     }
 
+    /// The revisions appended so far, read once: a reader going through many of them reads
+    /// the writer's counter once, not once per revision. The writer raises it for every
+    /// revision, so each read after a raise is a miss on a line the writer's core owns, and
+    /// every one of a hundred watchers reading it per revision also made the writer's next
+    /// raise wait for that line to come back.
+    fn appended(&self) -> Appended<'_> {
+        Appended { seg: self, published: self.published.load(Ordering::Acquire) }
+    }
+}
+
+/// The revisions of a segment that were appended when [`Segment::appended`] looked.
+struct Appended<'s> {
+    seg: &'s Segment,
+    published: usize,
+}
+
+impl<'s> Appended<'s> {
+    /// The events of `rev`, if it is among them.
+    fn get(&self, rev: i64) -> Option<&'s [u8]> {
+        let i = usize::try_from(rev - self.seg.first_rev).ok()?;
+        if i >= self.published {
+            return None;
+        }
+        let slot = &self.seg.slots[i];
+        let (ptr, len) = (slot.ptr.load(Ordering::Relaxed), slot.len.load(Ordering::Relaxed));
+        // SAFETY: slot `i` is published, so (acquire in `Segment::appended`, release in
+        // `push`) its pointer and length, and the `len` bytes they describe, were written
+        // before this read: `push` copied them into a block's spare capacity, set the block's
+        // length past them, and then published. Those bytes are never written again: `push`
+        // writes only past a block's length and never grows a block beyond its capacity, so
+        // the block's buffer never moves. The blocks are freed only when the segment is, and
+        // the borrow `'s` keeps it.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+impl Segment {
     /// Appends the events of `rev`, the next revision, which `covers(rev)`. Only the writer
     /// calls it, holding the feed.
     fn push(&self, rev: i64, events: &[u8]) {
@@ -550,8 +575,10 @@ impl Watcher {
         // that they all changed on every call would bounce between the cores.
         let Cursor { next_rev, seg, backlog, .. } = c;
         let Some(seg) = seg.as_ref() else { return 0 };
-        while n < max && seg.covers(*next_rev) {
-            let Some(events_of_rev) = seg.get(*next_rev) else { break };
+        // A revision appended is covered: the writer never appends to a segment past its end.
+        let appended = seg.appended();
+        while n < max {
+            let Some(events_of_rev) = appended.get(*next_rev) else { break };
             for raw in events(events_of_rev) {
                 let Some(e) = raw.decode_in(&self.key, &self.end, self.prev_kv) else { continue };
                 if n < max {
