@@ -116,6 +116,23 @@ impl VfsFile for StdFile {
     }
 }
 
+/// Opens `path` with `o`, refusing anything but a regular file. On Linux the open does not
+/// wait: a FIFO planted in the database directory (as `MANIFEST`, `LOCK` or a segment) would
+/// otherwise block a read-only open until someone writes into it. (`O_NONBLOCK` changes
+/// nothing for a regular file.)
+pub(crate) fn open_regular_file(o: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = o.open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(f)
+}
+
 impl Vfs for StdVfs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
         let mut o = OpenOptions::new();
@@ -124,7 +141,7 @@ impl Vfs for StdVfs {
             OpenMode::ReadWrite => o.read(true).write(true),
             OpenMode::CreateNew => o.read(true).write(true).create_new(true),
         };
-        Ok(Box::new(StdFile(o.open(path)?)))
+        Ok(Box::new(StdFile(open_regular_file(&mut o, path)?)))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         fs::create_dir_all(path)

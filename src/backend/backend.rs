@@ -122,7 +122,9 @@ impl Backend {
         let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, ops))?;
 
         let last_seq = rec.next_seq - 1;
-        let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        // Saturating: a log that already names segment u32::MAX opens (and reads), but cannot
+        // begin another segment (`LogWriter::create_segment` refuses).
+        let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0).saturating_add(1);
         let active = rec.segments.last().cloned().expect("a log has a segment");
         let end = LogPos { seg: active.id, off: active.len() };
         let view = View { catalog: catalog.clone(), segments: Arc::new(rec.segments.clone()), seq: last_seq, end };

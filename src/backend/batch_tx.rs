@@ -174,7 +174,7 @@ impl<'a> BatchTx<'a> {
         if w.catalog.get(name).is_some() {
             return Ok(());
         }
-        let id = w.catalog.unused_id();
+        let id = w.catalog.unused_id().ok_or_else(|| Error::InvalidArgument("every bucket id is in use".into()))?;
         let r = w.log.as_mut().map_or(Err(Error::ReadOnly), |log| log.create_bucket(id, name));
         match r {
             Ok(()) => {

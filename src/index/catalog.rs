@@ -108,9 +108,27 @@ impl Catalog {
         self.buckets.iter_mut().find(|b| b.id == id)
     }
 
-    /// An id no current bucket has.
-    pub fn unused_id(&self) -> u32 {
-        self.buckets.iter().map(|b| b.id).max().map_or(1, |m| m + 1)
+    /// An id no current bucket has: one more than the largest, or, if that is u32::MAX (a
+    /// log may name any id), the smallest free one. `None` only if every id is taken.
+    pub fn unused_id(&self) -> Option<u32> {
+        match self.buckets.iter().map(|b| b.id).max() {
+            None => Some(1),
+            Some(m) if m < u32::MAX => Some(m + 1),
+            Some(_) => {
+                let mut ids: Vec<u32> = self.buckets.iter().map(|b| b.id).collect();
+                ids.sort_unstable();
+                let mut want = 1u32;
+                for id in ids {
+                    if id > want {
+                        break;
+                    }
+                    if id == want {
+                        want = id.checked_add(1)?;
+                    }
+                }
+                Some(want)
+            }
+        }
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<Bucket> {
@@ -156,10 +174,20 @@ mod tests {
         c.get_mut(b"b").unwrap().delete(b"k");
         c.get_mut(b"b").unwrap().delete(b"k");
         assert_eq!(c.live_bytes(), base);
-        assert!(c.create(b"a", c.unused_id()));
+        assert!(c.create(b"a", c.unused_id().unwrap()));
         assert_eq!(c.iter().map(|b| b.name.to_vec()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(c.get(b"a").unwrap().id, 2);
         assert!(c.remove(b"b").is_some());
         assert!(c.get(b"b").is_none());
+    }
+
+    #[test]
+    fn unused_id_after_the_largest_id() {
+        let mut c = Catalog::default();
+        assert!(c.create(b"max", u32::MAX));
+        assert_eq!(c.unused_id(), Some(1));
+        assert!(c.create(b"one", 1));
+        assert!(c.create(b"three", 3));
+        assert_eq!(c.unused_id(), Some(2));
     }
 }

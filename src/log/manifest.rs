@@ -10,7 +10,7 @@
 //! log missing its beginning is detected; the number of segments (u32); their ids (u32 each,
 //! ascending log order); then a CRC32 of everything from the base sequence number on.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::vfs::{OpenMode, Vfs};
 
 pub const MANIFEST_NAME: &str = "MANIFEST";
+/// The largest base sequence number a manifest may hold (half the u64 range: room for more
+/// transactions than any log will ever have, and no overflow of the numbers that follow it).
+pub const MAX_BASE_SEQ: u64 = u64::MAX / 2;
 const MANIFEST_TMP: &str = "MANIFEST.tmp";
 
 /// What the manifest says.
@@ -60,6 +63,16 @@ pub fn decode(b: &[u8], path: &Path) -> Result<Manifest> {
     let h = SEGMENT_HEADER_LEN as usize;
     let truncated = || Error::corruption(path, h as u64, "manifest truncated");
     let base_seq = format::read_u64(b, h).ok_or_else(truncated)?;
+    // Sequence numbers start at 1 (0 means "none" in a view) and only grow by one per
+    // transaction, so a log can never come near u64::MAX; a base outside 1..=MAX_BASE_SEQ is
+    // damage, and refusing it here keeps every `seq + 1` and `next_seq - 1` in range.
+    if base_seq == 0 || base_seq > MAX_BASE_SEQ {
+        return Err(Error::corruption(
+            path,
+            h as u64,
+            format!("manifest base sequence number {base_seq} is impossible"),
+        ));
+    }
     let h = h + 8;
     let count = format::read_u32(b, h).ok_or_else(truncated)?;
     let end = (count as usize).checked_mul(4).and_then(|n| n.checked_add(h + 4));
@@ -81,7 +94,12 @@ pub fn decode(b: &[u8], path: &Path) -> Result<Manifest> {
 /// Reads the manifest of `dir`; `Ok(None)` if there is none.
 pub fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST_NAME);
-    match std::fs::read(&path) {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut b = Vec::new();
+        crate::vfs::open_regular_file(std::fs::OpenOptions::new().read(true), &path)?.read_to_end(&mut b)?;
+        Ok(b)
+    };
+    match read() {
         Ok(b) => decode(&b, &path).map(Some),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read manifest", Some(path), e)),
@@ -129,5 +147,8 @@ mod tests {
         }
         assert!(decode(&encode(&m(1, &[])), p).is_err());
         assert!(decode(&encode(&m(1, &[4, 3])), p).is_err());
+        assert!(decode(&encode(&m(0, &[1])), p).is_err(), "base_seq 0");
+        assert!(decode(&encode(&m(u64::MAX, &[1])), p).is_err(), "base_seq u64::MAX");
+        assert!(decode(&encode(&m(MAX_BASE_SEQ, &[1])), p).is_ok());
     }
 }

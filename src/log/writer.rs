@@ -151,7 +151,17 @@ impl LogWriter {
 
     /// Creates a segment with a fresh id and the given capacity, not listed anywhere yet.
     pub fn create_segment(cfg: &WriterConfig, capacity: u64) -> Result<Segment> {
-        let id = cfg.segment_ids.fetch_add(1, Ordering::Relaxed);
+        // Never wraps: a segment 0 after segment u32::MAX would make the manifest's list
+        // descend, and the next open would refuse the whole log.
+        let id = cfg.segment_ids.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1)).map_err(
+            |id| {
+                Error::corruption(
+                    cfg.dir.join(manifest::MANIFEST_NAME),
+                    0,
+                    format!("the log's segment ids are exhausted (the next would be {id}, the last one)"),
+                )
+            },
+        )?;
         Segment::create(&cfg.dir, &cfg.vfs, id, capacity, cfg.sync)
     }
 

@@ -80,6 +80,19 @@ const WAKE_GROUPS_MAX: usize = 50;
 fn wake_group(waiting: usize, cores: usize) -> usize {
     (2 * cores).max(waiting.div_ceil(WAKE_GROUPS_MAX)).max(1)
 }
+/// Revisions (and versions) stay at or below this: half the i64 range, far more writes than a
+/// store will ever take, so that `current + 1` and the like never overflow. `open` refuses
+/// stored revisions beyond it as damage.
+const MAX_REV: i64 = i64::MAX / 2;
+
+fn revisions_exhausted(rev: i64) -> Error {
+    Error::Corruption {
+        file: "<mvcc key bucket>".into(),
+        offset: 0,
+        reason: format!("revision {rev} is beyond the largest a store can reach ({MAX_REV})"),
+    }
+}
+
 /// Revisions removed per `BatchTx` by a compaction, so the writer never waits long.
 const COMPACT_BATCH: usize = 1000;
 
@@ -174,6 +187,11 @@ impl KvStore {
         };
         let scheduled = meta_rev(SCHEDULED_COMPACT)?;
         let finished = meta_rev(FINISHED_COMPACT)?;
+        for r in [scheduled, finished] {
+            if !(0..=MAX_REV).contains(&r) {
+                return Err(revisions_exhausted(r));
+            }
+        }
         let mut index = Index::new();
         let mut last = 0i64;
         let entries = if has_buckets { Some(rtx.scan(KEY_BUCKET, [], None)?) } else { None };
@@ -181,6 +199,18 @@ impl KvStore {
             let (k, v) = entry?;
             let (rev, tombstone) = Revision::from_key(k)?;
             let (key, create, version) = kv::peek(v)?;
+            // Arithmetic on these (the next revision, a version + 1, the sub before) must not
+            // overflow: numbers no store can reach are damage.
+            if !(1..=MAX_REV).contains(&rev.main)
+                || !(0..=MAX_REV).contains(&rev.sub)
+                || (!tombstone && !(1..=MAX_REV).contains(&version))
+            {
+                return Err(Error::Corruption {
+                    file: "<mvcc key bucket>".into(),
+                    offset: 0,
+                    reason: format!("revision {}.{} (version {version}) is out of range", rev.main, rev.sub),
+                });
+            }
             let ki = index.entry(key);
             if tombstone {
                 ki.tombstone(rev);
@@ -190,7 +220,11 @@ impl KvStore {
             last = last.max(rev.main);
         }
         drop(rtx);
-        let current = last.max(finished).max(1);
+        // A compaction scheduled but not finished (a crash) may already have removed the latest
+        // revisions (a compaction at a tombstone keeps nothing of it), so the current revision
+        // is at least the scheduled one, as in etcd's restore; otherwise it would go backwards
+        // and every read at it would be `Compacted`.
+        let current = last.max(finished).max(scheduled).max(1);
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let inner = Arc::new(Inner {
             backend,
@@ -290,9 +324,12 @@ impl KvStore {
         let watched = inner.hub.has_watchers();
         let with_prev = watched && inner.hub.wants_prev();
         let st = inner.read_state();
-        let mut tx = inner.backend.batch_tx();
         let begin = st.current;
+        if begin >= MAX_REV {
+            return Err(revisions_exhausted(begin));
+        }
         let rev = begin + 1;
+        let mut tx = inner.backend.batch_tx();
         // Keys changed by an op that a later op of this txn may read, with their histories as
         // changed so far (copies). The last op's changes no later op reads: they wait in
         // `trailing` and are applied to the index in place, so a txn of one put (every `put`)
@@ -315,62 +352,72 @@ impl KvStore {
         let mut events = kv::EventsBuf::default();
         let mut responses = Vec::with_capacity(ops.len());
         let mut encoded = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            let at = if sub > 0 { rev } else { begin };
-            let read_later = i + 1 < ops.len();
-            match *op {
-                OpRef::Put { key, value, lease } => {
-                    let ki = st.key_index(&overlay, key);
-                    let found = ki.and_then(|ki| ki.get(at));
-                    let r = Revision { main: rev, sub };
-                    let create_revision = found.map_or(rev, |f| f.created.main);
-                    let version = found.map_or(1, |f| f.version + 1);
-                    kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, lease]);
-                    if watched {
-                        let prev = match found.filter(|_| with_prev) {
-                            Some(f) => {
-                                let hint = ki.and_then(|ki| ki.value_of(&f));
-                                Some(Source::Batch(&tx).stored_hinted(f.modified, hint)?)
-                            }
-                            None => None,
-                        };
-                        events.push(EventKind::Put, &encoded, prev);
-                    }
-                    let at = tx.put_ref(KEY_BUCKET, &r.key_bytes(false), &encoded)?;
-                    if read_later {
-                        st.overlay_entry(&mut overlay, key).put_at(r, at);
-                    } else {
-                        trailing.push(Trailing::Put(key, r, at));
-                    }
-                    responses.push(OpResponse::Put { revision: rev });
-                    sub += 1;
-                }
-                OpRef::DeleteRange { key, end } => {
-                    let live = st.range(&Source::Batch(&tx), &overlay, key, end, &RangeOptions::default(), at)?.kvs;
-                    let deleted = live.len() as u64;
-                    for prev in live {
+        // On an error (a bad op, say a range at a future revision) none of the branch's
+        // writes may stay: the `BatchTx` would write them when dropped, and they would come
+        // back at the next open although the txn failed and its revision was never used.
+        let applied = (|| -> Result<()> {
+            for (i, op) in ops.iter().enumerate() {
+                let at = if sub > 0 { rev } else { begin };
+                let read_later = i + 1 < ops.len();
+                match *op {
+                    OpRef::Put { key, value, lease } => {
+                        let ki = st.key_index(&overlay, key);
+                        let found = ki.and_then(|ki| ki.get(at));
                         let r = Revision { main: rev, sub };
-                        let kv = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
-                        let stored = kv.encode();
+                        let create_revision = found.map_or(rev, |f| f.created.main);
+                        let version = found.map_or(1, |f| f.version + 1);
+                        kv::encode_into(&mut encoded, key, value, [create_revision, rev, version, lease]);
                         if watched {
-                            let prev = with_prev.then(|| prev.encode());
-                            events.push(EventKind::Delete, &stored, prev.as_deref());
+                            let prev = match found.filter(|_| with_prev) {
+                                Some(f) => {
+                                    let hint = ki.and_then(|ki| ki.value_of(&f));
+                                    Some(Source::Batch(&tx).stored_hinted(f.modified, hint)?)
+                                }
+                                None => None,
+                            };
+                            events.push(EventKind::Put, &encoded, prev);
                         }
-                        tx.seq_put(KEY_BUCKET, r.key_bytes(true), stored)?;
+                        let at = tx.put_ref(KEY_BUCKET, &r.key_bytes(false), &encoded)?;
                         if read_later {
-                            st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
+                            st.overlay_entry(&mut overlay, key).put_at(r, at);
                         } else {
-                            trailing.push(Trailing::Delete(prev.key, r));
+                            trailing.push(Trailing::Put(key, r, at));
                         }
+                        responses.push(OpResponse::Put { revision: rev });
                         sub += 1;
                     }
-                    responses.push(OpResponse::DeleteRange { deleted });
-                }
-                OpRef::Range { key, end, opts } => {
-                    let result = st.range(&Source::Batch(&tx), &overlay, key, end, opts, at)?;
-                    responses.push(OpResponse::Range(RangeResult { rev: at, ..result }));
+                    OpRef::DeleteRange { key, end } => {
+                        let live = st.range(&Source::Batch(&tx), &overlay, key, end, &RangeOptions::default(), at)?.kvs;
+                        let deleted = live.len() as u64;
+                        for prev in live {
+                            let r = Revision { main: rev, sub };
+                            let kv = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
+                            let stored = kv.encode();
+                            if watched {
+                                let prev = with_prev.then(|| prev.encode());
+                                events.push(EventKind::Delete, &stored, prev.as_deref());
+                            }
+                            tx.seq_put(KEY_BUCKET, r.key_bytes(true), stored)?;
+                            if read_later {
+                                st.overlay_entry(&mut overlay, &prev.key).tombstone(r);
+                            } else {
+                                trailing.push(Trailing::Delete(prev.key, r));
+                            }
+                            sub += 1;
+                        }
+                        responses.push(OpResponse::DeleteRange { deleted });
+                    }
+                    OpRef::Range { key, end, opts } => {
+                        let result = st.range(&Source::Batch(&tx), &overlay, key, end, opts, at)?;
+                        responses.push(OpResponse::Range(RangeResult { rev: at, ..result }));
+                    }
                 }
             }
+            Ok(())
+        })();
+        if let Err(e) = applied {
+            tx.rollback();
+            return Err(e);
         }
         if sub == 0 {
             tx.rollback();
@@ -485,6 +532,11 @@ impl KvStore {
     /// ```
     pub fn watch_with(&self, key: &[u8], end: &[u8], opts: WatchOptions) -> Result<Watcher> {
         let WatchOptions { start_rev, prev_kv } = opts;
+        if start_rev < 0 {
+            // Its history would be read from a key range that begins after it ends, so the
+            // watch would silently skip every revision before it started.
+            return Err(Error::InvalidArgument(format!("watch start revision {start_rev} is negative")));
+        }
         // Serialized with writes: a write decides at its start whether anyone watches (and so
         // whether to read previous values for the events).
         let _w = lock(&self.inner.write);

@@ -51,6 +51,8 @@ pub const KEPT_SEGMENTS: usize = 64;
 /// revision starts a new one), and old segments go once the total is over it; watchers behind
 /// them read history instead.
 pub const FEED_BYTES: usize = 64 << 20;
+/// The longest wait a watcher's timeout stands for (over a century): longer ones are capped.
+const FOREVER: Duration = Duration::from_secs(1 << 32);
 /// The longest a watcher sleeps before it looks again, whether woken or not.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Events a watcher reads from history at a time (whole revisions, so it may be more).
@@ -548,7 +550,9 @@ impl Watcher {
                 return Ok(0);
             }
             let now = Instant::now();
-            let until = *until.get_or_insert(now + timeout);
+            // A timeout too long for an `Instant` (`Duration::MAX`: "wait for ever") is capped,
+            // not added as it is, which would panic.
+            let until = *until.get_or_insert_with(|| now + timeout.min(FOREVER));
             if now >= until {
                 return Ok(0);
             }
