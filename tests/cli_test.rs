@@ -415,6 +415,12 @@ fn errors_are_one_line() {
     logtree(["bench", "--key-size", "4"]).fails(2);
     logtree(["bench", "--workload", "nap"]).fails(2);
     logtree(["bench", "--duration", "-1"]).fails(2);
+    // A results file that cannot be created is reported before the run, not after it.
+    let missing = dir.join("no-such-dir").join("out.json");
+    let run = logtree(["bench", "--keys", "1000", "--json", p(&missing)]);
+    let line = run.fails(1);
+    assert!(line.contains("cannot create") && line.contains("out.json"), "{line}");
+    assert!(run.stdout.is_empty(), "the bench ran first: {}", run.stdout);
     // No command at all: the help, on stderr, as a usage error.
     let run = logtree(std::iter::empty::<&str>());
     assert_eq!(run.code, 2);

@@ -455,6 +455,16 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             logtree::MIN_SEGMENT_SIZE
         )));
     }
+    // The results file is created before the run, so that a path that cannot be written is
+    // reported at once rather than after minutes of benchmark; a run that fails removes it.
+    let mut json = match &args.json {
+        Some(file) => Some(JsonFile {
+            file: File::create(file).map_err(|e| CliError::io("cannot create", file, e))?,
+            path: file,
+            written: false,
+        }),
+        None => None,
+    };
     // Keep the temporary directory alive for the whole run; it is removed when dropped.
     let (_tmp, path) = match &args.dir {
         Some(d) => {
@@ -577,7 +587,7 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     mvcc_bench::summary(out, &phases)?;
     writeln!(out, "total {}", human_duration(total))?;
 
-    if let Some(file) = &args.json {
+    if let Some(json) = &mut json {
         let report = Report {
             settings: SettingsReport {
                 dir: args.dir.clone(),
@@ -602,13 +612,29 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             phases,
             total_seconds: total.as_secs_f64(),
         };
-        let f = File::create(file).map_err(|e| CliError::io("cannot create", file, e))?;
-        let mut w = BufWriter::new(f);
+        let file = json.path;
+        let mut w = BufWriter::new(&json.file);
         serde_json::to_writer_pretty(&mut w, &report)?;
         w.write_all(b"\n").and_then(|()| w.flush()).map_err(|e| CliError::io("cannot write", file, e))?;
+        json.written = true;
         writeln!(out, "results written to {}", file.display())?;
     }
     Ok(())
+}
+
+/// The `--json` file, created before the run and removed if the run ends without writing it.
+struct JsonFile<'a> {
+    file: File,
+    path: &'a std::path::Path,
+    written: bool,
+}
+
+impl Drop for JsonFile<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
 }
 
 impl<'a> Ctx<'a> {
