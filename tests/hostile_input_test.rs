@@ -131,17 +131,24 @@ fn manifest_base_seq_max_then_commit() {
 /// id is refused, and every commit acknowledged before it is there after a reopen.
 #[test]
 fn segment_id_u32_max() {
+    let acked = commit_until_segment_ids_run_out(u32::MAX, 4);
+    assert!(acked < 4, "no roll-over was needed: the test proves nothing");
+}
+
+/// Starting at segment `first_id` in 4 KiB segments, commits `puts` 3,000-byte values (each
+/// after the first needs a roll-over) until the segment ids run out, which must be an error;
+/// returns how many were acknowledged, each of which must be there after a reopen.
+fn commit_until_segment_ids_run_out(first_id: u32, puts: usize) -> usize {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
-    write_db(&dir, 1, u32::MAX, &[frame(1, &create_bucket_op(1, b"b"))]);
+    write_db(&dir, 1, first_id, &[frame(1, &create_bucket_op(1, b"b"))]);
     let mut acked = 0;
     let r = catch(|| -> logtree::Result<()> {
         let mut c = Config::new(&dir);
         quiet(&mut c);
         c.segment_size = logtree::MIN_SEGMENT_SIZE;
         let db = Backend::open(c)?;
-        // 3,000-byte values in 4 KiB segments: the second needs a roll-over.
-        for i in 0..4 {
+        for i in 0..puts {
             let mut tx = db.batch_tx();
             tx.put("b", format!("k{i}"), vec![7u8; 3000])?;
             tx.commit()?;
@@ -149,10 +156,10 @@ fn segment_id_u32_max() {
         }
         db.close()
     });
-    assert!(matches!(r, Ok(Err(Error::Corruption { .. }))), "{r:?}");
-    assert!(acked < 4, "no roll-over was needed: the test proves nothing");
-    let db = open(&dir, true).expect("a database that took commits reopens");
+    assert!(matches!(r, Ok(Err(Error::Corruption { .. }))), "ids ran out without an error: {r:?}");
+    let db = open(&dir, true).expect("a database that acknowledged commits must reopen");
     assert_eq!(db.read_tx().bucket_len("b").unwrap(), acked);
+    acked
 }
 
 /// A bucket id u32::MAX in the log: `unused_id` (max + 1) overflows at the next create.
@@ -186,16 +193,24 @@ fn stored_kv(key: &[u8], value: &[u8], nums: [i64; 4]) -> Vec<u8> {
     b
 }
 
-/// The MVCC meta bucket says the store was compacted at i64::MAX: `current + 1` overflows.
-#[test]
-fn mvcc_open_with_compacted_rev_max() {
-    let (db, _dir) = Backend::open_temp().unwrap();
+/// A backend holding the MVCC store's two buckets with `entries` (bucket, key, value) written
+/// into them directly, as damage or another writer of the buckets would leave them.
+fn mvcc_backend_with(entries: Vec<(&str, Vec<u8>, Vec<u8>)>) -> (Arc<Backend>, tempfile::TempDir) {
+    let (db, dir) = Backend::open_temp().unwrap();
     let mut tx = db.batch_tx();
     tx.create_bucket("key").unwrap();
     tx.create_bucket("meta").unwrap();
-    tx.put("meta", "finishedCompactRev", i64::MAX.to_le_bytes()).unwrap();
+    for (bucket, key, value) in entries {
+        tx.put(bucket, key, value).unwrap();
+    }
     tx.commit().unwrap();
-    let db = Arc::new(db);
+    (Arc::new(db), dir)
+}
+
+/// The MVCC meta bucket says the store was compacted at i64::MAX: `current + 1` overflows.
+#[test]
+fn mvcc_open_with_compacted_rev_max() {
+    let (db, _dir) = mvcc_backend_with(vec![("meta", b"finishedCompactRev".to_vec(), i64::MAX.to_le_bytes().to_vec())]);
     let r = catch(|| KvStore::open(db.clone()).map(|_| ()));
     assert!(matches!(r, Ok(Err(Error::Corruption { .. }))), "a compacted revision of i64::MAX: {r:?}");
 }
@@ -203,14 +218,9 @@ fn mvcc_open_with_compacted_rev_max() {
 /// The MVCC key bucket holds revision i64::MAX: `current + 1` overflows.
 #[test]
 fn mvcc_open_with_revision_max() {
-    let (db, _dir) = Backend::open_temp().unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("key").unwrap();
-    tx.create_bucket("meta").unwrap();
     let rev = Revision { main: i64::MAX, sub: 0 };
-    tx.put("key", rev.to_key(false), stored_kv(b"k", b"v", [i64::MAX, i64::MAX, 1, 0])).unwrap();
-    tx.commit().unwrap();
-    let db = Arc::new(db);
+    let (db, _dir) =
+        mvcc_backend_with(vec![("key", rev.to_key(false), stored_kv(b"k", b"v", [i64::MAX, i64::MAX, 1, 0]))]);
     let r = catch(|| -> logtree::Result<()> {
         let s = KvStore::open(db.clone())?;
         s.put(b"x", b"y", 0)?;
@@ -249,13 +259,8 @@ fn mvcc_failed_txn_is_not_half_applied() {
 /// The MVCC meta bucket says a compaction at i64::MAX was scheduled: open finishes it.
 #[test]
 fn mvcc_open_with_scheduled_compaction_max() {
-    let (db, _dir) = Backend::open_temp().unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("key").unwrap();
-    tx.create_bucket("meta").unwrap();
-    tx.put("meta", "scheduledCompactRev", i64::MAX.to_le_bytes()).unwrap();
-    tx.commit().unwrap();
-    let db = Arc::new(db);
+    let (db, _dir) =
+        mvcc_backend_with(vec![("meta", b"scheduledCompactRev".to_vec(), i64::MAX.to_le_bytes().to_vec())]);
     let r = catch(|| KvStore::open(db.clone()).map(|_| ()));
     assert!(matches!(r, Ok(Err(Error::Corruption { .. }))), "a scheduled compaction at i64::MAX: {r:?}");
 }
@@ -402,44 +407,19 @@ fn backend_edges() {
 }
 
 /// Segment ids run out: a database whose segment is u32::MAX - 1 rolls over to u32::MAX, then
-/// the id allocator (an AtomicU32 fetch_add, which wraps silently) hands out segment 0. The
-/// manifest then lists [.., u32::MAX, 0], which the next open refuses: every commit is lost.
+/// the id allocator (an AtomicU32 fetch_add, which wrapped silently) handed out segment 0. The
+/// manifest then listed [.., u32::MAX, 0], which the next open refused: every commit was lost.
 #[test]
 fn segment_ids_wrap_and_lose_commits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("db");
-    write_db(&dir, 1, u32::MAX - 1, &[frame(1, &create_bucket_op(1, b"b"))]);
-    let mut acked = 0;
-    let r = catch(|| -> logtree::Result<()> {
-        let mut c = Config::new(&dir);
-        quiet(&mut c);
-        c.segment_size = logtree::MIN_SEGMENT_SIZE;
-        let db = Backend::open(c)?;
-        for i in 0..6 {
-            let mut tx = db.batch_tx();
-            tx.put("b", format!("k{i}"), vec![7u8; 3000])?;
-            tx.commit()?;
-            acked += 1;
-        }
-        db.close()
-    });
-    assert!(matches!(r, Ok(Err(Error::Corruption { .. }))), "ids ran out without an error: {r:?}");
-    assert!(acked >= 1, "the roll-over to segment u32::MAX was refused: {r:?}");
-    let db = open(&dir, true).expect("a database that acknowledged commits must reopen");
-    assert_eq!(db.read_tx().bucket_len("b").unwrap(), acked);
+    let acked = commit_until_segment_ids_run_out(u32::MAX - 1, 6);
+    assert!(acked >= 1, "the roll-over to segment u32::MAX was refused");
 }
 
 /// A stored KeyValue whose version is i64::MAX: the next put of the key computes version + 1.
 #[test]
 fn mvcc_stored_version_max() {
-    let (db, _dir) = Backend::open_temp().unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("key").unwrap();
-    tx.create_bucket("meta").unwrap();
     let rev = Revision { main: 2, sub: 0 };
-    tx.put("key", rev.to_key(false), stored_kv(b"k", b"v", [2, 2, i64::MAX, 0])).unwrap();
-    tx.commit().unwrap();
-    let db = Arc::new(db);
+    let (db, _dir) = mvcc_backend_with(vec![("key", rev.to_key(false), stored_kv(b"k", b"v", [2, 2, i64::MAX, 0]))]);
     let r = catch(|| -> logtree::Result<()> {
         let s = KvStore::open(db.clone())?;
         s.put(b"k", b"w", 0)?;
@@ -451,14 +431,8 @@ fn mvcc_stored_version_max() {
 /// A stored revision with a negative sub: reading previous values computes sub - 1.
 #[test]
 fn mvcc_stored_sub_min() {
-    let (db, _dir) = Backend::open_temp().unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("key").unwrap();
-    tx.create_bucket("meta").unwrap();
     let rev = Revision { main: 2, sub: i64::MIN };
-    tx.put("key", rev.to_key(false), stored_kv(b"k", b"v", [2, 2, 1, 0])).unwrap();
-    tx.commit().unwrap();
-    let db = Arc::new(db);
+    let (db, _dir) = mvcc_backend_with(vec![("key", rev.to_key(false), stored_kv(b"k", b"v", [2, 2, 1, 0]))]);
     let r = catch(|| -> logtree::Result<()> {
         let s = KvStore::open(db.clone())?;
         let w = s.watch(b"k", b"", 1)?;
@@ -497,13 +471,8 @@ fn watch_recv_timeout_max() {
 /// nor leave the store unreadable.
 #[test]
 fn mvcc_reopen_after_interrupted_compaction_of_everything() {
-    let (db, _dir) = Backend::open_temp().unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("key").unwrap();
-    tx.create_bucket("meta").unwrap();
-    tx.put("meta", "scheduledCompactRev", 3i64.to_le_bytes()).unwrap();
-    tx.commit().unwrap();
-    let s = KvStore::open(Arc::new(db)).unwrap();
+    let (db, _dir) = mvcc_backend_with(vec![("meta", b"scheduledCompactRev".to_vec(), 3i64.to_le_bytes().to_vec())]);
+    let s = KvStore::open(db).unwrap();
     assert_eq!((s.current_revision(), s.compacted_revision()), (3, 3));
     let r = s.range(b"a", b"", RangeOptions::default());
     assert!(r.is_ok(), "range at the current revision after reopen: {r:?}");
