@@ -608,3 +608,70 @@ fn watchers_get_every_large_event() {
     assert_eq!(live.try_recv().unwrap(), None);
     assert_eq!(late.try_recv().unwrap(), None);
 }
+
+/// As etcd's `watchStream.Watch` (`ErrEmptyWatcherRange`, etcd's TestWatcherWatchWrongRange): a
+/// watch of a range that holds no key — `end` not empty, not `"\0"`, and not after `key` — is
+/// refused instead of waiting forever for events that cannot come. `"\0"` (every key ≥ `key`)
+/// and the single key (empty `end`) stay valid.
+#[test]
+fn watch_of_an_empty_range_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    for (key, end) in [(&b"foa"[..], &b"foa"[..]), (b"fob", b"foa"), (b"b", b"\0\0")] {
+        let r = s.watch(key, end, 0).map(|_| ());
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{key:?}..{end:?}: {r:?}");
+    }
+    let from_key = s.watch(b"foo", b"\0", 0).unwrap();
+    let single = s.watch(b"foo", b"", 0).unwrap();
+    s.put(b"foo", b"1", 0).unwrap();
+    assert_eq!(next(&from_key).kv.key, b"foo");
+    assert_eq!(next(&single).kv.key, b"foo");
+}
+
+/// etcd's `KeyValueHash.Revision` is the revision hashed (hash.go: `kvHasher.Hash`), not the
+/// store's current one; `rev` 0 hashes at the current revision.
+#[test]
+fn hash_by_rev_reports_the_hashed_revision() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    for i in 0..6 {
+        s.put(b"k", format!("{i}").as_bytes(), 0).unwrap(); // 2..=7
+    }
+    s.compact(3).unwrap();
+    let h = s.hash_by_rev(5).unwrap();
+    assert_eq!((h.revision, h.compact_revision), (5, 3));
+    let h = s.hash_by_rev(0).unwrap();
+    assert_eq!((h.revision, h.compact_revision), (7, 3));
+    assert_eq!(s.hash_by_rev(7).unwrap(), h, "rev 0 is the current revision");
+    let h = s.hash_by_rev(3).unwrap();
+    assert_eq!(h.revision, 3, "the compacted revision itself can be hashed");
+}
+
+/// As etcd's `storeTxnWrite.Range`: a range in a txn reports the revision it read at — the
+/// txn's start revision before the txn's first write, the txn's own revision after it.
+#[test]
+fn txn_range_reports_the_revision_it_read_at() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    s.put(b"a", b"1", 0).unwrap(); // 2
+    let all = || Op::range(b"", b"\0", RangeOptions::default());
+    let r = s.txn(&[], &[all(), Op::put(b"b", b"1", 0), all()], &[]).unwrap();
+    assert_eq!(r.revision, 3);
+    let revs: Vec<(i64, usize)> = r
+        .responses
+        .iter()
+        .filter_map(|o| match o {
+            OpResponse::Range(rr) => Some((rr.rev, rr.count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(revs, vec![(2, 1), (3, 2)]);
+    // A txn that writes nothing: every range at the current revision.
+    let r = s.txn(&[], &[all(), Op::delete_range(b"zz", b""), all()], &[]).unwrap();
+    assert_eq!(r.revision, 3);
+    for o in &r.responses {
+        if let OpResponse::Range(rr) = o {
+            assert_eq!(rr.rev, 3);
+        }
+    }
+}

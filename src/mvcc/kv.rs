@@ -119,7 +119,8 @@ pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
     /// How many keys matched.
     pub count: usize,
-    /// The store's current revision when the read was served.
+    /// The store's current revision when the read was served; for a range inside a txn, the
+    /// revision it read at (the txn's start before the txn's first write, its own after).
     pub rev: i64,
 }
 
@@ -275,7 +276,8 @@ pub struct HashKv {
     pub hash: u32,
     /// The compacted revision when hashed.
     pub compact_revision: i64,
-    /// The store's current revision when hashed.
+    /// The revision hashed: the one asked for, or the current one if 0 was (etcd's
+    /// `KeyValueHash.Revision`).
     pub revision: i64,
 }
 

@@ -408,6 +408,8 @@ impl KvStore {
                         responses.push(OpResponse::DeleteRange { deleted });
                     }
                     OpRef::Range { key, end, opts } => {
+                        // Its revision is the one it read at, as etcd's `storeTxnWrite.Range`: the
+                        // txn's start before its first write, the txn's own revision after.
                         let result = st.range(&Source::Batch(&tx), &overlay, key, end, opts, at)?;
                         responses.push(OpResponse::Range(RangeResult { rev: at, ..result }));
                     }
@@ -439,11 +441,6 @@ impl KvStore {
                 }
             }
             st.current = rev;
-        }
-        for r in responses.iter_mut() {
-            if let OpResponse::Range(rr) = r {
-                rr.rev = rev;
-            }
         }
         // The feed is taken before the write lock is released, so revisions are still
         // appended in order, but the next writer can build its transaction meanwhile.
@@ -478,7 +475,8 @@ impl KvStore {
 
     /// etcd's HashKV: a CRC32 over the `key` bucket's entries (revision key, then stored value)
     /// with main revision ≤ `rev` (0: current). Stores with the same history and compactions
-    /// hash alike.
+    /// hash alike. [`HashKv::revision`] is the revision hashed (`rev`, or the current one for
+    /// 0), as etcd's `KeyValueHash.Revision`.
     pub fn hash_by_rev(&self, rev: i64) -> Result<HashKv> {
         let _c = lock(&self.inner.compaction);
         let st = self.inner.read_state();
@@ -492,7 +490,7 @@ impl KvStore {
             h.update(k);
             h.update(v);
         }
-        Ok(HashKv { hash: h.finalize(), compact_revision: st.compacted, revision: st.current })
+        Ok(HashKv { hash: h.finalize(), compact_revision: st.compacted, revision: rev })
     }
 
     /// The revision of the last write (1 for a new store).
@@ -507,7 +505,11 @@ impl KvStore {
 
     /// Watches `[key, end)` (range conventions as [`range`](Self::range)): events from
     /// `start_rev` (0: from the next write) in revision order, with previous values. History
-    /// from a compacted revision (`start_rev` ≤ the compacted revision) is `Error::Compacted`.
+    /// from a compacted revision (`start_rev` ≤ the compacted revision) is `Error::Compacted`
+    /// (etcd accepts `start_rev` equal to it, but there compaction keeps a deletion at that
+    /// revision; here it does not, so the history from it would miss that delete event). A
+    /// range that holds no key (`end` not empty, not `"\0"`, and ≤ `key`) is
+    /// `Error::InvalidArgument`, as etcd's `ErrEmptyWatcherRange`.
     /// The same as [`watch_with`](Self::watch_with) with `prev_kv: true`.
     pub fn watch(&self, key: &[u8], end: &[u8], start_rev: i64) -> Result<Watcher> {
         self.watch_with(key, end, WatchOptions { start_rev, prev_kv: true })
@@ -536,6 +538,13 @@ impl KvStore {
             // Its history would be read from a key range that begins after it ends, so the
             // watch would silently skip every revision before it started.
             return Err(Error::InvalidArgument(format!("watch start revision {start_rev} is negative")));
+        }
+        if !end.is_empty() && end != [0] && key >= end {
+            // A range that holds no key: the watch could never deliver anything (etcd refuses
+            // it too, `ErrEmptyWatcherRange`).
+            return Err(Error::InvalidArgument(format!(
+                "watch range is empty: its end {end:?} is not after its key {key:?}"
+            )));
         }
         // Serialized with writes: a write decides at its start whether anyone watches (and so
         // whether to read previous values for the events).
