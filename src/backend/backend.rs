@@ -225,7 +225,7 @@ impl Backend {
     pub fn stats(&self) -> Stats {
         let view = self.current_view();
         let (written_seq, durable_seq) = match &self.durability {
-            Some(d) => (d.written_seq(), d.durable_seq()),
+            Some(d) => d.seqs(),
             None => (view.seq, view.seq),
         };
         Stats {

@@ -140,12 +140,11 @@ impl Durability {
         st.written_ops - st.durable_ops >= self.batch_limit
     }
 
-    pub fn written_seq(&self) -> u64 {
-        self.lock().written_seq
-    }
-
-    pub fn durable_seq(&self) -> u64 {
-        self.lock().durable_seq
+    /// `(written_seq, durable_seq)`, read together: read one after the other, a commit made
+    /// durable in between showed a durable transaction that was not yet written.
+    pub fn seqs(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.written_seq, st.durable_seq)
     }
 
     /// A defrag replaced the log: every transaction up to `seq` is durable in the new log,

@@ -268,7 +268,8 @@ impl KvStore {
 
     /// Reads the single key `key` at the current revision and lends it to `f` straight from the
     /// log, without copying key or value: the cheapest read, for a caller that only looks at
-    /// the value or copies part of it. `f` gets `None` if the key does not exist.
+    /// the value or copies part of it. `f` gets `None` if the key does not exist. `f` runs with
+    /// none of the store's locks held, so it may read or write the store.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -287,6 +288,10 @@ impl KvStore {
             Some((ki, found)) => Some(Source::Read(&rtx).kv_ref_hinted(found.modified, ki.value_of(&found))?),
             None => None,
         };
+        // The record is lent from `rtx`, not from the index: release the index before calling
+        // `f`, which may use the store. Held, a read in `f` behind a waiting writer (the lock
+        // lets no new reader past one), or a write in `f`, deadlocked every thread of the store.
+        drop(st);
         Ok(f(kv))
     }
 
@@ -461,6 +466,11 @@ impl KvStore {
     /// (none if that is a deletion); reads below `rev` then fail with `Error::Compacted`. The
     /// revisions are removed in batches so the writer never waits long.
     pub fn compact(&self, rev: i64) -> Result<()> {
+        // Checked under the compaction lock: a compaction to a lower revision that passed its
+        // check while a higher one ran would otherwise run after it and record the lower
+        // revision as finished, and a reopened store would serve reads between the two from
+        // history already removed.
+        let _c = lock(&self.inner.compaction);
         {
             let st = self.inner.read_state();
             if rev <= st.compacted {
@@ -470,7 +480,7 @@ impl KvStore {
                 return Err(Error::FutureRev { requested: rev, current: st.current });
             }
         }
-        self.inner.compact_now(rev)
+        self.inner.compact_locked(rev)
     }
 
     /// etcd's HashKV: a CRC32 over the `key` bucket's entries (revision key, then stored value)
@@ -483,6 +493,13 @@ impl KvStore {
         let rev = if rev == 0 { st.current } else { rev };
         st.check_rev(rev)?;
         let rtx = self.inner.backend.read_tx();
+        let compacted = st.compacted;
+        // The snapshot holds every revision up to the current one, later writes only add revisions
+        // above it, and the compaction lock keeps compactions from removing any: the scan needs
+        // the index no longer. Held across the scan, it made the next writer wait for the whole
+        // scan, and every reader wait behind that writer (the lock lets no new reader past a
+        // waiting writer).
+        drop(st);
         let mut h = crc32fast::Hasher::new();
         let end = Revision { main: rev + 1, sub: 0 }.to_key(false);
         for entry in rtx.scan(KEY_BUCKET, [], Some(&end))? {
@@ -490,7 +507,7 @@ impl KvStore {
             h.update(k);
             h.update(v);
         }
-        Ok(HashKv { hash: h.finalize(), compact_revision: st.compacted, revision: rev })
+        Ok(HashKv { hash: h.finalize(), compact_revision: compacted, revision: rev })
     }
 
     /// The revision of the last write (1 for a new store).
@@ -794,6 +811,11 @@ impl Inner {
     /// if a crash interrupted it.
     fn compact_now(&self, rev: i64) -> Result<()> {
         let _c = lock(&self.compaction);
+        self.compact_locked(rev)
+    }
+
+    /// [`compact_now`](Self::compact_now) with the compaction lock held by the caller.
+    fn compact_locked(&self, rev: i64) -> Result<()> {
         let mut keep: HashSet<Revision> = HashSet::new();
         {
             // Under the write lock: a txn in flight works on copies of index entries, which
