@@ -87,9 +87,15 @@ fn check_all(store: &KvStore, model: &Model, rev: i64) -> Result<(), TestCaseErr
     }
     let r = r.map_err(|e| TestCaseError::fail(format!("range at {rev}: {e}")))?;
     let want: Vec<KeyValue> = model.states[rev as usize].values().cloned().collect();
-    prop_assert_eq!(r.count, want.len());
+    let want_count = want.len();
+    prop_assert_eq!(r.count, want_count);
     prop_assert_eq!(r.kvs, want, "at revision {}", rev);
     prop_assert_eq!(r.rev, model.current());
+    // A count of every key (at the current revision the index's own count of live keys).
+    let counted = store.range(b"", b"\0", RangeOptions { rev, count_only: true, ..Default::default() });
+    let counted = counted.map_err(|e| TestCaseError::fail(format!("count at {rev}: {e}")))?;
+    prop_assert_eq!(counted.count, want_count, "count at revision {}", rev);
+    prop_assert!(counted.kvs.is_empty());
     Ok(())
 }
 
