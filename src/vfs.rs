@@ -33,7 +33,18 @@ pub enum OpenMode {
 }
 
 /// A file opened through a [`Vfs`].
-pub trait VfsFile: Send + Sync + fmt::Debug {
+///
+/// # Safety
+///
+/// The engine reads segments through memory maps of [`as_file`](Self::as_file) and, after
+/// `allocate` returns `Ok(true)`, writes through a writable map of it; touching a mapped page
+/// beyond the real file's end raises SIGBUS, and a mapped byte that changes while a reader
+/// borrows it is undefined behaviour. An implementation must therefore guarantee that
+/// `as_file` is the file `write_all_at` and `set_len` change; that `size` is never more than
+/// its real length; that `Ok(true)` from `allocate` means the real file now covers
+/// `offset..offset + len` on reserved blocks; and that nothing but these calls shrinks the file
+/// or changes bytes the engine has written.
+pub unsafe trait VfsFile: Send + Sync + fmt::Debug {
     /// Writes all of `buf` at `offset` (pwrite), extending the file if needed.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes the file's data durable (fdatasync).
@@ -80,7 +91,9 @@ pub struct StdVfs;
 #[derive(Debug)]
 pub struct StdFile(File);
 
-impl VfsFile for StdFile {
+// SAFETY: every method acts on the one `File` that `as_file` returns, `size` is its real
+// length, and `allocate` is `fallocate` with mode 0, which extends the file over reserved blocks.
+unsafe impl VfsFile for StdFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         FileExt::write_all_at(&self.0, buf, offset)
     }

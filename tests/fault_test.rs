@@ -296,7 +296,10 @@ impl FaultFile {
     }
 }
 
-impl VfsFile for FaultFile {
+// SAFETY: writes and length changes go to `self.file`, which `as_file` returns and `size`
+// measures; `allocate` keeps the default (declines). The power cut rewrites files only when
+// no backend uses the directory.
+unsafe impl VfsFile for FaultFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut st = self.vfs.lock();
         let name = self.name(&st);
@@ -1219,7 +1222,8 @@ struct FullDiskFile {
     full: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl VfsFile for FullDiskFile {
+// SAFETY: delegates every call to a `StdFile`, whose contract it inherits.
+unsafe impl VfsFile for FullDiskFile {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.inner.write_all_at(buf, offset)
     }

@@ -502,7 +502,7 @@ fn mvcc_compaction_of_everything_real() {
 
 /// A FIFO where the manifest, a segment or the lock file should be: a read-only open must
 /// report it, not block until something writes into the FIFO.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[test]
 fn fifo_in_database_directory() {
     for victim in ["MANIFEST", "seg-0000000001.log", "LOCK"] {
@@ -528,8 +528,111 @@ fn fifo_in_database_directory() {
     }
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 unsafe extern "C" {
     #[link_name = "mkfifo"]
     fn libc_mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+}
+
+/// A `Vfs` that breaks `VfsFile`'s safety contract, in the two ways a soundness review killed
+/// the process with (SIGBUS) when the trait was still safe to implement: files that claim, from
+/// `allocate`, blocks they never reserved (the writer then stored through its writable map past
+/// the file's end), and segments whose `as_file` is another, empty file (the read map then
+/// covered nothing). The engine checks both claims against the real file: the first falls back
+/// to writes (every put reads back, before and after a reopen), the second is corruption.
+#[test]
+fn a_vfs_that_breaks_its_contract_cannot_crash_the_engine() {
+    use logtree::vfs::{OpenMode, StdVfs, Vfs, VfsFile};
+    use std::path::PathBuf;
+
+    #[derive(Debug)]
+    struct Lying {
+        file: Box<dyn VfsFile>,
+        other: Option<std::fs::File>,
+    }
+    // SAFETY: deliberately broken — `allocate` claims what it did not do, and `as_file` may be
+    // another file — to test that the engine verifies the claims.
+    unsafe impl VfsFile for Lying {
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.file.write_all_at(buf, offset)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.file.set_len(len)
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            self.file.size()
+        }
+        fn as_file(&self) -> &std::fs::File {
+            self.other.as_ref().unwrap_or_else(|| self.file.as_file())
+        }
+        fn allocate(&self, _offset: u64, _len: u64) -> std::io::Result<bool> {
+            Ok(true)
+        }
+    }
+    /// Segments' `as_file` is the file at `other` when set.
+    #[derive(Debug)]
+    struct LyingVfs {
+        other: Option<PathBuf>,
+    }
+    impl Vfs for LyingVfs {
+        fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Box<dyn VfsFile>> {
+            let is_segment = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seg-"));
+            let other = match &self.other {
+                Some(o) if is_segment => Some(std::fs::File::open(o)?),
+                _ => None,
+            };
+            Ok(Box::new(Lying { file: StdVfs.open(path, mode)?, other }))
+        }
+        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            StdVfs.create_dir_all(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            StdVfs.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            StdVfs.remove_file(path)
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            StdVfs.sync_dir(path)
+        }
+        fn read_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+            StdVfs.read_dir(path)
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let config = |other: Option<PathBuf>, read_only: bool| {
+        let mut c = Config::new(&dir);
+        quiet(&mut c);
+        c.read_only = read_only;
+        c.vfs = Arc::new(LyingVfs { other });
+        c
+    };
+    let db = Backend::open(config(None, false)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.commit().unwrap();
+    for i in 0..64u32 {
+        let mut tx = db.batch_tx();
+        tx.put("b", i.to_be_bytes(), vec![i as u8; 1024]).unwrap();
+        tx.commit().unwrap();
+    }
+    let check = |db: &Backend| {
+        let r = db.read_tx();
+        for i in 0..64u32 {
+            assert_eq!(r.get("b", i.to_be_bytes()).unwrap(), Some(vec![i as u8; 1024]), "key {i}");
+        }
+    };
+    check(&db);
+    db.close().unwrap();
+    check(&Backend::open(config(None, true)).unwrap());
+
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let r = Backend::open(config(Some(empty), true)).map(|_| ());
+    assert!(matches!(r, Err(Error::Corruption { .. })), "{r:?}");
 }

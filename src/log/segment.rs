@@ -139,6 +139,11 @@ impl Segment {
         let mode = if read_only { OpenMode::Read } else { OpenMode::ReadWrite };
         let file = vfs.open(&path, mode).map_err(|e| Error::io("open segment", Some(path.clone()), e))?;
         let len = file.size().map_err(|e| Error::io("stat segment", Some(path.clone()), e))?;
+        // The map is of `as_file`: never let `len` (what readers may touch) exceed its length.
+        let real = file.as_file().metadata().map_err(|e| Error::io("stat segment", Some(path.clone()), e))?.len();
+        if len > real {
+            return Err(Error::corruption(&path, real, format!("the Vfs reports {len} bytes, the file has {real}")));
+        }
         if len < SEGMENT_HEADER_LEN {
             return Err(Error::corruption(&path, 0, format!("segment is {len} bytes, shorter than its header")));
         }
@@ -227,11 +232,13 @@ impl Segment {
             let to = end.next_multiple_of(RESERVE_STEP).min(self.capacity()).max(end);
             let at = appends.reserved;
             match self.file.allocate(at, to - at) {
-                Ok(true) => {
+                // Trust, but verify once per reservation: a store past the mapped file's end
+                // would raise SIGBUS.
+                Ok(true) if self.file.as_file().metadata().is_ok_and(|m| m.len() >= to) => {
                     appends.reserved = to;
                     appends.trim = true;
                 }
-                Ok(false) => {
+                Ok(_) => {
                     appends.mapped = false;
                     return Ok(false);
                 }
@@ -327,7 +334,9 @@ fn map_file(file: &dyn VfsFile, len: u64, path: &Path) -> Result<Mmap> {
     // appends beyond the segment's `len` (readers are checked against `len`, so they never see
     // a byte while it changes), or by truncation of a torn tail at open, before any reader
     // exists. Another process cannot write the files: the directory's lock is exclusive for
-    // writers. Bytes beyond the end of the file are never touched (see `bytes`), so no SIGBUS.
+    // writers. Bytes beyond the end of the file are never touched (see `bytes`), so no SIGBUS:
+    // `len` never exceeds the real file's length (checked at open; `VfsFile`'s safety contract
+    // makes `as_file` the file that appends and truncations change).
     unsafe { MmapOptions::new().len(len).map(file.as_file()) }
         .map_err(|e| Error::io("memory-map segment", Some(path.to_path_buf()), e))
 }

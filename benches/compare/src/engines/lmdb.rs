@@ -19,6 +19,10 @@ pub struct Lmdb {
 }
 
 fn open_env(dir: &Path) -> (Env, Database<Bytes, Bytes>) {
+    // SAFETY: heed requires that one directory be opened by one `Env` at a time in a process,
+    // and that the files not be changed by others while it is open. This process opens each
+    // directory once, and `compact` closes the old `Env` (`prepare_for_closing().wait()`)
+    // before it renames the compacted copy over `data.mdb` and opens it again.
     let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).open(dir) }.expect("open lmdb");
     let mut tx = env.write_txn().unwrap();
     let db = env.create_database(&mut tx, None).unwrap();
