@@ -143,6 +143,10 @@ struct Inner {
     hub: Arc<watch::Hub>,
     /// Asks the notifier thread to wake waiting watchers.
     wake: Sender<()>,
+    /// In a read-only store, a compaction that a crash interrupted (it cannot be finished):
+    /// its revision and the revisions at or below it that it keeps. `hash_by_rev` skips the
+    /// others, so that the hash is that of the compaction done.
+    unfinished: Option<(i64, HashSet<Revision>)>,
 }
 
 /// etcd's MVCC key-value store, embedded. `Send + Sync`; share it by reference or `Arc`.
@@ -221,6 +225,19 @@ impl KvStore {
             last = last.max(rev.main);
         }
         drop(rtx);
+        // A compaction that a crash interrupted has removed some of its revisions (the lowest
+        // ones) and not others. A read-only store cannot finish it, so it shows it as done: the
+        // index compacted in memory, reads below it `Compacted`, and the hash skipping what the
+        // compaction would remove. Otherwise reads below it would see history with revisions
+        // missing (keys absent at revisions where they existed), a state the store never had.
+        let mut compacted = finished;
+        let mut unfinished = None;
+        if scheduled > finished && read_only {
+            let mut keep = HashSet::new();
+            index.retain(|_, ki| ki.compact(scheduled, &mut keep));
+            compacted = scheduled;
+            unfinished = Some((scheduled, keep));
+        }
         // A compaction scheduled but not finished (a crash) may already have removed the latest
         // revisions (a compaction at a tombstone keeps nothing of it), so the current revision
         // is at least the scheduled one, as in etcd's restore; otherwise it would go backwards
@@ -231,7 +248,8 @@ impl KvStore {
             backend,
             write: Mutex::new(()),
             compaction: Mutex::new(()),
-            state: RwLock::new(State { index, current, compacted: finished }),
+            state: RwLock::new(State { index, current, compacted }),
+            unfinished,
             hub: Arc::new(watch::Hub::new(current + 1)),
             wake: wake_tx,
         });
@@ -505,6 +523,12 @@ impl KvStore {
         let end = Revision { main: rev + 1, sub: 0 }.to_key(false);
         for entry in rtx.scan(KEY_BUCKET, [], Some(&end))? {
             let (k, v) = entry?;
+            if let Some((at, keep)) = &self.inner.unfinished {
+                let (r, _) = Revision::from_key(k)?;
+                if r.main <= *at && !keep.contains(&r) {
+                    continue; // left by the interrupted compaction (read-only store)
+                }
+            }
             h.update(k);
             h.update(v);
         }
