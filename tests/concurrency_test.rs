@@ -17,6 +17,18 @@ use logtree::{Backend, Config, Error};
 mod common;
 use common::Rng;
 
+/// Every pair of `bucket`, read from a new `ReadTx`.
+fn pairs_of(db: &Backend, bucket: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut pairs = BTreeMap::new();
+    db.read_tx()
+        .for_each(bucket, |k, v| {
+            pairs.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    pairs
+}
+
 /// Runs `f` on its own thread and waits at most `secs` for it: a deadlock or a hang fails the
 /// test with `what` instead of stalling it. A panic in `f` is passed on.
 fn watchdog<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -351,15 +363,7 @@ fn backend_writer_defrags_readers_snapshots_at_once() {
             });
         });
         let model = model.into_inner().unwrap();
-        let r = db.read_tx();
-        let mut got = BTreeMap::new();
-        r.for_each("b", |k, v| {
-            got.insert(k.to_vec(), v.to_vec());
-            Ok(())
-        })
-        .unwrap();
-        drop(r);
-        assert!(got == model, "content differs from the writer's model before close");
+        assert!(pairs_of(&db, "b") == model, "content differs from the writer's model before close");
         assert!(defrags.load(Ordering::Relaxed) > 0 && snapshots.load(Ordering::Relaxed) > 0);
         eprintln!(
             "defrags {} snapshots {} keys {}",
@@ -371,15 +375,7 @@ fn backend_writer_defrags_readers_snapshots_at_once() {
         model
     });
     let db = Backend::open(config(&path)).unwrap();
-    let r = db.read_tx();
-    let mut got = BTreeMap::new();
-    r.for_each("b", |k, v| {
-        got.insert(k.to_vec(), v.to_vec());
-        Ok(())
-    })
-    .unwrap();
-    assert!(got == model, "content differs from the writer's model after reopen");
-    drop(r);
+    assert!(pairs_of(&db, "b") == model, "content differs from the writer's model after reopen");
     let segs = db.stats().segments;
     drop(db);
     assert_eq!(segment_files(&path).len(), segs, "files left behind: {:?}", segment_files(&path));
