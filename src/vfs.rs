@@ -13,7 +13,10 @@
 //! implementation must therefore keep the real files' bytes equal to what it reports. Nor do
 //! appends to a segment whose space [`VfsFile::allocate`] reserved: those are copied into a
 //! writable map of the file (no system call per transaction). An implementation that must see
-//! every byte written keeps the default `allocate`, which declines.
+//! every byte written keeps the default `allocate`, which declines. Because those maps make a
+//! lying implementation able to crash the process (a store past a file's end is SIGBUS),
+//! [`VfsFile`] is an `unsafe trait`: its `# Safety` section lists what an implementation
+//! promises, and the engine also checks what it cheaply can (DESIGN.md §2.3).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
