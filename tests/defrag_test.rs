@@ -299,3 +299,63 @@ fn defrag_refusals() {
     let db = Backend::open(ro).unwrap();
     assert!(matches!(db.defrag(), Err(Error::ReadOnly)));
 }
+
+/// Defrags while a writer deletes and re-creates buckets (so ids move) and rolls some
+/// transactions back: content, hash and size_in_use survive reopen, another defrag and restore.
+#[test]
+fn defrag_with_bucket_churn_keeps_content_hash_and_size_in_use() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("db");
+    let db = Arc::new(Backend::open(config(&p)).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = {
+        let db = db.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            let names = ["a", "b", "c", "d"];
+            while !stop.load(Ordering::Relaxed) || i < 200 {
+                let mut tx = db.batch_tx();
+                let n = names[(i % 4) as usize];
+                tx.delete_bucket(n).unwrap();
+                let m = names[((i * 7 + 1) % 4) as usize];
+                tx.delete_bucket(m).unwrap();
+                tx.create_bucket(m).unwrap();
+                tx.create_bucket(n).unwrap();
+                for j in 0..30u64 {
+                    tx.put(n, j.to_be_bytes(), (i + j).to_be_bytes()).unwrap();
+                    tx.put(m, j.to_be_bytes(), vec![(i % 251) as u8; 40]).unwrap();
+                }
+                if i.is_multiple_of(5) {
+                    tx.rollback();
+                } else {
+                    drop(tx);
+                }
+                i += 1;
+            }
+        })
+    };
+    for _ in 0..30 {
+        db.defrag().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    let h = db.hash(&[]).unwrap();
+    let content = dump(&db);
+    let mut img = Vec::new();
+    db.snapshot().unwrap().write_to(&mut img).unwrap();
+    let piu = db.size_in_use();
+    let db = Arc::try_unwrap(db).unwrap();
+    db.close().unwrap();
+    let db = Backend::open(config(&p)).unwrap();
+    assert_eq!(dump(&db), content);
+    assert_eq!(db.hash(&[]).unwrap(), h);
+    assert_eq!(db.size_in_use(), piu);
+    db.defrag().unwrap();
+    assert_eq!(db.hash(&[]).unwrap(), h);
+    let t = d.path().join("r");
+    logtree::restore(&mut img.as_slice(), &t).unwrap();
+    let r = Backend::open(config(&t)).unwrap();
+    assert_eq!(dump(&r), content);
+    assert_eq!(r.size_in_use(), piu);
+}

@@ -1,6 +1,8 @@
 //! Snapshots (write_to, restore, inspect) and the content hash.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use logtree::{Backend, Config, Error};
 
@@ -227,4 +229,264 @@ fn restore_indexes_large_buckets_and_long_keys() {
     assert_eq!(dump(&copy), dump(&db));
     assert_eq!(copy.hash(&[]).unwrap(), db.hash(&[]).unwrap());
     assert_eq!(copy.size_in_use(), db.size_in_use());
+}
+
+/// Same content by different histories (deletes and re-puts, buckets deleted and re-created
+/// with other ids, many segments), then defrag, restore, reopen: equal content, hash, size_in_use.
+#[test]
+fn hash_and_size_in_use_equal_across_histories_defrag_restore_and_segments() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let a = Backend::open(config(d1.path())).unwrap();
+    let b = Backend::open(config(&d2.path().join("b"))).unwrap();
+    let mut tx = a.batch_tx();
+    tx.create_bucket("x").unwrap();
+    tx.create_bucket("y").unwrap();
+    for i in 0..2000u32 {
+        tx.put("x", i.to_be_bytes(), vec![i as u8; 50]).unwrap();
+    }
+    tx.put("y", "k", "v").unwrap();
+    drop(tx);
+    // b: many segments, bucket delete & re-create, deletes then re-puts
+    for round in 0..3 {
+        let mut tx = b.batch_tx();
+        tx.create_bucket("y").unwrap();
+        tx.create_bucket("x").unwrap();
+        tx.create_bucket("z").unwrap();
+        for i in 0..2000u32 {
+            tx.put("x", i.to_be_bytes(), vec![round as u8; 70]).unwrap();
+        }
+        drop(tx);
+        let mut tx = b.batch_tx();
+        tx.delete_bucket("x").unwrap();
+        tx.delete_bucket("z").unwrap();
+        tx.delete_bucket("y").unwrap();
+        drop(tx);
+    }
+    let mut tx = b.batch_tx();
+    tx.create_bucket("x").unwrap();
+    for i in 0..2000u32 {
+        tx.put("x", i.to_be_bytes(), b"tmp").unwrap();
+        tx.delete("x", i.to_be_bytes()).unwrap();
+    }
+    drop(tx);
+    let mut tx = b.batch_tx();
+    for i in (0..2000u32).rev() {
+        tx.put("x", i.to_be_bytes(), vec![i as u8; 50]).unwrap();
+    }
+    tx.create_bucket("y").unwrap();
+    tx.put("y", "k", "v").unwrap();
+    drop(tx);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(a.hash(&[]).unwrap(), b.hash(&[]).unwrap());
+    assert_eq!(a.size_in_use(), b.size_in_use());
+    assert_eq!(a.stats().keys, b.stats().keys);
+    let h = a.hash(&[]).unwrap();
+    let piu = b.size_in_use();
+    let st = b.defrag().unwrap();
+    assert_eq!(b.hash(&[]).unwrap(), h);
+    assert_eq!(st.size_in_use, piu);
+    assert_eq!(b.size_in_use(), piu);
+    let snap = b.snapshot().unwrap();
+    let mut img = Vec::new();
+    assert_eq!(snap.write_to(&mut img).unwrap(), snap.size());
+    assert_eq!(img.len() as u64, snap.size());
+    let t = d2.path().join("r");
+    logtree::restore(&mut img.as_slice(), &t).unwrap();
+    let r = Backend::open(config(&t)).unwrap();
+    assert_eq!(r.hash(&[]).unwrap(), h);
+    assert_eq!(r.size_in_use(), piu);
+    assert_eq!(dump(&r), dump(&a));
+    r.close().unwrap();
+    b.close().unwrap();
+    let b = Backend::open(config(&d2.path().join("b"))).unwrap();
+    assert_eq!(b.hash(&[]).unwrap(), h);
+    assert_eq!(b.size_in_use(), piu);
+}
+
+/// Keys and bucket names at MAX_KEY_LEN, an empty bucket: size() == bytes written; a writer that
+/// fails midway is an Io error and the snapshot stays usable; a target locked by an open Backend
+/// is NotEmpty; bad targets are errors, not panics.
+#[test]
+fn snapshot_at_size_limits_failing_writer_and_locked_target() {
+    let d = tempfile::tempdir().unwrap();
+    let db = Backend::open(config(&d.path().join("s"))).unwrap();
+    let mut tx = db.batch_tx();
+    let big = vec![b'n'; logtree::MAX_KEY_LEN];
+    tx.create_bucket(&big).unwrap();
+    tx.create_bucket("empty").unwrap();
+    tx.put(&big, &big, vec![7u8; 1 << 20]).unwrap();
+    tx.put(&big, "a", "").unwrap();
+    assert!(tx.create_bucket(vec![b'n'; logtree::MAX_KEY_LEN + 1]).is_err());
+    assert!(tx.create_bucket("").is_err());
+    drop(tx);
+    let snap = db.snapshot().unwrap();
+    let mut img = Vec::new();
+    assert_eq!(snap.write_to(&mut img).unwrap(), snap.size());
+    assert_eq!(img.len() as u64, snap.size());
+    let info = logtree::inspect_snapshot(&mut img.as_slice()).unwrap();
+    assert_eq!(info.size, snap.size());
+    assert_eq!(info.buckets, 2);
+    struct Fail(usize);
+    impl Write for Fail {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("boom"));
+            }
+            let n = b.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    for lim in [0usize, 10, 40, 1 << 20, (1 << 20) + 1000] {
+        let r = snap.write_to(&mut Fail(lim));
+        assert!(matches!(r, Err(Error::Io { .. })), "{lim}: {r:?}");
+    }
+    struct Zero;
+    impl Write for Zero {
+        fn write(&mut self, _b: &[u8]) -> std::io::Result<usize> {
+            Ok(0)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    assert!(snap.write_to(&mut Zero).is_err());
+    let mut img2 = Vec::new();
+    snap.write_to(&mut img2).unwrap();
+    assert_eq!(img, img2);
+    // restore onto a dir locked by another open Backend
+    let other = d.path().join("other");
+    let o = Backend::open(config(&other)).unwrap();
+    let r = logtree::restore(&mut img.as_slice(), &other);
+    assert!(matches!(r, Err(Error::NotEmpty { .. })));
+    drop(o);
+    let t = d.path().join("t");
+    logtree::restore(&mut img.as_slice(), &t).unwrap();
+    let c = Backend::open(config(&t)).unwrap();
+    assert_eq!(dump(&c), dump(&db));
+    assert_eq!(c.size_in_use(), db.size_in_use());
+    // restore onto a file path, under a file: errors, no panic
+    let f = d.path().join("file");
+    std::fs::write(&f, b"x").unwrap();
+    assert!(matches!(logtree::restore(&mut img.as_slice(), &f), Err(Error::Io { .. })));
+    assert!(matches!(logtree::restore(&mut img.as_slice(), &f.join("sub")), Err(Error::Io { .. })));
+    // hash ignores
+    let h_all = db.hash(&[]).unwrap();
+    let h_ign = db.hash(&[(&big[..], b"a")]).unwrap();
+    assert_ne!(h_all, h_ign);
+    assert_eq!(db.hash(&[(b"nope", b"a")]).unwrap(), h_all, "an ignore of an absent bucket changes nothing");
+}
+
+/// Images taken while a writer commits 52-key transactions (and defrags run) hold each
+/// transaction whole or not at all.
+#[test]
+fn snapshot_during_writes_and_defrag_is_one_transaction_consistent() {
+    let d = tempfile::tempdir().unwrap();
+    let db = Arc::new(Backend::open(config(d.path())).unwrap());
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    drop(tx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = {
+        let db = db.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = db.batch_tx();
+                tx.put("b", "x", i.to_be_bytes()).unwrap();
+                for j in 0..50u32 {
+                    tx.put("b", format!("f{j}"), i.to_be_bytes()).unwrap();
+                }
+                tx.put("b", "y", i.to_be_bytes()).unwrap();
+                drop(tx);
+                i += 1;
+            }
+        })
+    };
+    for n in 0..60 {
+        let snap = db.snapshot().unwrap();
+        let mut img = Vec::new();
+        snap.write_to(&mut img).unwrap();
+        if n % 10 == 0 {
+            let _ = db.defrag().unwrap();
+        }
+        let t = d.path().join(format!("r{n}"));
+        logtree::restore(&mut img.as_slice(), &t).unwrap();
+        let c = Backend::open(config(&t)).unwrap();
+        let r = c.read_tx();
+        let x = r.get("b", "x").unwrap();
+        let y = r.get("b", "y").unwrap();
+        assert_eq!(x, y, "snapshot {n} torn");
+        for j in 0..50u32 {
+            assert_eq!(r.get("b", format!("f{j}")).unwrap(), x);
+        }
+        drop(r);
+        c.close().unwrap();
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+}
+
+fn disk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "LOCK")
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// size() equals the files' bytes (LOCK excluded) after deletes, defrag and restore; size_in_use is
+/// kept by defrag and restore.
+#[test]
+fn size_matches_files_after_deletes_defrag_and_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("db");
+    let db = Backend::open(config(&p)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.create_bucket("e").unwrap();
+    for i in 0..3000u32 {
+        tx.put("b", i.to_be_bytes(), vec![1u8; 100]).unwrap();
+    }
+    drop(tx);
+    let mut tx = db.batch_tx();
+    for i in 0..3000u32 {
+        if i % 2 == 0 {
+            tx.delete("b", i.to_be_bytes()).unwrap();
+        }
+    }
+    drop(tx);
+    db.force_commit().unwrap();
+    let snap = db.snapshot().unwrap();
+    let st = db.defrag().unwrap();
+    assert_eq!(st.size_after, db.size());
+    assert_eq!(st.size_in_use, db.size_in_use());
+    let mut img = Vec::new();
+    snap.write_to(&mut img).unwrap();
+    drop(snap);
+    assert_eq!(db.size(), disk(&p));
+    let t = d.path().join("r");
+    logtree::restore(&mut img.as_slice(), &t).unwrap();
+    let r = Backend::open(config(&t)).unwrap();
+    assert_eq!(r.size(), disk(&t));
+    assert_eq!(r.size_in_use(), db.size_in_use());
+    assert_eq!(r.stats().keys, 1500);
+    assert_eq!(r.stats().buckets, 2);
+    db.close().unwrap();
+    let mut c = config(&p);
+    c.read_only = true;
+    let ro = Backend::open(c).unwrap();
+    assert_eq!(ro.size(), disk(&p));
+    assert!(matches!(ro.defrag(), Err(Error::ReadOnly)));
+    let s = ro.snapshot().unwrap();
+    let mut img2 = Vec::new();
+    s.write_to(&mut img2).unwrap();
+    assert_eq!(logtree::inspect_snapshot(&mut img2.as_slice()).unwrap().hash, ro.hash(&[]).unwrap());
 }
