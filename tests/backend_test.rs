@@ -531,14 +531,6 @@ fn size_accounting() {
         }
         total
     };
-    let files = |dir: &std::path::Path| -> u64 {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .filter(|e| e.file_name() != "LOCK")
-            .map(|e| e.metadata().unwrap().len())
-            .sum()
-    };
     let mut tx = db.batch_tx();
     tx.create_bucket("a").unwrap();
     tx.create_bucket("bb").unwrap();
@@ -566,13 +558,13 @@ fn size_accounting() {
     drop(tx);
     assert_eq!(db.size_in_use(), recount(&db));
     assert!(db.size() >= db.size_in_use());
-    assert_eq!(db.size(), files(dir.path()), "size() is what the files take");
+    assert_eq!(db.size(), common::bytes_on_disk(dir.path()), "size() is what the files take");
     let in_use = db.size_in_use();
     db.close().unwrap();
     let db = Backend::open(c).unwrap();
     assert_eq!(db.size_in_use(), in_use, "exact after reopen");
     assert_eq!(db.size_in_use(), recount(&db));
-    assert_eq!(db.size(), files(dir.path()));
+    assert_eq!(db.size(), common::bytes_on_disk(dir.path()));
 }
 
 /// Many small transactions from several threads, then reopen: everything is there, and the

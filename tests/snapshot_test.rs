@@ -433,15 +433,6 @@ fn snapshot_during_writes_and_defrag_is_one_transaction_consistent() {
     w.join().unwrap();
 }
 
-fn disk(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_name() != "LOCK")
-        .map(|e| e.metadata().unwrap().len())
-        .sum()
-}
-
 /// size() equals the files' bytes (LOCK excluded) after deletes, defrag and restore; size_in_use is
 /// kept by defrag and restore.
 #[test]
@@ -471,11 +462,11 @@ fn size_matches_files_after_deletes_defrag_and_restore() {
     let mut img = Vec::new();
     snap.write_to(&mut img).unwrap();
     drop(snap);
-    assert_eq!(db.size(), disk(&p));
+    assert_eq!(db.size(), common::bytes_on_disk(&p));
     let t = d.path().join("r");
     logtree::restore(&mut img.as_slice(), &t).unwrap();
     let r = Backend::open(config(&t)).unwrap();
-    assert_eq!(r.size(), disk(&t));
+    assert_eq!(r.size(), common::bytes_on_disk(&t));
     assert_eq!(r.size_in_use(), db.size_in_use());
     assert_eq!(r.stats().keys, 1500);
     assert_eq!(r.stats().buckets, 2);
@@ -483,7 +474,7 @@ fn size_matches_files_after_deletes_defrag_and_restore() {
     let mut c = config(&p);
     c.read_only = true;
     let ro = Backend::open(c).unwrap();
-    assert_eq!(ro.size(), disk(&p));
+    assert_eq!(ro.size(), common::bytes_on_disk(&p));
     assert!(matches!(ro.defrag(), Err(Error::ReadOnly)));
     let s = ro.snapshot().unwrap();
     let mut img2 = Vec::new();

@@ -65,3 +65,13 @@ pub fn put_buckets_of_every_shape(tx: &mut BatchTx<'_>) {
     }
     tx.put("one", "only", "key").unwrap();
 }
+
+/// The bytes of every file in `dir` but `LOCK`: what `Backend::size` must report.
+pub fn bytes_on_disk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "LOCK")
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
