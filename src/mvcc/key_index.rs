@@ -303,11 +303,7 @@ impl Index {
         };
         let was_live = ki.is_live();
         let r = f(ki);
-        match (was_live, ki.is_live()) {
-            (false, true) => self.live += 1,
-            (true, false) => self.live -= 1,
-            _ => {}
-        }
+        count_change(&mut self.live, was_live, ki.is_live());
         r
     }
 
@@ -351,13 +347,18 @@ impl Index {
             if !keep {
                 order.remove(k);
             }
-            match (was_live, keep && ki.is_live()) {
-                (false, true) => *live += 1,
-                (true, false) => *live -= 1,
-                _ => {}
-            }
+            count_change(live, was_live, keep && ki.is_live());
             keep
         });
+    }
+}
+
+/// Follows one key going from live (or not) to live (or not) in the count of live keys.
+fn count_change(live: &mut usize, was_live: bool, is_live: bool) {
+    match (was_live, is_live) {
+        (false, true) => *live += 1,
+        (true, false) => *live -= 1,
+        _ => {}
     }
 }
 
