@@ -64,7 +64,7 @@ pub(crate) fn peek(b: &[u8]) -> Result<(&[u8], i64, i64)> {
 }
 
 fn malformed() -> Error {
-    Error::Corruption { file: "<mvcc key bucket>".into(), offset: 0, reason: "malformed stored KeyValue".into() }
+    super::key_bucket_corruption("malformed stored KeyValue")
 }
 
 /// The stored form's layout, read; `None` if `b` is not one. No error is built here: the

@@ -86,11 +86,13 @@ fn wake_group(waiting: usize, cores: usize) -> usize {
 const MAX_REV: i64 = i64::MAX / 2;
 
 fn revisions_exhausted(rev: i64) -> Error {
-    Error::Corruption {
-        file: "<mvcc key bucket>".into(),
-        offset: 0,
-        reason: format!("revision {rev} is beyond the largest a store can reach ({MAX_REV})"),
-    }
+    key_bucket_corruption(format!("revision {rev} is beyond the largest a store can reach ({MAX_REV})"))
+}
+
+/// Damage found in what the `key` bucket (or `meta`) holds: the store's data has no file of its
+/// own to name, so the error names the bucket.
+pub(crate) fn key_bucket_corruption(reason: impl Into<String>) -> Error {
+    Error::corruption("<mvcc key bucket>", 0, reason)
 }
 
 /// Revisions removed per `BatchTx` by a compaction, so the writer never waits long.
@@ -209,11 +211,10 @@ impl KvStore {
                 || !(0..=MAX_REV).contains(&rev.sub)
                 || (!tombstone && !(1..=MAX_REV).contains(&version))
             {
-                return Err(Error::Corruption {
-                    file: "<mvcc key bucket>".into(),
-                    offset: 0,
-                    reason: format!("revision {}.{} (version {version}) is out of range", rev.main, rev.sub),
-                });
+                return Err(key_bucket_corruption(format!(
+                    "revision {}.{} (version {version}) is out of range",
+                    rev.main, rev.sub
+                )));
             }
             index.change(key, |ki| {
                 if tombstone {
@@ -705,10 +706,11 @@ impl<'a> Source<'a, '_> {
             Source::Read(t) => t.get_ref(KEY_BUCKET, k)?,
             Source::Batch(t) => t.get_ref(KEY_BUCKET, k)?,
         };
-        let v = v.ok_or_else(|| Error::Corruption {
-            file: "<mvcc key bucket>".into(),
-            offset: 0,
-            reason: format!("revision {}.{} is in the index but not in the key bucket", rev.main, rev.sub),
+        let v = v.ok_or_else(|| {
+            key_bucket_corruption(format!(
+                "revision {}.{} is in the index but not in the key bucket",
+                rev.main, rev.sub
+            ))
         })?;
         Ok(v)
     }

@@ -5,7 +5,7 @@
 //! big-endian bytes — so that byte order is revision order, plus a trailing `t` for a tombstone
 //! (a deletion), which is how a reader of the bucket tells a delete from a put.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A revision: the `main` revision of a write and the index of a change within it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,11 +46,7 @@ impl Revision {
 
     /// Parses a bucket key: the revision and whether it is a tombstone.
     pub fn from_key(k: &[u8]) -> Result<(Revision, bool)> {
-        let bad = || Error::Corruption {
-            file: "<mvcc key bucket>".into(),
-            offset: 0,
-            reason: format!("malformed revision key {k:02x?}"),
-        };
+        let bad = || super::key_bucket_corruption(format!("malformed revision key {k:02x?}"));
         if !(k.len() == REV_KEY_LEN || k.len() == REV_KEY_LEN + 1) || k[8] != b'_' {
             return Err(bad());
         }
