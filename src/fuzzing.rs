@@ -38,18 +38,25 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// The hash [`Backend::hash`] must give for `model`, computed from the definition in
-/// `src/backend/hash.rs`: a crc32fast hasher fed, per bucket in name order, the name, then per
-/// key in order (unless ignored) the key and the value.
+/// DESIGN.md §9.2 (written out again here, apart from `src/backend/hash.rs`): a crc32fast hasher
+/// fed, per bucket in name order, tag 1 and the name, then per key in order (unless ignored)
+/// tag 2, the key and the value, each name, key and value preceded by its length (u32 LE).
 pub fn model_hash(model: &Model, ignores: &[(&[u8], &[u8])]) -> u32 {
     let mut h = crc32fast::Hasher::new();
+    let part = |h: &mut crc32fast::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u32).to_le_bytes());
+        h.update(b);
+    };
     for (name, keys) in model {
-        h.update(name);
+        h.update(&[1]);
+        part(&mut h, name);
         for (k, v) in keys {
             if ignores.iter().any(|&(b, i)| b == name.as_slice() && i == k.as_slice()) {
                 continue;
             }
-            h.update(k);
-            h.update(v);
+            h.update(&[2]);
+            part(&mut h, k);
+            part(&mut h, v);
         }
     }
     h.finalize()
@@ -363,7 +370,8 @@ const IMAGE_END_TAG: u8 = 0xFE;
 const IMAGE_END_BODY_LEN: usize = 21;
 
 /// Recomputes an image's checksums: its header's, every record's, and the end record's counts
-/// and content hash (from the records before it, as DESIGN.md describes the image).
+/// and content hash (from the records before it, as DESIGN.md describes the image; by the
+/// definition of the header's version).
 pub fn fix_image_checksums(b: &mut [u8]) {
     if b.len() < HEADER_LEN || &b[..8] != MAGIC {
         return;
@@ -372,7 +380,7 @@ pub fn fix_image_checksums(b: &mut [u8]) {
     b[28..32].copy_from_slice(&crc.to_le_bytes());
     let mut names: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let (mut buckets, mut keys) = (0u64, 0u64);
-    let mut hash = crc32fast::Hasher::new();
+    let mut hash = crate::backend::ContentHasher::new(u32_at(b, 8) == Some(1));
     let mut off = HEADER_LEN;
     while let Some(len) = u32_at(b, off + 4) {
         let start = off + 8;
@@ -386,7 +394,7 @@ pub fn fix_image_checksums(b: &mut [u8]) {
             3 => {
                 let name = u32_at(body, 5).and_then(|n| body.get(9..9usize.checked_add(n as usize)?));
                 if let (Some(id), Some(name)) = (id, name) {
-                    hash.update(name);
+                    hash.bucket(name);
                     names.insert(id, name.to_vec());
                     buckets += 1;
                 }
@@ -395,15 +403,14 @@ pub fn fix_image_checksums(b: &mut [u8]) {
                 let (kl, vl) = (u32_at(body, 5).unwrap_or(0) as usize, u32_at(body, 9).unwrap_or(0) as usize);
                 let kv = body.get(13..13usize.saturating_add(kl).saturating_add(vl));
                 if let (Some(kv), true) = (kv, id.is_some_and(|id| names.contains_key(&id))) {
-                    hash.update(&kv[..kl]);
-                    hash.update(&kv[kl..]);
+                    hash.pair(&kv[..kl], &kv[kl..]);
                     keys += 1;
                 }
             }
             IMAGE_END_TAG if body.len() == IMAGE_END_BODY_LEN => {
                 body[1..9].copy_from_slice(&buckets.to_le_bytes());
                 body[9..17].copy_from_slice(&keys.to_le_bytes());
-                body[17..21].copy_from_slice(&hash.clone().finalize().to_le_bytes());
+                body[17..21].copy_from_slice(&hash.clone().finish().to_le_bytes());
             }
             _ => {}
         }

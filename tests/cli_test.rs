@@ -519,7 +519,11 @@ fn bench_runs_every_phase_and_writes_json() {
     assert_eq!(read["op"], "get");
     assert!(read["per_sec"].as_f64().unwrap() > 0.0);
     let defrag = &phases[4]["defrag"];
-    assert!(defrag["size_after"].as_u64().unwrap() < defrag["size_before"].as_u64().unwrap(), "{defrag}");
+    // Not `size_after < size_before`: a writer keeps writing during the defrag, and on a loaded
+    // machine it wrote more than the overwrite left as garbage (2,000 keys), which failed the
+    // test once in a full `cargo test`. What defrag reclaims is tested in defrag_test.rs.
+    let (before, after, in_use) = (&defrag["size_before"], &defrag["size_after"], &defrag["size_in_use"]);
+    assert!(before.as_u64().unwrap() > 0 && in_use.as_u64().unwrap() <= after.as_u64().unwrap(), "{defrag}");
     assert!(defrag["longest_writer_pause_ns"].is_u64());
 }
 

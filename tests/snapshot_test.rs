@@ -193,23 +193,133 @@ fn hash_is_deterministic_over_content() {
     drop(tx); // pending, not yet durable: still hashed
     assert_eq!(a.hash(&[]).unwrap(), b.hash(&[]).unwrap());
 
-    // The exact definition: crc32 of name, then key and value of each pair, buckets ascending.
-    let mut h = crc32fast::Hasher::new();
-    for part in [&b"x"[..], b"1", b"one", b"2", b"two", b"y", b"k", b"v"] {
-        h.update(part);
-    }
-    assert_eq!(a.hash(&[]).unwrap(), h.finalize());
-    let mut h = crc32fast::Hasher::new();
-    for part in [&b"x"[..], b"2", b"two", b"y", b"k", b"v"] {
-        h.update(part);
-    }
-    assert_eq!(a.hash(&[(b"x", b"1")]).unwrap(), h.finalize(), "ignores leave a pair out");
+    // The exact definition (DESIGN.md §9.2): buckets ascending, tag 1 and the name, then per
+    // pair tag 2, the key and the value; each part preceded by its length, u32 LE.
+    let defined = |parts: &[(Option<u8>, &[u8])]| {
+        let mut h = crc32fast::Hasher::new();
+        for &(tag, part) in parts {
+            if let Some(t) = tag {
+                h.update(&[t]);
+            }
+            h.update(&(part.len() as u32).to_le_bytes());
+            h.update(part);
+        }
+        h.finalize()
+    };
+    let (bucket, pair) = (Some(1), Some(2));
+    let x1 = [(bucket, &b"x"[..]), (pair, b"1"), (None, b"one")];
+    let rest = [(pair, &b"2"[..]), (None, b"two"), (bucket, b"y"), (pair, b"k"), (None, b"v")];
+    assert_eq!(a.hash(&[]).unwrap(), defined(&[&x1[..], &rest].concat()));
+    let without_x1 = [&x1[..1], &rest].concat();
+    assert_eq!(a.hash(&[(b"x", b"1")]).unwrap(), defined(&without_x1), "ignores leave a pair out");
     assert_eq!(a.hash(&[(b"y", b"1")]).unwrap(), a.hash(&[]).unwrap(), "an ignore names bucket and key");
 
     // Unchanged by reopen.
     let before = a.hash(&[]).unwrap();
     a.close().unwrap();
     assert_eq!(Backend::open(config(d1.path())).unwrap().hash(&[]).unwrap(), before);
+}
+
+/// Contents that differ only by where a name, key or value ends hash differently: etcd's hash,
+/// and this one before image version 2, fed the bare bytes and gave each group one hash.
+#[test]
+fn hash_tells_apart_contents_that_differ_only_by_where_parts_end() {
+    let hash_of = |build: &dyn Fn(&mut logtree::BatchTx<'_>)| {
+        let (db, _dir) = Backend::open_temp().unwrap();
+        let mut tx = db.batch_tx();
+        build(&mut tx);
+        tx.commit().unwrap();
+        db.hash(&[]).unwrap()
+    };
+    let groups: [Vec<u32>; 2] = [
+        vec![
+            hash_of(&|tx| {
+                tx.create_bucket("a").unwrap();
+                tx.create_bucket("b").unwrap();
+            }),
+            hash_of(&|tx| tx.create_bucket("ab").unwrap()),
+            hash_of(&|tx| {
+                tx.create_bucket("a").unwrap();
+                tx.put("a", "b", "").unwrap();
+            }),
+        ],
+        vec![
+            hash_of(&|tx| {
+                tx.create_bucket("b").unwrap();
+                tx.put("b", "k1", "v").unwrap();
+            }),
+            hash_of(&|tx| {
+                tx.create_bucket("b").unwrap();
+                tx.put("b", "k", "1v").unwrap();
+            }),
+            hash_of(&|tx| {
+                tx.create_bucket("b").unwrap();
+                tx.put("b", "k", "1").unwrap();
+                tx.put("b", "v", "").unwrap();
+            }),
+        ],
+    ];
+    for g in &groups {
+        for i in 0..g.len() {
+            for j in i + 1..g.len() {
+                assert_ne!(g[i], g[j], "contents {i} and {j} of {g:?} hash alike");
+            }
+        }
+    }
+}
+
+/// An image of version 1 (before the hash took tags and lengths) still inspects and restores:
+/// its end record is verified by the old definition, and the figures reported are the current
+/// definition's, as the restored database hashes. One whose hash is wrong by its own
+/// definition is refused.
+#[test]
+fn version_1_images_are_still_read() {
+    let (db, _dir) = Backend::open_temp().unwrap();
+    populate(&db);
+    let mut image = Vec::new();
+    db.snapshot().unwrap().write_to(&mut image).unwrap();
+    assert_eq!(u32::from_le_bytes(image[8..12].try_into().unwrap()), 2, "images are written as version 2");
+
+    // The same image as version 1 wrote it: header version 1, end record's hash over bare bytes.
+    let mut v1 = image.clone();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&v1[..28]);
+    v1[28..32].copy_from_slice(&crc.to_le_bytes());
+    let mut old = crc32fast::Hasher::new();
+    let tx = db.read_tx();
+    for name in tx.buckets() {
+        old.update(&name);
+        tx.for_each(&name, |k, v| {
+            old.update(k);
+            old.update(v);
+            Ok(())
+        })
+        .unwrap();
+    }
+    let end = v1.len() - 29; // the end record: crc, len, 21-byte body
+    let set_end_hash = |img: &mut Vec<u8>, h: u32| {
+        img[end + 8 + 17..].copy_from_slice(&h.to_le_bytes());
+        let crc = crc32fast::hash(&img[end + 4..]);
+        img[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+    };
+    set_end_hash(&mut v1, old.finalize());
+
+    let info = logtree::inspect_snapshot(&mut v1.as_slice()).unwrap();
+    assert_eq!(info, logtree::inspect_snapshot(&mut image.as_slice()).unwrap());
+    assert_eq!(info.hash, db.hash(&[]).unwrap());
+    let target = tempfile::tempdir().unwrap();
+    logtree::restore(&mut v1.as_slice(), &target.path().join("db")).unwrap();
+    let copy = Backend::open(config(&target.path().join("db"))).unwrap();
+    assert_eq!(copy.hash(&[]).unwrap(), db.hash(&[]).unwrap());
+
+    // A version 1 image carrying the new definition's hash does not verify, nor the reverse.
+    let mut wrong = v1.clone();
+    set_end_hash(&mut wrong, db.hash(&[]).unwrap());
+    assert!(logtree::inspect_snapshot(&mut wrong.as_slice()).unwrap_err().is_corruption());
+    let mut wrong = image.clone();
+    let old_hash = u32::from_le_bytes(v1[v1.len() - 4..].try_into().unwrap());
+    set_end_hash(&mut wrong, old_hash);
+    assert!(logtree::inspect_snapshot(&mut wrong.as_slice()).unwrap_err().is_corruption());
 }
 
 /// A restore of buckets of thousands of keys, of keys up to 2,100 bytes, of an empty bucket and of

@@ -183,11 +183,13 @@ impl Backend {
         let result = self.build_and_switch(&mut new);
         match result {
             Ok((pause, rounds)) => {
-                let view = self.current_view();
+                // The view first: a writer may commit in between, and the files then hold at
+                // least what the view counts live.
+                let size_in_use = self.current_view().catalog.live_bytes();
                 Ok(DefragStats {
                     size_before,
                     size_after: self.size(),
-                    size_in_use: view.catalog.live_bytes(),
+                    size_in_use,
                     duration: started.elapsed(),
                     longest_writer_pause: pause,
                     catch_up_rounds: rounds,

@@ -14,5 +14,6 @@ pub use backend::{Backend, RecoveryStats, Stats};
 pub use batch_tx::BatchTx;
 pub(crate) use batch_tx::check_key;
 pub use defrag::DefragStats;
+pub(crate) use hash::ContentHasher;
 pub use read_tx::{Iter, ReadTx};
 pub use snapshot::{Snapshot, SnapshotInfo, inspect as inspect_snapshot, restore};

@@ -7,7 +7,8 @@
 //! create-bucket and put operations (buckets numbered 1.. in name order), and the end record's
 //! body is `0xFE | buckets u64 | keys u64 | hash u32`, where `hash` is [`Backend::hash`] of the
 //! content. Only live records are written, so the image is compacted; its size is known before
-//! a byte is written.
+//! a byte is written. Images of version 1 (the header's) differ only by their hash's definition
+//! (`hash.rs`); they are still read.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::Backend;
+use super::hash::ContentHasher;
 use super::read_tx::{ReadTx, Reader, View};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -74,7 +76,9 @@ pub struct SnapshotInfo {
     pub buckets: u64,
     /// Number of keys.
     pub keys: u64,
-    /// [`Backend::hash`] of its content.
+    /// [`Backend::hash`] of its content: what the restored database's `hash(&[])` gives. For an
+    /// image of version 1, whose end record holds the old definition's hash (verified too),
+    /// this is computed from its records.
     pub hash: u32,
 }
 
@@ -109,12 +113,12 @@ impl Snapshot {
         let reader = Reader { catalog: &self.view.catalog, values: self.view.as_ref() };
         let mut out = Out { w, buf: Vec::with_capacity(WRITE_BUFFER + 4096), written: 0 };
         out.buf.extend_from_slice(&format::file_header(KIND_SNAPSHOT, self.view.seq));
-        let mut hash = crc32fast::Hasher::new();
+        let mut hash = ContentHasher::new(false);
         let mut body = Vec::new();
         let mut keys = 0u64;
         for (i, bucket) in reader.catalog.iter().enumerate() {
             let id = i as u32 + 1;
-            hash.update(&bucket.name);
+            hash.bucket(&bucket.name);
             body.clear();
             format::encode_create_bucket(&mut body, id, &bucket.name);
             out.record(&body)?;
@@ -134,8 +138,7 @@ impl Snapshot {
                     break;
                 }
                 for &(key, value) in &batch {
-                    hash.update(key);
-                    hash.update(value);
+                    hash.pair(key, value);
                     out.put_record(id, key, value)?;
                     keys += 1;
                 }
@@ -145,7 +148,7 @@ impl Snapshot {
         body.push(END_TAG);
         body.extend_from_slice(&(reader.catalog.len() as u64).to_le_bytes());
         body.extend_from_slice(&keys.to_le_bytes());
-        body.extend_from_slice(&hash.finalize().to_le_bytes());
+        body.extend_from_slice(&hash.finish().to_le_bytes());
         out.record(&body)?;
         out.flush()?;
         debug_assert_eq!(out.written, self.size());
@@ -263,10 +266,13 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
             return Err(image_corruption(0, "not a valid snapshot image header"));
         }
     };
+    // The content hash as `Backend::hash` defines it, which `SnapshotInfo` reports whatever the
+    // image's version; and, for a version 1 image, the old definition its end record holds.
+    let mut hash = ContentHasher::new(false);
+    let mut legacy = (format::read_u32(&header, 8) == Some(1)).then(|| ContentHasher::new(true));
     let mut names: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut body = Vec::new();
     let (mut buckets, mut keys) = (0u64, 0u64);
-    let mut hash = crc32fast::Hasher::new();
     loop {
         let at = r.offset;
         let mut h = [0u8; 8];
@@ -302,7 +308,8 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 if body.len() != END_BODY_LEN || nb != buckets || nk != keys {
                     return Err(image_corruption(at, "end record does not match the records before it"));
                 }
-                if hash.finalize() != want {
+                let hash = hash.finish();
+                if legacy.map_or(hash, ContentHasher::finish) != want {
                     return Err(image_corruption(at, "content hash mismatch"));
                 }
                 let mut extra = [0u8; 1];
@@ -311,7 +318,7 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                     Ok(_) => return Err(image_corruption(r.offset, "bytes after the end record")),
                     Err(e) => return Err(Error::io("read snapshot image", None, e)),
                 }
-                return Ok(SnapshotInfo { size: r.offset, seq, buckets, keys, hash: want });
+                return Ok(SnapshotInfo { size: r.offset, seq, buckets, keys, hash });
             }
             OP_CREATE_BUCKET | OP_PUT => {}
             tag => return Err(image_corruption(at, format!("unknown record tag {tag}"))),
@@ -329,7 +336,10 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 if names.insert(bucket, name.to_vec()).is_some() {
                     return Err(image_corruption(at, "a bucket number is used twice"));
                 }
-                hash.update(name);
+                hash.bucket(name);
+                if let Some(l) = &mut legacy {
+                    l.bucket(name);
+                }
                 buckets += 1;
                 on(Record::Bucket { name })?;
             }
@@ -338,8 +348,10 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                     return Err(image_corruption(at, "a put names an unknown bucket"));
                 };
                 let v = &body[value.off as usize..value.off as usize + value.len as usize];
-                hash.update(key);
-                hash.update(v);
+                hash.pair(key, v);
+                if let Some(l) = &mut legacy {
+                    l.pair(key, v);
+                }
                 keys += 1;
                 on(Record::Put { bucket: name, key, value: v })?;
             }

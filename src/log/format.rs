@@ -9,8 +9,14 @@ use crate::index::ValueRef;
 
 /// The first eight bytes of every file logtree writes.
 pub const MAGIC: [u8; 8] = *b"LOGTREE\0";
-/// The format version this build writes and reads.
+/// The format version of segments and manifests, written and read.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of the snapshot images this build writes. Version 2 changed only the
+/// content hash in the end record (tags and lengths, DESIGN.md §9.2); version 1 images are still
+/// read, their hash verified by the old definition.
+pub const IMAGE_VERSION: u32 = 2;
+/// The oldest snapshot image version this build reads.
+pub const OLDEST_IMAGE_VERSION: u32 = 1;
 
 /// `kind` field of a file header.
 pub const KIND_SEGMENT: u32 = 1;
@@ -72,11 +78,17 @@ pub const fn create_bucket_len(name_len: usize) -> usize {
     KEYED_FIXED + name_len
 }
 
-/// Builds a 32-byte file header of the given kind; `id` is the segment id (0 elsewhere).
+/// The format versions read for files of `kind`; the last is the one written.
+fn versions(kind: u32) -> std::ops::RangeInclusive<u32> {
+    if kind == KIND_SNAPSHOT { OLDEST_IMAGE_VERSION..=IMAGE_VERSION } else { FORMAT_VERSION..=FORMAT_VERSION }
+}
+
+/// Builds a 32-byte file header of the given kind, with the version this build writes for it;
+/// `id` is the segment id (the seq in an image, 0 in the manifest).
 pub fn file_header(kind: u32, id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&versions(kind).end().to_le_bytes());
     h[12..16].copy_from_slice(&kind.to_le_bytes());
     h[16..24].copy_from_slice(&id.to_le_bytes());
     let crc = crc32fast::hash(&h[0..28]);
@@ -97,7 +109,8 @@ pub enum HeaderError {
     Damaged(&'static str),
 }
 
-/// Checks a file header and returns its id field.
+/// Checks a file header of `kind` and returns its id field. Its version is bytes 8..12
+/// (`read_u32(b, 8)`), one of those this build reads for `kind`.
 pub fn parse_file_header(b: &[u8], kind: u32) -> Result<u64, HeaderError> {
     if b.len() < SEGMENT_HEADER_LEN as usize {
         return Err(HeaderError::Short);
@@ -106,7 +119,7 @@ pub fn parse_file_header(b: &[u8], kind: u32) -> Result<u64, HeaderError> {
         return Err(HeaderError::Magic);
     }
     let version = read_u32(b, 8).unwrap_or(0);
-    if version != FORMAT_VERSION {
+    if !versions(kind).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     if read_u32(b, 28) != Some(crc32fast::hash(&b[0..28])) {
@@ -363,5 +376,19 @@ mod tests {
         let mut d = h;
         d[20] ^= 1;
         assert!(matches!(parse_file_header(&d, KIND_SEGMENT), Err(HeaderError::Damaged(_))));
+        // Images: version 2 is written, 1 and 2 are read, 3 is not; a segment stays at 1.
+        let img = file_header(KIND_SNAPSHOT, 5);
+        assert_eq!(read_u32(&img, 8), Some(IMAGE_VERSION));
+        assert_eq!(parse_file_header(&img, KIND_SNAPSHOT), Ok(5));
+        let with_version = |v: u32| {
+            let mut b = img;
+            b[8..12].copy_from_slice(&v.to_le_bytes());
+            let crc = crc32fast::hash(&b[..28]);
+            b[28..32].copy_from_slice(&crc.to_le_bytes());
+            parse_file_header(&b, KIND_SNAPSHOT)
+        };
+        assert_eq!(with_version(1), Ok(5));
+        assert_eq!(with_version(3), Err(HeaderError::Version(3)));
+        assert_eq!(read_u32(&h, 8), Some(FORMAT_VERSION));
     }
 }
