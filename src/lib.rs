@@ -50,6 +50,7 @@ pub mod kv;
 mod log;
 pub mod mvcc;
 mod prefetch;
+mod sync;
 pub mod vfs;
 
 pub use backend::{

@@ -675,3 +675,146 @@ fn txn_range_reports_the_revision_it_read_at() {
         }
     }
 }
+
+/// The rows of `model` in `[start, end)` (etcd's conventions), as `range` must give them.
+fn model_range(model: &std::collections::BTreeMap<Vec<u8>, KeyValue>, start: &[u8], end: &[u8]) -> Vec<KeyValue> {
+    model.values().filter(|kv| logtree_in_range(&kv.key, start, end)).cloned().collect()
+}
+
+/// A range lets go of the store's index every 1,024 keys it visits and goes on where it was:
+/// ranges over several such chunks — every bound, limit at and around the chunk size, count
+/// and keys-only, at three revisions — equal a model of the history.
+#[test]
+fn long_ranges_across_chunks_equal_a_model() {
+    use std::collections::BTreeMap;
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    let key = |i: usize| format!("k{i:05}").into_bytes();
+    let mut models: Vec<(i64, BTreeMap<Vec<u8>, KeyValue>)> = Vec::new();
+
+    // Revision 2: 5,000 keys.
+    let ops: Vec<Op> = (0..5000).map(|i| Op::put(&key(i), format!("a{i}").as_bytes(), 0)).collect();
+    let r1 = s.txn(&[], &ops, &[]).unwrap().revision;
+    let mut m: BTreeMap<Vec<u8>, KeyValue> = (0..5000)
+        .map(|i| {
+            let kv = KeyValue { key: key(i), value: format!("a{i}").into_bytes(), ..kv("", "", r1, r1, 1) };
+            (key(i), kv)
+        })
+        .collect();
+    models.push((r1, m.clone()));
+    // Revision 3: every third key deleted, every fifth of the rest overwritten.
+    let mut ops = Vec::new();
+    for i in 0..5000 {
+        if i % 3 == 0 {
+            ops.push(Op::delete_range(&key(i), b""));
+            m.remove(&key(i));
+        } else if i % 5 == 0 {
+            ops.push(Op::put(&key(i), format!("b{i}").as_bytes(), 0));
+        }
+    }
+    let r2 = s.txn(&[], &ops, &[]).unwrap().revision;
+    for i in (0..5000).filter(|i| i % 3 != 0 && i % 5 == 0) {
+        let kv = m.get_mut(&key(i)).unwrap();
+        (kv.value, kv.mod_revision, kv.version) = (format!("b{i}").into_bytes(), r2, 2);
+    }
+    models.push((r2, m.clone()));
+    // Revision 4: 1,000 new keys after the others, and every ninth key re-created.
+    let mut ops: Vec<Op> = (5000..6000).map(|i| Op::put(&key(i), b"c", 0)).collect();
+    ops.extend((0..5000).filter(|i| i % 9 == 0).map(|i| Op::put(&key(i), b"c", 0)));
+    let r3 = s.txn(&[], &ops, &[]).unwrap().revision;
+    for i in (5000..6000).chain((0..5000).filter(|i| i % 9 == 0)) {
+        m.insert(key(i), KeyValue { key: key(i), ..kv("", "c", r3, r3, 1) });
+    }
+    models.push((r3, m));
+    s.put(b"z", b"after", 0).unwrap(); // so that every revision above is an old one
+
+    let bounds: [(&[u8], &[u8]); 5] =
+        [(b"", b"\0"), (b"k00100", b"k04000"), (b"k01000", b"\0"), (b"k", b"l"), (b"k02000", b"k02001")];
+    for (rev, model) in &models {
+        for &(start, end) in &bounds {
+            let want = model_range(model, start, end);
+            for limit in [0, 1, 1023, 1024, 1025, 2500] {
+                let opts = RangeOptions { rev: *rev, limit, ..Default::default() };
+                let r = s.range(start, end, opts.clone()).unwrap();
+                let cut = if limit == 0 { want.len() } else { limit.min(want.len()) };
+                assert_eq!(r.count, want.len(), "count at {rev} of {start:?}..{end:?} limit {limit}");
+                assert!(r.kvs == want[..cut], "rows at {rev} of {start:?}..{end:?} limit {limit}");
+                let keys_only = s.range(start, end, RangeOptions { keys_only: true, ..opts.clone() }).unwrap();
+                let bare: Vec<KeyValue> =
+                    want[..cut].iter().map(|kv| KeyValue { value: vec![], ..kv.clone() }).collect();
+                assert!(keys_only.kvs == bare && keys_only.count == want.len(), "keys only at {rev} limit {limit}");
+                let counted = s.range(start, end, RangeOptions { count_only: true, ..opts }).unwrap();
+                assert!(counted.kvs.is_empty() && counted.count == want.len(), "count only at {rev}");
+            }
+        }
+    }
+}
+
+/// Ranges of 3,000 keys beside a writer whose every revision deletes one key and creates
+/// another (so every revision holds exactly 3,000 keys) and a thread compacting behind it: a
+/// range at the current revision is always one revision's state, never a mix of two, even when
+/// a compaction passes the revision it started at; a range at a fixed old revision equals its
+/// first reading, or fails with `Compacted` once compaction has passed it.
+#[test]
+fn long_ranges_beside_writes_and_compactions_are_one_state() {
+    const LIVE: usize = 3000;
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    let key = |i: usize| format!("k{i:07}").into_bytes();
+    let ops: Vec<Op> = (0..LIVE).map(|i| Op::put(&key(i), b"v", 0)).collect();
+    let fixed = s.txn(&[], &ops, &[]).unwrap().revision;
+    let first = s.range(b"", b"\0", at(fixed)).unwrap();
+    assert_eq!(first.count, LIVE);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut current_reads, mut fixed_reads, mut compacted_seen) = (0, 0, 0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ops = [Op::delete_range(&key(i), b""), Op::put(&key(LIVE + i), b"w", 0)];
+                s.txn(&[], &ops, &[]).unwrap();
+                i += 1;
+            }
+        });
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let target = s.current_revision() - 5;
+                if target > s.compacted_revision() && target > fixed + 200 {
+                    s.compact(target).unwrap();
+                }
+                std::thread::yield_now();
+            }
+        });
+        // Stops the other threads however this one ends: a failed assertion must not leave
+        // the scope waiting on them for ever.
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        for round in 0..60 {
+            let r = s.range(b"", b"\0", RangeOptions::default()).unwrap();
+            assert_eq!((r.count, r.kvs.len()), (LIVE, LIVE), "round {round}: a range at the current revision");
+            assert!(
+                r.kvs.iter().all(|kv| kv.mod_revision <= r.rev),
+                "round {round}: a row from after the range's revision"
+            );
+            current_reads += 1;
+            match s.range(b"", b"\0", at(fixed)) {
+                Ok(old) => {
+                    assert!(old.kvs == first.kvs && old.count == LIVE, "round {round}: the fixed revision changed");
+                    fixed_reads += 1;
+                }
+                Err(Error::Compacted { requested, .. }) => {
+                    assert_eq!(requested, fixed);
+                    compacted_seen += 1;
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+    });
+    assert_eq!(current_reads, 60);
+    assert_eq!(fixed_reads + compacted_seen, 60);
+}

@@ -34,7 +34,7 @@ mod watch;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::backend::{Backend, BatchTx, ReadTx};
 use crate::error::{Error, Result};
+use crate::sync::WriterFirstLock;
 use key_index::{Index, KeyIndex};
 pub use kv::{
     Compare, CompareOp, EventKind, HashKv, KeyValue, KeyValueRef, Op, OpResponse, RangeOptions, RangeResult, TxnResult,
@@ -140,7 +141,9 @@ struct Inner {
     write: Mutex<()>,
     /// One compaction at a time; hash_by_rev waits for a running one.
     compaction: Mutex<()>,
-    state: RwLock<State>,
+    /// The key index and revisions. Writers first (`crate::sync`): a range reading a chunk
+    /// at a time would otherwise take it back before a waiting writer woke, again and again.
+    state: WriterFirstLock<State>,
     /// The feed of recent revisions that watchers read.
     hub: Arc<watch::Hub>,
     /// Asks the notifier thread to wake waiting watchers.
@@ -249,7 +252,7 @@ impl KvStore {
             backend,
             write: Mutex::new(()),
             compaction: Mutex::new(()),
-            state: RwLock::new(State { index, current, compacted }),
+            state: WriterFirstLock::new(State { index, current, compacted }),
             unfinished,
             hub: Arc::new(watch::Hub::new(current + 1)),
             wake: wake_tx,
@@ -280,10 +283,47 @@ impl KvStore {
     }
 
     /// Reads `[key, end)` (`end` empty: the single key; `end == "\0"`: every key ≥ `key`).
+    ///
+    /// A range over many keys lets go of the store's index every `RANGE_CHUNK` (1,024) keys it
+    /// visits, so that writes go on while it runs; the pages it reads between are one state,
+    /// the revision it reads at. Should a compaction pass that revision meanwhile (one asked for
+    /// while the range runs, to a later revision), a range at an explicit `rev` fails with
+    /// [`Error::Compacted`], as if it had started after the compaction, and one at the current
+    /// revision (`rev` 0) is read again, this time in one piece.
     pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
-        let st = self.inner.read_state();
+        let mut st = self.inner.read_state();
         let rtx = self.inner.backend.read_tx();
-        st.range(&Source::Read(&rtx), &BTreeMap::new(), key, end, &opts, st.current)
+        let src = Source::Read(&rtx);
+        let none = BTreeMap::new();
+        let (at, mut result) = match st.range_start(&src, &none, key, end, &opts, st.current)? {
+            RangeStart::Done(result) => return Ok(result),
+            RangeStart::Walk { at, result } => (at, result),
+        };
+        let Some((_, stop)) = bounds(key, end) else { return Ok(result) };
+        // Why in chunks: a read lock held across a walk of a million keys held up the next
+        // writer for the whole walk, and every reader behind that writer (the lock lets no new
+        // reader past a waiting writer). Between chunks the index changes only by revisions
+        // above `at` (invisible at it) and compactions; one to at most `at` changes nothing
+        // visible at `at` (a key it removes has only a tombstone left there), so only one
+        // passing `at` can change what the rest of the walk would see.
+        let mut from = key.to_vec();
+        loop {
+            match st.walk(&src, &none, (Bound::Included(&from), stop), at, &opts, &mut result, RANGE_CHUNK)? {
+                None => return Ok(result),
+                Some(next) => from = next,
+            }
+            drop(st);
+            st = self.inner.read_state();
+            if at < st.compacted {
+                if opts.rev != 0 {
+                    return Err(Error::Compacted { requested: at, compacted: st.compacted });
+                }
+                drop(st);
+                let st = self.inner.read_state();
+                let rtx = self.inner.backend.read_tx();
+                return st.range(&Source::Read(&rtx), &none, key, end, &opts, st.current);
+            }
+        }
     }
 
     /// Reads the single key `key` at the current revision and lends it to `f` straight from the
@@ -750,6 +790,8 @@ impl State {
         }
     }
 
+    /// Reads `[key, end)` at `opts.rev` (0: `current`) in one piece, the keys of `overlay` (a
+    /// transaction's own writes) taking the place of the index's.
     fn range(
         &self,
         src: &Source,
@@ -759,6 +801,28 @@ impl State {
         opts: &RangeOptions,
         current: i64,
     ) -> Result<RangeResult> {
+        match self.range_start(src, overlay, key, end, opts, current)? {
+            RangeStart::Done(result) => Ok(result),
+            RangeStart::Walk { at, mut result } => {
+                if let Some(range) = bounds(key, end) {
+                    self.walk(src, overlay, range, at, opts, &mut result, usize::MAX)?;
+                }
+                Ok(result)
+            }
+        }
+    }
+
+    /// Checks a range's revision and answers what needs no walk of the keys: a single key, or
+    /// a count of every key at the index's own revision.
+    fn range_start(
+        &self,
+        src: &Source,
+        overlay: &BTreeMap<Vec<u8>, KeyIndex>,
+        key: &[u8],
+        end: &[u8],
+        opts: &RangeOptions,
+        current: i64,
+    ) -> Result<RangeStart> {
         let at = if opts.rev == 0 { current } else { opts.rev };
         if at > current {
             return Err(Error::FutureRev { requested: at, current });
@@ -771,7 +835,7 @@ impl State {
             // Every key, counted at the index's own revision: the index keeps that count (a walk
             // of a million keys held the store's read lock for tens of milliseconds).
             result.count = self.index.live();
-            return Ok(result);
+            return Ok(RangeStart::Done(result));
         }
         if end.is_empty() {
             // One key: a lookup, not a merge of two range iterators.
@@ -786,9 +850,26 @@ impl State {
                     result.kvs.push(kv);
                 }
             }
-            return Ok(result);
+            return Ok(RangeStart::Done(result));
         }
-        let Some(range) = bounds(key, end) else { return Ok(result) };
+        Ok(RangeStart::Walk { at, result })
+    }
+
+    /// Adds the keys of `range` visible at `at` to `result`, the overlay's histories taking
+    /// the place of the index's. Stops after visiting `budget` keys; then returns the first key
+    /// not visited, where the walk goes on.
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        src: &Source,
+        overlay: &BTreeMap<Vec<u8>, KeyIndex>,
+        range: KeyBounds<'_>,
+        at: i64,
+        opts: &RangeOptions,
+        result: &mut RangeResult,
+        budget: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut visited = 0;
         // Merge the base index with the transaction's overlay, the overlay winning.
         let mut base = self.index.range(range).peekable();
         let mut over = overlay.range::<[u8], _>(range).map(|(k, ki)| (k.as_slice(), ki)).peekable();
@@ -808,6 +889,10 @@ impl State {
                     }
                 }
             };
+            if visited == budget {
+                return Ok(Some(k.to_vec()));
+            }
+            visited += 1;
             let Some(found) = ki.get(at) else { continue };
             result.count += 1;
             if opts.count_only || (opts.limit > 0 && result.kvs.len() >= opts.limit) {
@@ -820,17 +905,27 @@ impl State {
             }
             result.kvs.push(kv);
         }
-        Ok(result)
+        Ok(None)
     }
 }
 
+/// What [`State::range_start`] found: the whole answer, or the walk still to do.
+enum RangeStart {
+    Done(RangeResult),
+    Walk { at: i64, result: RangeResult },
+}
+
+/// Keys a [`KvStore::range`] visits before it lets go of the store's index for a moment.
+const RANGE_CHUNK: usize = 1024;
+
 impl Inner {
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state.read()
     }
 
+    /// Only with `write` held: the lock lets one writer wait at a time.
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        self.state.write()
     }
 
     fn set_meta(&self, key: &[u8], rev: i64) -> Result<()> {
