@@ -337,19 +337,33 @@ impl Index {
             .map(|(k, _)| (k, &self.map[k]))
     }
 
-    /// Keeps the keys for which `f` returns true.
-    pub fn retain(&mut self, mut f: impl FnMut(&[u8], &mut KeyIndex) -> bool) {
-        let order = &mut self.order;
-        let live = &mut self.live;
-        self.map.retain(|k, ki| {
+    /// Keeps the keys from `from` on for which `f` returns true, looking at `budget` keys at
+    /// most, in key order; returns the first key not looked at, where the next call goes on.
+    ///
+    /// Why in key order and in pieces: a compaction runs it under the store's write lock, and
+    /// over a million keys in one piece that held every reader and writer for half a second.
+    /// Between pieces the store changes only by new revisions, which a compaction does not
+    /// touch, and new keys; the order of keys is where to go on whatever was inserted.
+    pub fn retain_from(
+        &mut self,
+        from: &[u8],
+        budget: usize,
+        mut f: impl FnMut(&[u8], &mut KeyIndex) -> bool,
+    ) -> Option<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> =
+            self.order.range(from, None).take(budget.saturating_add(1)).map(|(k, _)| k.to_vec()).collect();
+        let next = if keys.len() > budget { keys.pop() } else { None };
+        for k in &keys {
+            let Some(ki) = self.map.get_mut(k.as_slice()) else { continue };
             let was_live = ki.is_live();
             let keep = f(k, ki);
+            count_change(&mut self.live, was_live, keep && ki.is_live());
             if !keep {
-                order.remove(k);
+                self.map.remove(k.as_slice());
+                self.order.remove(k);
             }
-            count_change(live, was_live, keep && ki.is_live());
-            keep
-        });
+        }
+        next
     }
 }
 
@@ -462,7 +476,8 @@ mod tests {
         assert!(index.get(&[key(30).as_slice(), &[0]].concat()).is_none());
         let all: Vec<usize> = index.range((Bound::Included(&[][..]), Bound::Unbounded)).map(|(k, _)| k.len()).collect();
         assert_eq!(all, (0..=70).collect::<Vec<_>>(), "every key is a prefix of the next");
-        index.retain(|k, _| k.len() != 30);
+        assert_eq!(index.retain_from(&key(29), 2, |k, _| k.len() != 30), Some(key(31)));
+        assert_eq!(index.retain_from(&[], usize::MAX, |_, _| true), None);
         assert!(index.get(&key(30)).is_none() && index.get(&key(31)).is_some());
         assert_eq!(index.range((Bound::Included(&[][..]), Bound::Unbounded)).count(), 70);
     }
@@ -493,7 +508,13 @@ mod tests {
                     }
                     index.insert(&key, ki);
                 }
-                _ => index.retain(|_, ki| ki.compact(rev - 5, &mut HashSet::new())),
+                _ => {
+                    // In pieces of 7 keys, as an online compaction goes.
+                    let mut from = Some(Vec::new());
+                    while let Some(f) = from {
+                        from = index.retain_from(&f, 7, |_, ki| ki.compact(rev - 5, &mut HashSet::new()));
+                    }
+                }
             }
             assert_eq!(index.live(), recount(&index), "after revision {rev}");
         }

@@ -96,7 +96,8 @@ pub(crate) fn key_bucket_corruption(reason: impl Into<String>) -> Error {
     Error::corruption("<mvcc key bucket>", 0, reason)
 }
 
-/// Revisions removed per `BatchTx` by a compaction, so the writer never waits long.
+/// Keys of the index compacted per hold of the store's locks, and revisions removed per
+/// `BatchTx`, by a compaction, so that readers and the writer never wait long.
 const COMPACT_BATCH: usize = 1000;
 
 /// Whether `key` is in the range `[start, end)` with etcd's conventions: an empty `end` means
@@ -238,7 +239,7 @@ impl KvStore {
         let mut unfinished = None;
         if scheduled > finished && read_only {
             let mut keep = HashSet::new();
-            index.retain(|_, ki| ki.compact(scheduled, &mut keep));
+            index.retain_from(&[], usize::MAX, |_, ki| ki.compact(scheduled, &mut keep));
             compacted = scheduled;
             unfinished = Some((scheduled, keep));
         }
@@ -946,14 +947,28 @@ impl Inner {
     fn compact_locked(&self, rev: i64) -> Result<()> {
         let mut keep: HashSet<Revision> = HashSet::new();
         {
-            // Under the write lock: a txn in flight works on copies of index entries, which
-            // must not be put back over compacted ones.
             let _w = lock(&self.write);
             self.set_meta(SCHEDULED_COMPACT, rev)?;
             crate::failpoint::hit("mvcc:compact-scheduled");
+            // Reads below `rev` are refused from here on; those at or above it see the same
+            // with the index compacted or not, so it is compacted a piece at a time.
             let mut st = self.write_state();
-            st.index.retain(|_, ki| ki.compact(rev, &mut keep));
             st.compacted = st.compacted.max(rev);
+        }
+        let mut from = Some(Vec::new());
+        let mut kept = HashSet::new();
+        while let Some(f) = from {
+            {
+                // Under the write lock: a txn in flight works on copies of index entries, which
+                // must not be put back over compacted ones. (In one piece, a million keys held
+                // every reader and writer for half a second.)
+                let _w = lock(&self.write);
+                let mut st = self.write_state();
+                from = st.index.retain_from(&f, COMPACT_BATCH, |_, ki| ki.compact(rev, &mut kept));
+            }
+            // Gathered apart, and added once the locks are released: growing `keep` (a rehash
+            // of up to a million revisions) under them stalled everyone as long again.
+            keep.extend(kept.drain());
         }
         let end = Revision { main: rev + 1, sub: 0 }.to_key(false);
         let mut from: Vec<u8> = Vec::new();
