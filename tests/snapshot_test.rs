@@ -322,6 +322,100 @@ fn version_1_images_are_still_read() {
     assert!(logtree::inspect_snapshot(&mut wrong.as_slice()).unwrap_err().is_corruption());
 }
 
+/// A record of a hand-built image: (bucket id, name or key, value); no value is a bucket's
+/// creation.
+type ImageRecord<'a> = (u32, &'a [u8], Option<&'a [u8]>);
+
+/// An image built record by record, with valid checksums, counts and hash (computed in the
+/// records' order by the definition of DESIGN.md §9.2).
+fn image_of(records: &[ImageRecord<'_>]) -> Vec<u8> {
+    let mut img = vec![0u8; 32];
+    img[..8].copy_from_slice(b"LOGTREE\0");
+    img[8..12].copy_from_slice(&2u32.to_le_bytes());
+    img[12..16].copy_from_slice(&3u32.to_le_bytes());
+    let crc = crc32fast::hash(&img[..28]);
+    img[28..32].copy_from_slice(&crc.to_le_bytes());
+    let mut hash = crc32fast::Hasher::new();
+    let part = |h: &mut crc32fast::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u32).to_le_bytes());
+        h.update(b);
+    };
+    let (mut buckets, mut keys) = (0u64, 0u64);
+    let record = |img: &mut Vec<u8>, body: &[u8]| {
+        let len = (body.len() as u32).to_le_bytes();
+        let mut c = crc32fast::Hasher::new();
+        c.update(&len);
+        c.update(body);
+        img.extend_from_slice(&c.finalize().to_le_bytes());
+        img.extend_from_slice(&len);
+        img.extend_from_slice(body);
+    };
+    for &(id, name_or_key, value) in records {
+        let mut body = Vec::new();
+        match value {
+            None => {
+                body.push(3);
+                body.extend_from_slice(&id.to_le_bytes());
+                body.extend_from_slice(&(name_or_key.len() as u32).to_le_bytes());
+                body.extend_from_slice(name_or_key);
+                hash.update(&[1]);
+                part(&mut hash, name_or_key);
+                buckets += 1;
+            }
+            Some(v) => {
+                body.push(1);
+                body.extend_from_slice(&id.to_le_bytes());
+                body.extend_from_slice(&(name_or_key.len() as u32).to_le_bytes());
+                body.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                body.extend_from_slice(name_or_key);
+                body.extend_from_slice(v);
+                hash.update(&[2]);
+                part(&mut hash, name_or_key);
+                part(&mut hash, v);
+                keys += 1;
+            }
+        }
+        record(&mut img, &body);
+    }
+    let mut end = vec![0xFE];
+    end.extend_from_slice(&buckets.to_le_bytes());
+    end.extend_from_slice(&keys.to_le_bytes());
+    end.extend_from_slice(&hash.finalize().to_le_bytes());
+    record(&mut img, &end);
+    img
+}
+
+/// An image's records must come as `write_to` writes them — buckets by name, each followed by
+/// its keys in order, each key once: one out of order is refused by `inspect_snapshot` too,
+/// not only by `restore` once it has built the whole database and found the hash different.
+#[test]
+fn images_out_of_order_are_refused_by_inspect_and_restore() {
+    let b: Option<&[u8]> = None;
+    let v = Some(&b"v"[..]);
+    let good = image_of(&[(1, b"a", b), (1, b"k1", v), (1, b"k2", v), (2, b"b", b), (2, b"k1", v)]);
+    let info = logtree::inspect_snapshot(&mut good.as_slice()).unwrap();
+    assert_eq!((info.buckets, info.keys), (2, 3), "the hand-built image is well formed");
+    let dir = tempfile::tempdir().unwrap();
+    logtree::restore(&mut good.as_slice(), &dir.path().join("good")).unwrap();
+    assert_eq!(Backend::open(config(&dir.path().join("good"))).unwrap().hash(&[]).unwrap(), info.hash);
+
+    let bad: [(&str, Vec<u8>); 5] = [
+        ("keys out of order", image_of(&[(1, b"a", b), (1, b"k2", v), (1, b"k1", v)])),
+        ("a key twice", image_of(&[(1, b"a", b), (1, b"k1", v), (1, b"k1", Some(b"w"))])),
+        ("buckets out of order", image_of(&[(1, b"b", b), (2, b"a", b)])),
+        ("a put after another bucket's", image_of(&[(1, b"a", b), (2, b"b", b), (1, b"k1", v)])),
+        ("an empty key", image_of(&[(1, b"a", b), (1, b"", v)])),
+    ];
+    for (what, img) in bad {
+        let e = logtree::inspect_snapshot(&mut img.as_slice()).unwrap_err();
+        assert!(e.is_corruption(), "{what}: inspect: {e}");
+        let target = dir.path().join("bad");
+        let e = logtree::restore(&mut img.as_slice(), &target).unwrap_err();
+        assert!(e.is_corruption(), "{what}: restore: {e}");
+        assert!(!target.exists(), "{what}: restore left a database");
+    }
+}
+
 /// A restore of buckets of thousands of keys, of keys up to 2,100 bytes, of an empty bucket and of
 /// a one-key bucket gives back every pair, the hash and the live bytes.
 #[test]

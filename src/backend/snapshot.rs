@@ -271,6 +271,12 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
     let mut hash = ContentHasher::new(false);
     let mut legacy = (format::read_u32(&header, 8) == Some(1)).then(|| ContentHasher::new(true));
     let mut names: HashMap<u32, Vec<u8>> = HashMap::new();
+    // The image's order (buckets by name, each followed by its keys in order) is checked as it
+    // is read: the hash is computed in the image's order and `Backend::hash` in sorted order,
+    // so an image out of order or with a key twice was accepted by `inspect` and only refused
+    // by `restore`'s final check, after the whole database was built.
+    let mut last_bucket: Option<(u32, Vec<u8>)> = None;
+    let mut last_key: Vec<u8> = Vec::new(); // empty: none yet in this bucket (keys are not empty)
     let mut body = Vec::new();
     let (mut buckets, mut keys) = (0u64, 0u64);
     loop {
@@ -336,6 +342,11 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 if names.insert(bucket, name.to_vec()).is_some() {
                     return Err(image_corruption(at, "a bucket number is used twice"));
                 }
+                if last_bucket.as_ref().is_some_and(|(_, last)| name <= last.as_slice()) {
+                    return Err(image_corruption(at, "buckets out of order"));
+                }
+                last_bucket = Some((bucket, name.to_vec()));
+                last_key.clear();
                 hash.bucket(name);
                 if let Some(l) = &mut legacy {
                     l.bucket(name);
@@ -347,6 +358,17 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 let Some(name) = names.get(&bucket) else {
                     return Err(image_corruption(at, "a put names an unknown bucket"));
                 };
+                if last_bucket.as_ref().is_none_or(|(id, _)| *id != bucket) {
+                    return Err(image_corruption(at, "a put after another bucket's records"));
+                }
+                if key.is_empty() {
+                    return Err(image_corruption(at, "an empty key"));
+                }
+                if key <= last_key.as_slice() {
+                    return Err(image_corruption(at, "keys out of order"));
+                }
+                last_key.clear();
+                last_key.extend_from_slice(key);
                 let v = &body[value.off as usize..value.off as usize + value.len as usize];
                 hash.pair(key, v);
                 if let Some(l) = &mut legacy {
