@@ -10,9 +10,9 @@
 //! on the turnstile, so the writer is next whatever the wake-up takes. Readers that see no
 //! flag pay one relaxed-cost load, no write to a shared line.
 //!
-//! Writers must be serialized by the caller (the MVCC store's write mutex): one writer waits
-//! at a time. As with any lock that lets no reader past a waiting writer, a thread holding a
-//! read guard must not take another.
+//! Writers queue on the turnstile, one waiting for the lock at a time. As with any lock that
+//! lets no reader past a waiting writer, a thread holding a read guard must not take another.
+//! Also behind one: the kv store's handle, whose `close` is its writer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -52,7 +52,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -62,6 +62,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::mvcc::{Compare, CompareOp, KeyValue, KvStore, Op, OpResponse, RangeOptions};
+use crate::sync::WriterFirstLock;
 use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
 use clock::{deadline, from_nanos, to_nanos};
@@ -272,8 +273,9 @@ struct SweeperThread {
 /// What the store's handles and the sweeper thread share.
 struct Shared {
     /// `None` once closed. Every call holds the read side while it works, so `close` (the
-    /// write side) waits for calls in flight and then drops the database.
-    kv: RwLock<Option<KvStore>>,
+    /// write side) waits for calls in flight and then drops the database — and only for
+    /// those: a writer-first lock, so calls from busy threads cannot keep it out.
+    kv: WriterFirstLock<Option<KvStore>>,
     clock: Arc<dyn Clock>,
     tracker: Mutex<Tracker>,
     sweep_batch: usize,
@@ -366,7 +368,7 @@ impl Shared {
     }
 
     fn read_kv(&self) -> RwLockReadGuard<'_, Option<KvStore>> {
-        self.kv.read().unwrap_or_else(|e| e.into_inner())
+        self.kv.read()
     }
 
     fn schedule(&self, mkey: &[u8], h_next: Option<u64>) {
@@ -567,7 +569,7 @@ impl Store {
             Ok(true)
         })?;
         let shared = Arc::new(Shared {
-            kv: RwLock::new(Some(kv)),
+            kv: WriterFirstLock::new(Some(kv)),
             clock: options.clock,
             tracker: Mutex::new(tracker),
             sweep_batch: options.sweep_batch,
@@ -1201,7 +1203,7 @@ impl Store {
     /// ```
     pub fn close(&self) -> Result<()> {
         self.handle.stop_sweeper();
-        let kv = self.shared().kv.write().unwrap_or_else(|e| e.into_inner()).take().ok_or(Error::Closed)?;
+        let kv = self.shared().kv.write().take().ok_or(Error::Closed)?;
         let backend = kv.backend().clone();
         drop(kv); // stops the MVCC watch syncer, which holds the other reference to the backend
         match Arc::try_unwrap(backend) {

@@ -924,7 +924,7 @@ impl Inner {
         self.state.read()
     }
 
-    /// Only with `write` held: the lock lets one writer wait at a time.
+    /// Taken with `write` held: a txn in flight works on copies of index entries.
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write()
     }
