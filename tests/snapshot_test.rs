@@ -386,8 +386,9 @@ fn image_of(records: &[ImageRecord<'_>]) -> Vec<u8> {
 }
 
 /// An image's records must come as `write_to` writes them — buckets by name, each followed by
-/// its keys in order, each key once: one out of order is refused by `inspect_snapshot` too,
-/// not only by `restore` once it has built the whole database and found the hash different.
+/// its keys in order, each key once, within the engine's limits: one out of order is refused by
+/// `inspect_snapshot` too, not only by `restore` once it has built the whole database and found
+/// the hash different.
 #[test]
 fn images_out_of_order_are_refused_by_inspect_and_restore() {
     let b: Option<&[u8]> = None;
@@ -399,12 +400,18 @@ fn images_out_of_order_are_refused_by_inspect_and_restore() {
     logtree::restore(&mut good.as_slice(), &dir.path().join("good")).unwrap();
     assert_eq!(Backend::open(config(&dir.path().join("good"))).unwrap().hash(&[]).unwrap(), info.hash);
 
-    let bad: [(&str, Vec<u8>); 5] = [
+    let long = vec![b'x'; logtree::MAX_KEY_LEN + 1];
+    let bad: [(&str, Vec<u8>); 8] = [
         ("keys out of order", image_of(&[(1, b"a", b), (1, b"k2", v), (1, b"k1", v)])),
         ("a key twice", image_of(&[(1, b"a", b), (1, b"k1", v), (1, b"k1", Some(b"w"))])),
         ("buckets out of order", image_of(&[(1, b"b", b), (2, b"a", b)])),
         ("a put after another bucket's", image_of(&[(1, b"a", b), (2, b"b", b), (1, b"k1", v)])),
         ("an empty key", image_of(&[(1, b"a", b), (1, b"", v)])),
+        // Limits the engine enforces: refused as damage, not as `EmptyKey` / `KeyTooLarge`
+        // from `restore` alone (inspect used to accept them).
+        ("an empty bucket name", image_of(&[(1, b"", b)])),
+        ("a key too long", image_of(&[(1, b"a", b), (1, &long, v)])),
+        ("a bucket name too long", image_of(&[(1, &long, b)])),
     ];
     for (what, img) in bad {
         let e = logtree::inspect_snapshot(&mut img.as_slice()).unwrap_err();

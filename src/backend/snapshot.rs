@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::backend::Backend;
+use super::batch_tx::{check_key, check_value};
 use super::hash::ContentHasher;
 use super::read_tx::{ReadTx, Reader, View};
 use crate::config::Config;
@@ -342,6 +343,9 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 if names.insert(bucket, name.to_vec()).is_some() {
                     return Err(image_corruption(at, "a bucket number is used twice"));
                 }
+                if let Err(e) = check_key(name) {
+                    return Err(image_corruption(at, format!("a bucket name the engine refuses: {e}")));
+                }
                 if last_bucket.as_ref().is_some_and(|(_, last)| name <= last.as_slice()) {
                     return Err(image_corruption(at, "buckets out of order"));
                 }
@@ -361,15 +365,15 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 if last_bucket.as_ref().is_none_or(|(id, _)| *id != bucket) {
                     return Err(image_corruption(at, "a put after another bucket's records"));
                 }
-                if key.is_empty() {
-                    return Err(image_corruption(at, "an empty key"));
+                let v = &body[value.off as usize..value.off as usize + value.len as usize];
+                if let Err(e) = check_key(key).and_then(|()| check_value(v)) {
+                    return Err(image_corruption(at, format!("a pair the engine refuses: {e}")));
                 }
                 if key <= last_key.as_slice() {
                     return Err(image_corruption(at, "keys out of order"));
                 }
                 last_key.clear();
                 last_key.extend_from_slice(key);
-                let v = &body[value.off as usize..value.off as usize + value.len as usize];
                 hash.pair(key, v);
                 if let Some(l) = &mut legacy {
                     l.pair(key, v);
