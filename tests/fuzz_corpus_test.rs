@@ -57,6 +57,14 @@ fn replay_restore_image() {
     }
 }
 
+#[test]
+fn replay_mvcc_model() {
+    for (name, data) in corpus("mvcc_model") {
+        eprintln!("mvcc_model {name}");
+        fuzzing::mvcc_model(&data);
+    }
+}
+
 /// The harness itself must be able to fail: a manifest that lists a missing segment is refused,
 /// and the checksum fix-up turns a damaged-but-consistent file back into one that opens.
 #[test]
@@ -256,6 +264,21 @@ fn write_seed_corpus() {
     let mut empty_image = vec![0u8];
     empty.snapshot().unwrap().write_to(&mut empty_image).unwrap();
     seeds.insert(("restore_image", "valid-empty".into()), empty_image);
+
+    // MVCC steps (decoded by fuzzing::decode_mvcc_input): puts, a delete, a txn, a bulk txn of
+    // 2,100 keys (so ranges cross the 1,024-key pieces), reads with and without a limit, a
+    // compaction, a reopen.
+    let bulk = 2100u16.to_le_bytes();
+    seeds.insert(
+        ("mvcc_model", "puts-bulk-compact-reopen".into()),
+        vec![
+            0, 1, 7, 1, 2, 9, 2, 0, 2, 3, 1, 1, 5, 4, bulk[0], bulk[1], 4, 7, 255, 30, 4, 1, 0, 5, 3, 6, 7, 1, 0, 0, 0,
+            0, 3, 2, 0, 5, 7, 5, 200, 0, 0,
+        ],
+    );
+    for (i, len) in [48usize, 96, 160].into_iter().enumerate() {
+        seeds.insert(("mvcc_model", format!("random-{i}")), pseudo_random(100 + i as u64, len));
+    }
 
     for ((target, name), bytes) in seeds {
         let dir = root.join(target);

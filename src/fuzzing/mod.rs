@@ -1,5 +1,6 @@
 //! Test and fuzzing harnesses, shared by the cargo-fuzz targets in `fuzz/`, the corpus replay
-//! in `tests/fuzz_corpus_test.rs` and the proptest model in `tests/model_test.rs`, so that plain
+//! in `tests/fuzz_corpus_test.rs` and the proptest models in `tests/model_test.rs` and
+//! `tests/mvcc_model_test.rs`, so that plain
 //! `cargo test` runs exactly the code the fuzzers run. Not part of the API (hidden, unstable).
 //!
 //! Every function here panics when the engine breaks a promise (that is how a fuzzer or
@@ -10,6 +11,8 @@
 //!   `Backend::open`, read-only and read-write.
 //! - [`ops_model`]: a sequence of [`Op`]s run against a `BTreeMap` model by [`run_model`].
 //! - [`restore_image`]: `restore` (and `inspect_snapshot`) of an image.
+//! - [`mvcc_model`]: a sequence of [`MvccStep`]s on the MVCC store against a history of its
+//!   states ([`run_mvcc_model`]; `mvcc_model.rs`).
 //!
 //! Checksums stop a mutation-based fuzzer at the first CRC; inputs therefore carry a flag
 //! asking the harness to recompute every checksum (headers, manifest, frames, image records and
@@ -20,6 +23,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::{Backend, BatchTx, Config, Error, ReadTx, Result};
+
+mod mvcc_model;
+pub use mvcc_model::{MAX_BULK, MAX_MVCC_STEPS, MvccStep, decode_mvcc_input, mvcc_model, run_mvcc_model};
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
