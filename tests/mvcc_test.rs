@@ -676,6 +676,17 @@ fn txn_range_reports_the_revision_it_read_at() {
     }
 }
 
+/// Sets its flag when dropped: the threads of a scope that loop until the flag is set stop
+/// however the scope's own thread ends — a failed assertion must not leave the scope waiting
+/// on them for ever.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The rows of `model` in `[start, end)` (etcd's conventions), as `range` must give them.
 fn model_range(model: &std::collections::BTreeMap<Vec<u8>, KeyValue>, start: &[u8], end: &[u8]) -> Vec<KeyValue> {
     model.values().filter(|kv| logtree_in_range(&kv.key, start, end)).cloned().collect()
@@ -785,14 +796,6 @@ fn long_ranges_beside_writes_and_compactions_are_one_state() {
                 std::thread::yield_now();
             }
         });
-        // Stops the other threads however this one ends: a failed assertion must not leave
-        // the scope waiting on them for ever.
-        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
         let _stop = StopOnDrop(&stop);
         for round in 0..60 {
             let r = s.range(b"", b"\0", RangeOptions::default()).unwrap();
@@ -908,12 +911,6 @@ fn long_ranges_see_a_compaction_that_removes_keys_ahead_of_them() {
                 }
             }
         });
-        struct StopOnDrop<'a>(&'a AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Relaxed);
-            }
-        }
         let _stop = StopOnDrop(&stop);
         for _ in 0..300 {
             let r = s.range(b"", b"\0", RangeOptions::default()).unwrap();
