@@ -214,7 +214,26 @@ impl Backend {
     }
 
     /// The deterministic hash of the content visible now (committed or pending), leaving out
-    /// the (bucket, key) pairs in `ignores`. See the `hash` module for the exact definition.
+    /// the (bucket, key) pairs in `ignores`: a CRC32 (IEEE) fed, for each bucket in name order,
+    /// the byte 1, the name's length (u32 LE) and the name, then for each of its keys in order
+    /// that is not ignored, the byte 2, the key's length and the key, the value's length and
+    /// the value (DESIGN.md §9.2). Content, not history: replicas holding the same pairs hash
+    /// alike whatever writes, deletes, defrags or restores led there.
+    ///
+    /// ```
+    /// let (a, _da) = logtree::Backend::open_temp()?;
+    /// let (b, _db) = logtree::Backend::open_temp()?;
+    /// for db in [&a, &b] {
+    ///     let mut tx = db.batch_tx();
+    ///     tx.create_bucket("b")?;
+    ///     tx.put("b", "k", "v")?;
+    ///     tx.commit()?;
+    /// }
+    /// b.batch_tx().put("b", "meta", "only in b")?;
+    /// assert_ne!(a.hash(&[])?, b.hash(&[])?);
+    /// assert_eq!(a.hash(&[])?, b.hash(&[(b"b", b"meta")])?); // ignored pairs are left out
+    /// # Ok::<(), logtree::Error>(())
+    /// ```
     pub fn hash(&self, ignores: &[(&[u8], &[u8])]) -> Result<u32> {
         let tx = self.read_tx();
         super::hash::hash(tx.reader(), ignores)
