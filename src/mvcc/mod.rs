@@ -319,8 +319,7 @@ impl KvStore {
                 if opts.rev != 0 {
                     return Err(Error::Compacted { requested: at, compacted: st.compacted });
                 }
-                drop(st);
-                let st = self.inner.read_state();
+                // Under the lock just taken: the new snapshot holds every revision it names.
                 let rtx = self.inner.backend.read_tx();
                 return st.range(&Source::Read(&rtx), &none, key, end, &opts, st.current);
             }
