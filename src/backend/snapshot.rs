@@ -10,7 +10,7 @@
 //! a byte is written. Images of version 1 (the header's) differ only by their hash's definition
 //! (`hash.rs`); they are still read.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -290,7 +290,7 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
     // image's version; and, for a version 1 image, the old definition its end record holds.
     let mut hash = ContentHasher::new(false);
     let mut legacy = (format::read_u32(&header, 8) == Some(1)).then(|| ContentHasher::new(true));
-    let mut names: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut ids: HashSet<u32> = HashSet::new();
     // The image's order (buckets by name, each followed by its keys in order) is checked as it
     // is read: the hash is computed in the image's order and `Backend::hash` in sorted order,
     // so an image out of order or with a key twice was accepted by `inspect` and only refused
@@ -359,7 +359,7 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
         });
         match (decoded, op) {
             (Ok(()), Some(Op::CreateBucket { bucket, name })) => {
-                if names.insert(bucket, name.to_vec()).is_some() {
+                if !ids.insert(bucket) {
                     return Err(image_corruption(at, "a bucket number is used twice"));
                 }
                 if let Err(e) = check_key(name) {
@@ -378,12 +378,14 @@ fn read_image(from: &mut dyn Read, mut on: impl FnMut(Record<'_>) -> Result<()>)
                 on(Record::Bucket { name })?;
             }
             (Ok(()), Some(Op::Put { bucket, key, value })) => {
-                let Some(name) = names.get(&bucket) else {
-                    return Err(image_corruption(at, "a put names an unknown bucket"));
+                // A put belongs to the bucket created last: its records follow its creation.
+                let name = match &last_bucket {
+                    Some((id, name)) if *id == bucket => name.as_slice(),
+                    _ if ids.contains(&bucket) => {
+                        return Err(image_corruption(at, "a put after another bucket's records"));
+                    }
+                    _ => return Err(image_corruption(at, "a put names an unknown bucket")),
                 };
-                if last_bucket.as_ref().is_none_or(|(id, _)| *id != bucket) {
-                    return Err(image_corruption(at, "a put after another bucket's records"));
-                }
                 let v = &body[value.off as usize..value.off as usize + value.len as usize];
                 if let Err(e) = check_key(key).and_then(|()| check_value(v)) {
                     return Err(image_corruption(at, format!("a pair the engine refuses: {e}")));
