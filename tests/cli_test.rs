@@ -585,6 +585,32 @@ fn phase_op<'a>(phase: &'a serde_json::Value, op: &str) -> &'a serde_json::Value
     phase["ops"].as_array().unwrap().iter().find(|o| o["op"] == op).unwrap_or_else(|| panic!("no op {op}: {phase}"))
 }
 
+/// `mvcc-long-range` (not part of `mvcc`): puts beside a thread ranging over every key, both
+/// reported; the range's count is checked against the keys loaded.
+#[test]
+fn bench_mvcc_long_range_reports_puts_beside_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let args = ["bench", "--workload", "mvcc-long-range", "--keys", "3000", "--duration", "0.5", "--json"];
+    let run = logtree(args.iter().map(OsStr::new).chain([json.as_os_str()]));
+    let text = run.ok();
+    for want in ["mvcc-long-range", "put (beside the range)", "range (all 3,000 keys)"] {
+        assert!(text.contains(want), "output has {want}: {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let phases = v["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mvcc-load", "mvcc-long-range"]);
+    let ops: Vec<(&str, u64)> = phases[1]["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["op"].as_str().unwrap(), o["count"].as_u64().unwrap()))
+        .collect();
+    assert!(ops.len() == 2 && ops[0].0 == "put" && ops[1].0 == "range_all", "{ops:?}");
+    assert!(ops.iter().all(|&(_, n)| n >= 1), "both ran: {ops:?}");
+}
+
 #[test]
 fn bench_mvcc_runs_the_four_workloads_by_time() {
     let tmp = tempfile::tempdir().unwrap();

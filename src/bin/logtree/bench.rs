@@ -77,6 +77,9 @@ pub enum Workload {
     MvccTxnPut,
     /// MVCC puts from one writer, first unwatched, then with --watchers watchers on every key.
     MvccWatch,
+    /// MVCC puts from --writers threads beside one thread ranging over every key in a loop
+    /// (not part of `mvcc`): how long a long range holds writers up.
+    MvccLongRange,
 }
 
 impl Workload {
@@ -84,13 +87,20 @@ impl Workload {
     pub fn is_mvcc(self) -> bool {
         matches!(
             self,
-            Workload::Mvcc | Workload::MvccPut | Workload::MvccRange | Workload::MvccTxnPut | Workload::MvccWatch
+            Workload::Mvcc
+                | Workload::MvccPut
+                | Workload::MvccRange
+                | Workload::MvccTxnPut
+                | Workload::MvccWatch
+                | Workload::MvccLongRange
         )
     }
 
     /// Whether running `self` includes the phase of workload `w`.
     pub fn runs(self, w: Workload) -> bool {
-        self == w || (self == Workload::All && !w.is_mvcc()) || (self == Workload::Mvcc && w.is_mvcc())
+        self == w
+            || (self == Workload::All && !w.is_mvcc())
+            || (self == Workload::Mvcc && w.is_mvcc() && w != Workload::MvccLongRange)
     }
 }
 

@@ -120,6 +120,9 @@ pub fn run(b: &mut Bench<'_>, db: &Arc<Backend>) -> CliResult<()> {
     if w.runs(Workload::MvccWatch) {
         watch(b, m)?;
     }
+    if w.runs(Workload::MvccLongRange) {
+        long_range(b, m)?;
+    }
     Ok(())
 }
 
@@ -372,6 +375,38 @@ fn range(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let (samples, elapsed) = c.run_timed("mvcc-range", &[Role { threads: c.args.readers, body: &reader }])?;
     let ops = vec![samples[0].report("range", "range (1 key)".into(), None, elapsed)];
     b.finish("mvcc-range", elapsed, ops)
+}
+
+/// Puts from `--writers` threads beside one thread that ranges over every key in a loop (a
+/// count of them all, with the first ten rows). The puts' latency is what a long range costs
+/// the writers: it lets go of the store's index every 1,024 keys (DESIGN.md §12, "Long ranges
+/// beside writes"); held for the whole walk, it kept them waiting for seconds.
+fn long_range(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
+    let c = m.c;
+    let writer = m.putter(0x5eed_0105, 6, None);
+    let keys = c.args.keys();
+    let scanner = move |_t: u64, ctl: &Ctl<'_>| -> CliResult<Sample> {
+        let mut s = Sample::new()?;
+        while ctl.more(s.ops) {
+            let t0 = Instant::now();
+            let r = m.store.range(&[], &[0], RangeOptions { limit: 10, ..Default::default() })?;
+            s.record(t0.elapsed());
+            if r.count as u64 != keys {
+                return Err(CliError::new(format!(
+                    "a range of every key counted {} of the {keys} loaded (an engine bug?)",
+                    r.count
+                )));
+            }
+        }
+        Ok(s)
+    };
+    let roles = [Role { threads: 1, body: &scanner }, Role { threads: c.args.writers, body: &writer }];
+    let (samples, elapsed) = c.run_timed("mvcc-long-range", &roles)?;
+    let ops = vec![
+        samples[1].report("put", "put (beside the range)".into(), None, elapsed),
+        samples[0].report("range_all", format!("range (all {} keys)", grouped(keys)), None, elapsed),
+    ];
+    b.finish("mvcc-long-range", elapsed, ops)
 }
 
 /// etcd's `txn-put` benchmark: txns of one put from `--writers` threads.
