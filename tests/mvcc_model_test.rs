@@ -13,6 +13,8 @@ use logtree::mvcc::{KvStore, RangeOptions};
 use logtree::{Backend, Config, Error};
 use proptest::prelude::*;
 
+mod common;
+
 fn open(dir: &Path) -> KvStore {
     let mut c = Config::new(dir);
     c.sync = false;
@@ -60,16 +62,10 @@ fn compaction_child() {
     store.compact(rev).expect("compact");
 }
 
-/// Builds the same history in `dir`: 3,000 puts over 300 keys and some deletes.
+/// A store in `dir` holding `common::write_mvcc_history`.
 fn history(dir: &Path) -> KvStore {
     let s = open(dir);
-    for i in 0..3000u32 {
-        s.put(format!("k{}", i % 300).as_bytes(), format!("v{i}").as_bytes(), 0).expect("put");
-        if i % 500 == 499 {
-            s.delete_range(b"k10", b"k20").expect("delete");
-        }
-    }
-    s.backend().force_commit().expect("commit");
+    common::write_mvcc_history(&s);
     s
 }
 

@@ -15,6 +15,8 @@ use logtree::kv::{ListOptions, ManualClock, Options, SetOptions, Store};
 use logtree::mvcc::{KvStore, RangeOptions};
 use logtree::{Backend, Config, Error};
 
+mod common;
+
 const CHILD_DIR: &str = "LOGTREE_UPPER_CHILD_DIR";
 const COMPACT_REV: &str = "LOGTREE_UPPER_COMPACT_REV";
 const POINTS: [&str; 2] = ["mvcc:compact-scheduled", "mvcc:compact-batch"];
@@ -46,16 +48,10 @@ fn run_child(name: &str, dir: &Path, point: &str, env: &[(&str, String)]) -> Str
 // ---------------------------------------------------------------------------------------------
 // MVCC: a read-only open of a store whose compaction a crash interrupted
 
-/// 3,000 puts over 300 keys and some deletes, durable.
+/// A store in `dir` holding `common::write_mvcc_history`.
 fn mvcc_history(dir: &Path) -> KvStore {
     let s = mvcc(dir, false);
-    for i in 0..3000u32 {
-        s.put(format!("k{:03}", i % 300).as_bytes(), format!("v{i}").as_bytes(), 0).expect("put");
-        if i % 500 == 499 {
-            s.delete_range(b"k010", b"k020").expect("delete");
-        }
-    }
-    s.backend().force_commit().expect("commit");
+    common::write_mvcc_history(&s);
     s
 }
 

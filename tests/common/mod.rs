@@ -75,3 +75,15 @@ pub fn bytes_on_disk(dir: &std::path::Path) -> u64 {
         .map(|e| e.metadata().unwrap().len())
         .sum()
 }
+
+/// Writes the MVCC history the compaction crash tests share — 3,000 puts over 300 keys and a
+/// delete of ten of them every 500 puts — and makes it durable.
+pub fn write_mvcc_history(s: &logtree::mvcc::KvStore) {
+    for i in 0..3000u32 {
+        s.put(format!("k{:03}", i % 300).as_bytes(), format!("v{i}").as_bytes(), 0).expect("put");
+        if i % 500 == 499 {
+            s.delete_range(b"k010", b"k020").expect("delete");
+        }
+    }
+    s.backend().force_commit().expect("commit");
+}
