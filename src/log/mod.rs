@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod manifest;
+pub mod prefault;
 pub mod reader;
 pub mod recovery;
 pub mod segment;

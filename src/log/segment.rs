@@ -22,7 +22,8 @@
 //! on a full disk raises SIGBUS instead of returning ENOSPC; into reserved blocks it cannot
 //! fail, and a full disk is an error from `fallocate`. The reserved tail reads as zeros: it is
 //! cut back to `len` when the segment is sealed or dropped, and a crash leaves it as a zero
-//! tail, which recovery truncates like a torn one.
+//! tail, which recovery truncates like a torn one. The writer's `Prefaulter` faults the map's
+//! pages in ahead of the appends, on a thread of its own (`prefault.rs`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
+use super::prefault::{self, Prefaulter};
 use crate::error::{Error, Result};
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
@@ -77,8 +79,11 @@ const MAP_COPY_MAX: usize = 16 << 10;
 struct Appends {
     /// Bytes of the file that exist (its length): appends through the map stay below this.
     reserved: u64,
-    /// The writable map, made at the first append through it.
-    map: Option<MmapRaw>,
+    /// The writable map, made at the first append through it (shared with the prefaulter's
+    /// requests, which keep it mapped while they run).
+    map: Option<Arc<MmapRaw>>,
+    /// How far the pages of `map` were asked to be faulted in ahead of the writer.
+    prefaulted: u64,
     /// False once the file cannot be written through a map (the Vfs declined to reserve, or
     /// the map could not be made) or when the segment was opened read-only: appends use
     /// `write_all_at`.
@@ -122,7 +127,13 @@ impl Segment {
             sync,
             obsolete: AtomicBool::new(false),
             vfs: vfs.clone(),
-            appends: Mutex::new(Appends { reserved: SEGMENT_HEADER_LEN, map: None, mapped: true, trim: false }),
+            appends: Mutex::new(Appends {
+                reserved: SEGMENT_HEADER_LEN,
+                map: None,
+                prefaulted: 0,
+                mapped: true,
+                trim: false,
+            }),
         })
     }
 
@@ -167,7 +178,13 @@ impl Segment {
             sync,
             obsolete: AtomicBool::new(false),
             vfs: vfs.clone(),
-            appends: Mutex::new(Appends { reserved: len, map: None, mapped: !read_only && capacity > 0, trim: false }),
+            appends: Mutex::new(Appends {
+                reserved: len,
+                map: None,
+                prefaulted: 0,
+                mapped: !read_only && capacity > 0,
+                trim: false,
+            }),
         })
     }
 
@@ -177,7 +194,8 @@ impl Segment {
     }
 
     /// Bytes the file takes: what was written, plus the space reserved for appends beyond it
-    /// (at most [`RESERVE_STEP`], and only in the segment being written).
+    /// (at most [`RESERVE_STEP`] and the prefault window, and only in the segment being
+    /// written).
     pub fn file_len(&self) -> u64 {
         let reserved = self.appends.lock().unwrap_or_else(|e| e.into_inner()).reserved;
         reserved.max(self.len())
@@ -203,8 +221,10 @@ impl Segment {
         &self.map[..len]
     }
 
-    /// Appends `buf` at `off` (which must be the current end) and makes it readable.
-    pub fn append(&self, buf: &[u8], off: u64) -> Result<()> {
+    /// Appends `buf` at `off` (which must be the current end) and makes it readable. With a
+    /// `prefaulter`, the pages after it are faulted in ahead of the next appends (see
+    /// `prefault.rs`).
+    pub fn append(&self, buf: &[u8], off: u64, prefaulter: Option<&Prefaulter>) -> Result<()> {
         debug_assert_eq!(off, self.len());
         let end = off + buf.len() as u64;
         if end > self.capacity() {
@@ -213,7 +233,7 @@ impl Segment {
             return Err(Error::corruption(&self.path, off, "append beyond the segment's capacity"));
         }
         let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.copy_into_map(&mut appends, buf, off)? {
+        if !self.copy_into_map(&mut appends, buf, off, prefaulter)? {
             self.file.write_all_at(buf, off).map_err(|e| Error::io("write segment", Some(self.path.clone()), e))?;
             appends.reserved = appends.reserved.max(end);
         }
@@ -223,34 +243,26 @@ impl Segment {
 
     /// Copies `buf` to `off` through the writable map, reserving file space first as needed.
     /// False if this segment is not written that way (the caller then uses `write_all_at`).
-    fn copy_into_map(&self, appends: &mut Appends, buf: &[u8], off: u64) -> Result<bool> {
+    fn copy_into_map(
+        &self,
+        appends: &mut Appends,
+        buf: &[u8],
+        off: u64,
+        prefaulter: Option<&Prefaulter>,
+    ) -> Result<bool> {
         if !appends.mapped || buf.len() > MAP_COPY_MAX {
             return Ok(false);
         }
         let end = off + buf.len() as u64;
-        if end > appends.reserved {
-            let to = end.next_multiple_of(RESERVE_STEP).min(self.capacity()).max(end);
-            let at = appends.reserved;
-            match self.file.allocate(at, to - at) {
-                // Trust, but verify once per reservation: a store past the mapped file's end
-                // would raise SIGBUS.
-                Ok(true) if self.file.as_file().metadata().is_ok_and(|m| m.len() >= to) => {
-                    appends.reserved = to;
-                    appends.trim = true;
-                }
-                Ok(_) => {
-                    appends.mapped = false;
-                    return Ok(false);
-                }
-                Err(e) => return Err(Error::io("reserve segment space", Some(self.path.clone()), e)),
-            }
+        if end > appends.reserved && !self.reserve(appends, end)? {
+            return Ok(false);
         }
         if appends.map.is_none() {
             // A shared read-write map of our own segment file, which no other process writes
             // (the directory lock is exclusive for writers). Only `copy_into_map` writes through
             // it; see the SAFETY note of that copy.
             match MmapOptions::new().len(self.map.len()).map_raw(self.file.as_file()) {
-                Ok(map) => appends.map = Some(map),
+                Ok(map) => appends.map = Some(Arc::new(map)),
                 Err(_) => {
                     appends.mapped = false;
                     return Ok(false);
@@ -264,7 +276,53 @@ impl Segment {
         // which no reader reads until the caller raises `len` (release) after this copy. The
         // writer's lock (and this segment's `appends` lock) make this the only writer.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), map.as_mut_ptr().add(off as usize), buf.len()) };
+        if let Some(p) = prefaulter
+            && end + prefault::AHEAD > appends.prefaulted
+        {
+            self.prefault_after(appends, end, p);
+        }
         Ok(true)
+    }
+
+    /// Reserves file space up to at least `end` (a whole `RESERVE_STEP` at a time). False if
+    /// the file cannot be written through the map after all.
+    fn reserve(&self, appends: &mut Appends, end: u64) -> Result<bool> {
+        let to = end.next_multiple_of(RESERVE_STEP).min(self.capacity()).max(end);
+        let at = appends.reserved;
+        match self.file.allocate(at, to - at) {
+            // Trust, but verify once per reservation: a store past the mapped file's end
+            // would raise SIGBUS.
+            Ok(true) if self.file.as_file().metadata().is_ok_and(|m| m.len() >= to) => {
+                appends.reserved = to;
+                appends.trim = true;
+                Ok(true)
+            }
+            Ok(_) => {
+                appends.mapped = false;
+                Ok(false)
+            }
+            Err(e) => Err(Error::io("reserve segment space", Some(self.path.clone()), e)),
+        }
+    }
+
+    /// Asks `p` to fault in the pages from the one after the writer's `end` to `2 * AHEAD`
+    /// past it, reserving the next step of file space first if the window reaches past the
+    /// reserve (where the map may not be touched). Best effort: if the reserve or the request
+    /// fails, the writer takes the faults itself, and a real shortage of space is reported by
+    /// the reservation an append needs.
+    fn prefault_after(&self, appends: &mut Appends, end: u64, p: &Prefaulter) {
+        let want = (end + 2 * prefault::AHEAD).min(self.capacity());
+        if want > appends.reserved && !matches!(self.reserve(appends, want), Ok(true)) {
+            return;
+        }
+        let from = appends.prefaulted.max(end.next_multiple_of(prefault::ALIGN));
+        let to = want.min(appends.reserved);
+        if to > from
+            && let Some(map) = appends.map.as_ref()
+            && p.request(map, from, to - from)
+        {
+            appends.prefaulted = to;
+        }
     }
 
     /// Gives back the space reserved beyond `len` and stops appending through the map: when
@@ -287,6 +345,7 @@ impl Segment {
         if appends.trim && appends.reserved > len {
             self.file.set_len(len).map_err(|e| Error::io("trim segment", Some(self.path.clone()), e))?;
             appends.reserved = len;
+            appends.prefaulted = appends.prefaulted.min(len);
             appends.trim = false;
         }
         Ok(())
@@ -360,6 +419,22 @@ mod tests {
     /// the reserved space, which sealing gives back; a reopened segment continues the same way.
     #[test]
     fn mapped_appends_read_back_and_seal_gives_back_the_reserve() {
+        mapped_appends(None);
+    }
+
+    /// The same with pages faulted in ahead of the appends, which neither changes a byte nor
+    /// keeps the reserve from being given back (even while a request may still be running).
+    #[test]
+    fn prefaulted_mapped_appends_read_back_and_seal_gives_back_the_reserve() {
+        let p = Prefaulter::default();
+        mapped_appends(Some(&p));
+        if cfg!(target_os = "linux") {
+            assert!(p.requested() > 0, "pages were faulted in ahead");
+        }
+    }
+
+    fn mapped_appends(prefaulter: Option<&Prefaulter>) {
+        let slack = RESERVE_STEP + if prefaulter.is_some() { 2 * prefault::AHEAD } else { 0 };
         let dir = tempfile::tempdir().unwrap();
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
         let capacity = 3 * RESERVE_STEP + 1000;
@@ -371,12 +446,12 @@ mod tests {
             let n = (x >> 33) as usize % 60_000 + 1;
             let buf: Vec<u8> = (0..n).map(|i| (i as u64 ^ x) as u8 | 1).collect();
             let off = seg.len();
-            seg.append(&buf, off).unwrap();
+            seg.append(&buf, off, prefaulter).unwrap();
             assert_eq!(seg.bytes(off, n), Some(&buf[..]), "read back through the map at {off}");
             expect.extend_from_slice(&buf);
             let file_len = std::fs::metadata(&seg.path).unwrap().len();
             assert_eq!(seg.file_len(), file_len, "file_len is the file's length");
-            assert!(file_len >= seg.len() && file_len - seg.len() <= RESERVE_STEP, "reserve {file_len}");
+            assert!(file_len >= seg.len() && file_len - seg.len() <= slack, "reserve {file_len}");
         }
         if cfg!(target_os = "linux") {
             assert!(seg.appends.lock().unwrap().map.is_some(), "appends went through the map");
@@ -394,7 +469,7 @@ mod tests {
 
         let seg = Segment::open(path.clone(), &vfs, 1, capacity, false, false).unwrap();
         let off = seg.len();
-        seg.append(b"more", off).unwrap();
+        seg.append(b"more", off, prefaulter).unwrap();
         assert_eq!(seg.bytes(off, 4), Some(&b"more"[..]));
         drop(seg); // gives back the reserve too
         expect.extend_from_slice(b"more");

@@ -17,6 +17,7 @@ use super::format::{
     self, CHUNK_TARGET, FRAME_HEADER_LEN, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, SEGMENT_HEADER_LEN,
 };
 use super::manifest::{self, Manifest};
+use super::prefault::Prefaulter;
 use super::segment::Segment;
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
@@ -86,6 +87,8 @@ pub struct LogWriter {
     /// with `buf` at each commit, so neither is reallocated.
     last: Vec<u8>,
     last_at: Option<(u32, u64)>,
+    /// Faults in the active segment's pages ahead of the appends (see `prefault.rs`).
+    prefaulter: Prefaulter,
 }
 
 impl LogWriter {
@@ -103,6 +106,7 @@ impl LogWriter {
             parts: 0,
             last: Vec::new(),
             last_at: None,
+            prefaulter: Prefaulter::default(),
         }
     }
 
@@ -209,7 +213,7 @@ impl LogWriter {
         self.buf[FRAME_HEADER_LEN] = kind;
         self.buf[FRAME_HEADER_LEN + 1..FRAME_OPS_AT].copy_from_slice(&self.parts.to_le_bytes());
         format::seal_frame(&mut self.buf, seq);
-        self.active().append(&self.buf, self.buf_off)?;
+        self.active().append(&self.buf, self.buf_off, Some(&self.prefaulter))?;
         self.first_seq.get_or_insert(seq);
         Ok(())
     }
