@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: a backend's content for comparing with a model, and
-//! a deterministic PRNG. Each test crate uses only some of them.
+//! Helpers shared by the integration tests: a backend's content for comparing with a model, a
+//! deterministic PRNG, an MVCC history, a kv CAS increment. Each test crate uses only some of
+//! them.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -86,4 +87,18 @@ pub fn write_mvcc_history(s: &logtree::mvcc::KvStore) {
         }
     }
     s.backend().force_commit().expect("commit");
+}
+
+/// Increments the decimal counter at `k` with CAS until one succeeds; returns the retries.
+pub fn cas_increment(store: &logtree::kv::Store, k: &[u8]) -> u64 {
+    let mut retries = 0;
+    loop {
+        let prev: Option<logtree::kv::KvPair> = store.get_pair(k).unwrap();
+        let n: u64 = prev.as_ref().map_or(0, |p| std::str::from_utf8(&p.value).unwrap().parse().unwrap());
+        match store.atomic_put(k, (n + 1).to_string().as_bytes(), prev.as_ref()) {
+            Ok(_) => return retries,
+            Err(logtree::Error::KeyModified | logtree::Error::KeyExists | logtree::Error::KeyNotFound) => retries += 1,
+            Err(e) => panic!("atomic_put: {e}"),
+        }
+    }
 }
