@@ -16,11 +16,14 @@
 //!
 //! Only tables that grow large and are read at random use it (the MVCC key index's hash
 //! map). Their big allocations are few (one per doubling), so the registry of maps below is a
-//! plain mutex-protected ordered map.
+//! plain mutex-protected ordered map. A table about to double can have its next block made and
+//! faulted in ahead, on another thread ([`prepare`]).
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
 
@@ -30,35 +33,131 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 /// The anonymous maps handed out, by the address of the block given to the caller.
 static MAPS: Mutex<BTreeMap<usize, memmap2::MmapMut>> = Mutex::new(BTreeMap::new());
 
+/// The block the next growth of a table is expected to ask for (see [`prepare`]): at most one.
+static NEXT: Mutex<Next> = Mutex::new(Next::None);
+
+/// How many prepared blocks allocations took, for tests.
+#[cfg(test)]
+static PREPARED_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// How long a prepared block waits to be taken before its memory is given back.
+const KEEP_PREPARED: Duration = Duration::from_secs(10);
+
+enum Next {
+    None,
+    /// A thread is making a block of `len` bytes; `id` tells this request from a later one.
+    Preparing {
+        len: usize,
+        id: u64,
+    },
+    /// A block of `len` bytes at `skip` in `map`, faulted in, waiting to be taken.
+    Ready {
+        len: usize,
+        id: u64,
+        map: memmap2::MmapMut,
+        skip: usize,
+    },
+}
+
 /// The allocator: large blocks on huge pages, the rest from the global allocator.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct HugePages;
 
 impl HugePages {
-    /// A block of at least `layout.size()` bytes from its own huge-page-advised map, or None
-    /// (the caller then uses the global allocator).
+    /// A block of at least `layout.size()` bytes from its own huge-page-advised map — the
+    /// prepared one if it has that length — or None (the caller then uses the global
+    /// allocator).
     fn map(layout: Layout) -> Option<NonNull<[u8]>> {
         if !cfg!(target_os = "linux") || layout.size() < HUGE_PAGE || layout.align() > HUGE_PAGE {
             return None;
         }
         let len = layout.size().checked_next_multiple_of(HUGE_PAGE)?;
-        // One huge page more than needed, so that an aligned block of `len` bytes fits inside
-        // wherever the kernel places the map; the unused head and tail are never touched, so
-        // they take no memory.
-        let mut map = memmap2::MmapOptions::new().len(len.checked_add(HUGE_PAGE)?).map_anon().ok()?;
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
-        let base = map.as_mut_ptr();
-        let skip = base.align_offset(HUGE_PAGE);
-        if skip > HUGE_PAGE {
-            return None;
-        }
-        // SAFETY: `skip <= HUGE_PAGE`, and the map is `len + HUGE_PAGE` bytes long, so
-        // `base + skip` and the `len` bytes after it lie inside the map.
-        let block = unsafe { base.add(skip) };
+        let (mut map, skip) = match take_prepared(len) {
+            Some(ready) => ready,
+            None => new_map(len)?,
+        };
+        // SAFETY: `skip <= HUGE_PAGE` and the map is `len + HUGE_PAGE` bytes long (`new_map`),
+        // so `base + skip` and the `len` bytes after it lie inside the map.
+        let block = unsafe { map.as_mut_ptr().add(skip) };
         let block = NonNull::slice_from_raw_parts(NonNull::new(block)?, len);
         MAPS.lock().unwrap_or_else(|e| e.into_inner()).insert(block.cast::<u8>().as_ptr() as usize, map);
         Some(block)
+    }
+}
+
+/// A map holding an aligned block of `len` bytes, and where in it the block starts.
+fn new_map(len: usize) -> Option<(memmap2::MmapMut, usize)> {
+    // One huge page more than needed, so that an aligned block of `len` bytes fits inside
+    // wherever the kernel places the map; the unused head and tail are never touched, so they
+    // take no memory.
+    let mut map = memmap2::MmapOptions::new().len(len.checked_add(HUGE_PAGE)?).map_anon().ok()?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    let skip = map.as_mut_ptr().align_offset(HUGE_PAGE);
+    (skip <= HUGE_PAGE).then_some((map, skip))
+}
+
+/// The prepared block if it is `len` bytes long (one of another length stays for the
+/// allocation it was made for, or until it expires).
+fn take_prepared(len: usize) -> Option<(memmap2::MmapMut, usize)> {
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    if !matches!(*next, Next::Ready { len: l, .. } if l == len) {
+        return None;
+    }
+    let Next::Ready { map, skip, .. } = std::mem::replace(&mut *next, Next::None) else { return None };
+    #[cfg(test)]
+    PREPARED_TAKEN.fetch_add(1, Ordering::Relaxed);
+    Some((map, skip))
+}
+
+/// Asks for a block of `size` bytes to be made and faulted in on another thread, for a table
+/// that will soon grow to that size: the allocation then takes it instead of a new map, and
+/// the table's growth no longer pays for the kernel's zeroing of every page it touches.
+///
+/// Why: filling a table that had just doubled (copying a million entries to random places of a
+/// new 300 MiB block) faulted in every one of its huge pages on the writer's thread; on the
+/// development VM that was ~12% of the time of setting a million new kv keys (perf:
+/// `clear_page_erms` under hashbrown's insert), as the new memory of a virtual machine is slow to
+/// touch the first time. The prepared block waits at most [`KEEP_PREPARED`] and is given back
+/// if nothing took it (the table stopped growing), so it costs memory only shortly before the
+/// growth, when the table would have needed it anyway. Best effort throughout: without a
+/// thread, or where `MADV_POPULATE_WRITE` is refused, the growth makes its own map as before.
+pub(crate) fn prepare(size: usize) {
+    if !cfg!(target_os = "linux") || size < HUGE_PAGE {
+        return;
+    }
+    let Some(len) = size.checked_next_multiple_of(HUGE_PAGE) else { return };
+    static IDS: AtomicU64 = AtomicU64::new(0);
+    let id = IDS.fetch_add(1, Ordering::Relaxed);
+    let _stale = {
+        let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*next, Next::Preparing { len: l, .. } | Next::Ready { len: l, .. } if l == len) {
+            return;
+        }
+        std::mem::replace(&mut *next, Next::Preparing { len, id })
+    };
+    let made = std::thread::Builder::new().name("logtree-huge-pages".into()).spawn(move || {
+        let Some((map, skip)) = new_map(len) else { return };
+        #[cfg(target_os = "linux")]
+        let _ = map.advise_range(memmap2::Advice::PopulateWrite, skip, len);
+        {
+            let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(*next, Next::Preparing { id: i, .. } if i == id) {
+                return; // no longer wanted: dropping the map unmaps it
+            }
+            *next = Next::Ready { len, id, map, skip };
+        }
+        std::thread::sleep(KEEP_PREPARED);
+        let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*next, Next::Ready { id: i, .. } if i == id) {
+            *next = Next::None;
+        }
+    });
+    if made.is_err() {
+        let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*next, Next::Preparing { id: i, .. } if i == id) {
+            *next = Next::None;
+        }
     }
 }
 
@@ -117,6 +216,52 @@ mod tests {
             unsafe { HugePages.clone().deallocate(block.cast(), layout) };
             assert!(!MAPS.lock().unwrap().contains_key(&(p as usize)), "freeing unmaps it");
         }
+    }
+
+    /// Waits (up to 10 s) until a block of `len` bytes is prepared; false if none came.
+    fn wait_prepared(len: usize) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if matches!(*NEXT.lock().unwrap(), Next::Ready { len: l, .. } if l == len) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// A prepared block is what the next allocation of its length gets, usable over its whole
+    /// length; an allocation of another length leaves it and is served as before. (One test
+    /// only: the prepared block is process-wide.)
+    #[test]
+    fn a_prepared_block_serves_the_allocation_of_its_length() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        // A length no other test of this binary allocates.
+        let len = 37 * HUGE_PAGE;
+        prepare(len - 100);
+        assert!(wait_prepared(len), "the block was prepared");
+        let taken = PREPARED_TAKEN.load(Ordering::Relaxed);
+        let other = Layout::from_size_align(5 * HUGE_PAGE, 16).unwrap();
+        let b = HugePages.allocate(other).unwrap();
+        // SAFETY: allocated just above with this layout, freed once.
+        unsafe { HugePages.deallocate(b.cast(), other) };
+        assert_eq!(PREPARED_TAKEN.load(Ordering::Relaxed), taken, "another length does not take it");
+        assert!(matches!(*NEXT.lock().unwrap(), Next::Ready { len: l, .. } if l == len), "and leaves it");
+        let layout = Layout::from_size_align(len - 10, 64).unwrap();
+        let block = HugePages.allocate(layout).unwrap();
+        assert_eq!(PREPARED_TAKEN.load(Ordering::Relaxed), taken + 1, "the allocation took the prepared block");
+        let p = block.cast::<u8>().as_ptr();
+        assert_eq!(p as usize % HUGE_PAGE, 0);
+        // SAFETY: the block is at least `len - 10` bytes, owned here until freed below.
+        unsafe {
+            assert_eq!(*p.add(len - 11), 0, "a prepared block reads as zeros");
+            std::ptr::write_bytes(p, 0x5a, len - 10);
+            assert_eq!(*p.add(len - 11), 0x5a);
+            HugePages.deallocate(block.cast(), layout);
+        }
+        assert!(matches!(*NEXT.lock().unwrap(), Next::None), "nothing left prepared");
     }
 
     /// A hash map on this allocator grows through several huge blocks and keeps its entries.

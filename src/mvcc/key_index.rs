@@ -219,6 +219,8 @@ pub struct Index {
     /// then O(1) instead of a walk of every key under the store's read lock (which made a
     /// waiting writer, and every reader behind it, wait for the walk).
     live: usize,
+    /// The map's capacity when it last asked for its next table to be prepared.
+    prepared_for: usize,
 }
 
 /// A key of the map: short keys live inside the map's slot, longer ones on the heap.
@@ -282,6 +284,16 @@ impl PartialEq for MapKey {
 
 impl Eq for MapKey {}
 
+/// About how many bytes hashbrown asks for when a table of `capacity` entries of type `T`
+/// doubles: its buckets (a power of two, of which it fills at most 7/8) times the entry plus a
+/// control byte each, and a group of control bytes more. Only a hint for
+/// [`prepare`](crate::huge_pages::prepare), which rounds it to whole huge pages: a wrong guess
+/// costs the preparation, never correctness.
+fn next_table_bytes<T>(capacity: usize) -> usize {
+    let buckets = (capacity.saturating_mul(8) / 7).next_power_of_two().saturating_mul(2);
+    buckets.saturating_mul(std::mem::size_of::<T>() + 1).saturating_add(64)
+}
+
 impl Index {
     pub fn new() -> Index {
         Index::default()
@@ -294,10 +306,16 @@ impl Index {
     /// Changes the history of `key` (created empty if the key is new) with `f`. The only way
     /// to change one, so that the count of live keys follows.
     pub fn change<R>(&mut self, key: &[u8], f: impl FnOnce(&mut KeyIndex) -> R) -> R {
+        let (len, capacity) = (self.map.len(), self.map.capacity());
         let ki = match self.map.entry_ref(key) {
             EntryRef::Occupied(o) => o.into_mut(),
             EntryRef::Vacant(v) => {
                 self.order.insert(key, ValueRef::default());
+                // Three quarters full: have the table it will double into made meanwhile.
+                if (len + 1) * 4 >= capacity * 3 && self.prepared_for != capacity {
+                    self.prepared_for = capacity;
+                    crate::huge_pages::prepare(next_table_bytes::<(MapKey, KeyIndex)>(capacity));
+                }
                 v.insert_with_key(MapKey::from(key), KeyIndex::default())
             }
         };
@@ -379,6 +397,48 @@ fn count_change(live: &mut usize, was_live: bool, is_live: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guess of how large the key index's next table is holds for the hashbrown in use (to
+    /// the whole huge page, which is all a prepared block needs): a map that records what it
+    /// allocates, grown past a dozen doublings, asked each time for what was guessed.
+    #[test]
+    fn next_table_bytes_foresees_each_doubling() {
+        use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
+        use std::ptr::NonNull;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Recording(Arc<Mutex<Vec<usize>>>);
+        // SAFETY: every block comes from and goes back to `Global` with the caller's layout.
+        unsafe impl Allocator for Recording {
+            fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+                self.0.lock().unwrap().push(layout.size());
+                Global.allocate(layout)
+            }
+            unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+                // SAFETY: allocated by `Global` with this layout (the caller's contract).
+                unsafe { Global.deallocate(ptr, layout) }
+            }
+        }
+
+        let huge = crate::huge_pages::HUGE_PAGE;
+        let sizes = Recording::default();
+        let mut map: hashbrown::HashMap<MapKey, KeyIndex, DefaultHashBuilder, Recording> =
+            hashbrown::HashMap::with_hasher_in(DefaultHashBuilder::default(), sizes.clone());
+        let mut doublings = 0;
+        for i in 0..200_000u64 {
+            let capacity = map.capacity();
+            map.insert(MapKey::from(&i.to_be_bytes()[..]), KeyIndex::default());
+            if capacity >= 8 && map.capacity() != capacity {
+                let asked = *sizes.0.lock().unwrap().last().unwrap();
+                let guessed = next_table_bytes::<(MapKey, KeyIndex)>(capacity);
+                assert!(guessed >= asked && guessed - asked < 1024, "capacity {capacity}: {guessed} vs {asked}");
+                assert_eq!(guessed.next_multiple_of(huge), asked.next_multiple_of(huge), "capacity {capacity}");
+                doublings += 1;
+            }
+        }
+        assert!(doublings >= 12, "{doublings} doublings");
+    }
 
     fn r(main: i64) -> Revision {
         Revision { main, sub: 0 }
