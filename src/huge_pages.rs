@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
@@ -50,14 +50,20 @@ enum Next {
         len: usize,
         id: u64,
     },
-    /// A block of `len` bytes at `skip` in `map`, faulted in, waiting to be taken.
+    /// A block of `len` bytes at `skip` in `map`, faulted in, waiting to be taken; `keeper` is
+    /// the thread that made it, which gives it back if it waits too long.
     Ready {
         len: usize,
         id: u64,
         map: memmap2::MmapMut,
         skip: usize,
+        keeper: std::thread::Thread,
     },
 }
+
+/// Set when the kernel refused `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14): blocks are
+/// no longer prepared.
+static CANNOT_POPULATE: AtomicBool = AtomicBool::new(false);
 
 /// The allocator: large blocks on huge pages, the rest from the global allocator.
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,7 +110,9 @@ fn take_prepared(len: usize) -> Option<(memmap2::MmapMut, usize)> {
     if !matches!(*next, Next::Ready { len: l, .. } if l == len) {
         return None;
     }
-    let Next::Ready { map, skip, .. } = std::mem::replace(&mut *next, Next::None) else { return None };
+    let Next::Ready { map, skip, keeper, .. } = std::mem::replace(&mut *next, Next::None) else { return None };
+    drop(next);
+    keeper.unpark(); // its block is taken: it need not wait any longer
     #[cfg(test)]
     PREPARED_TAKEN.fetch_add(1, Ordering::Relaxed);
     Some((map, skip))
@@ -120,16 +128,19 @@ fn take_prepared(len: usize) -> Option<(memmap2::MmapMut, usize)> {
 /// `clear_page_erms` under hashbrown's insert), as the new memory of a virtual machine is slow to
 /// touch the first time. The prepared block waits at most [`KEEP_PREPARED`] and is given back
 /// if nothing took it (the table stopped growing), so it costs memory only shortly before the
-/// growth, when the table would have needed it anyway. Best effort throughout: without a
-/// thread, or where `MADV_POPULATE_WRITE` is refused, the growth makes its own map as before.
+/// growth, when the table would have needed it anyway. One block is prepared at a time in the
+/// process: a request for another length replaces it. Best effort throughout: without a
+/// thread, the growth makes its own map as before; where the kernel refuses
+/// `MADV_POPULATE_WRITE`, that block is handed out as it is (faulted in by its user, as before)
+/// and no other is prepared.
 pub(crate) fn prepare(size: usize) {
-    if !cfg!(target_os = "linux") || size < HUGE_PAGE {
+    if !cfg!(target_os = "linux") || size < HUGE_PAGE || CANNOT_POPULATE.load(Ordering::Relaxed) {
         return;
     }
     let Some(len) = size.checked_next_multiple_of(HUGE_PAGE) else { return };
     static IDS: AtomicU64 = AtomicU64::new(0);
     let id = IDS.fetch_add(1, Ordering::Relaxed);
-    let _stale = {
+    let stale = {
         let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*next, Next::Preparing { len: l, .. } | Next::Ready { len: l, .. } if l == len) {
             return;
@@ -137,20 +148,36 @@ pub(crate) fn prepare(size: usize) {
         std::mem::replace(&mut *next, Next::Preparing { len, id })
     };
     let made = std::thread::Builder::new().name("logtree-huge-pages".into()).spawn(move || {
+        drop(stale); // a block of another length: unmapped here, not on the caller's thread
         let Some((map, skip)) = new_map(len) else { return };
         #[cfg(target_os = "linux")]
-        let _ = map.advise_range(memmap2::Advice::PopulateWrite, skip, len);
+        if let Err(e) = map.advise_range(memmap2::Advice::PopulateWrite, skip, len)
+            && e.kind() == std::io::ErrorKind::InvalidInput
+        {
+            CANNOT_POPULATE.store(true, Ordering::Relaxed);
+        }
         {
             let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
             if !matches!(*next, Next::Preparing { id: i, .. } if i == id) {
                 return; // no longer wanted: dropping the map unmaps it
             }
-            *next = Next::Ready { len, id, map, skip };
+            *next = Next::Ready { len, id, map, skip, keeper: std::thread::current() };
         }
-        std::thread::sleep(KEEP_PREPARED);
-        let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*next, Next::Ready { id: i, .. } if i == id) {
-            *next = Next::None;
+        // Until the block is taken (`take_prepared` unparks this thread) or has waited long
+        // enough; a spurious wake-up only looks again.
+        let until = std::time::Instant::now() + KEEP_PREPARED;
+        loop {
+            let expired = {
+                let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+                if !matches!(*next, Next::Ready { id: i, .. } if i == id) {
+                    return; // taken, or replaced by a later request
+                }
+                if std::time::Instant::now() < until { None } else { Some(std::mem::replace(&mut *next, Next::None)) }
+            };
+            match expired {
+                Some(block) => return drop(block), // unmapped outside the lock
+                None => std::thread::park_timeout(until.saturating_duration_since(std::time::Instant::now())),
+            }
         }
     });
     if made.is_err() {

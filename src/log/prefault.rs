@@ -12,29 +12,34 @@
 //! on a core the writer does not need (the committer mostly waits in `fdatasync`).
 //!
 //! `MADV_POPULATE_WRITE` faults pages in as a write would, without writing a byte, so the
-//! contents stay what the writer put there or zeros. Three things keep it harmless:
-//! - It only ever covers whole pages after the writer's end (the start is rounded up to
-//!   [`ALIGN`], the largest page size in use), so it never dirties a page holding records: after a
-//!   failed fdatasync, a page whose write-back failed must not be written again, and the
-//!   writer writes nothing more (the engine is poisoned) — neither does this.
-//! - It stays below the file space the writer reserved, where the file exists. Past the file's end
-//!   (the segment was sealed and its reserve given back meanwhile) the kernel answers `EFAULT`
-//!   instead of raising `SIGBUS`, and the request is dropped.
+//! contents stay what the writer put there or zeros. What keeps it harmless:
+//! - Nothing may write a page holding records after a failed fdatasync (§5 of DESIGN.md: the
+//!   kernel may have dropped that page's write-back, and a later write of the page would leave
+//!   valid frames behind lost ones). Dirtying a page is such a write, and a request may be
+//!   stale (the writer passed its start meanwhile), or share a large folio with the writer's
+//!   end. So the thread works in chunks of [`CHUNK`] bytes, each under the writer's sync gate
+//!   (shared, as a write of the log holds it) after checking that no write or sync has failed:
+//!   a failed sync holds the gate exclusively until it has raised `failed`, so every chunk
+//!   either ended before it or sees the failure and stops. It only tries the gate: while a sync
+//!   holds or waits for it, the rest of the request is dropped, so syncs never wait for it.
+//! - Requests start at a [`ALIGN`] boundary after the writer's end and stay below the file
+//!   space the writer reserved, where the file exists. Past the file's end (the segment was
+//!   sealed and its reserve given back meanwhile) the kernel answers `EFAULT` instead of raising
+//!   `SIGBUS`, and the chunk is dropped.
 //! - The request holds the map (`Arc`), so it stays mapped until the thread is done with it.
 //!
 //! The pages it dirties are zeros beyond the log's end: an fdatasync writes them, and recovery
 //! cuts a zero tail off as before. An fdatasync also cleans the pages not yet written to, so
 //! the writer's first store into one of those traps again (a cheaper fault: the page is there);
 //! the window is kept small ([`AHEAD`]) so that little of it is wasted that way or written as
-//! zeros. Where the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14) or the
-//! platform is not Linux, the first request turns it off, and the writer takes its faults as
-//! before.
+//! zeros. Where the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14) the first
+//! request turns it off for the process; on other platforms it is off from the start, and the
+//! writer takes its faults as before.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -45,9 +50,17 @@ use memmap2::MmapRaw;
 /// (one-put transactions, ~60 MB/s) the writer crosses it in about 4 ms.
 pub const AHEAD: u64 = 256 << 10;
 
-/// Requests start on a multiple of this, so that they never touch the page holding the
-/// writer's end, whatever the page size (4 KiB on x86-64, up to 64 KiB on some ARM systems).
+/// Requests start on a multiple of this after the writer's end, so that they do not fault in
+/// the page holding it, whatever the page size (4 KiB on x86-64, up to 64 KiB on some ARM
+/// systems). An economy only: the sync gate, not this, keeps record pages safe (see above).
 pub const ALIGN: u64 = 64 << 10;
+
+/// Bytes faulted in per hold of the sync gate: a sync that comes meanwhile waits at most this
+/// long (16 pages, some tens of microseconds).
+const CHUNK: usize = 64 << 10;
+
+/// Off for the whole process: the kernel does not know the advice, or the platform has none.
+static UNSUPPORTED: AtomicBool = AtomicBool::new(!cfg!(target_os = "linux"));
 
 /// A range of a writable segment map to fault in.
 struct Request {
@@ -58,12 +71,14 @@ struct Request {
 
 /// The thread that faults in pages ahead of one log writer. Started at the first request;
 /// stopped (and joined) when dropped.
-#[derive(Default)]
 pub struct Prefaulter {
     worker: OnceLock<Worker>,
-    /// Set when the kernel does not know the advice (or the platform has none, or the thread
-    /// could not start): no requests after that.
-    off: Arc<AtomicBool>,
+    /// The writer's: raised when a write or an fdatasync of the log failed.
+    failed: Arc<AtomicBool>,
+    /// The writer's: held shared by each write of the log, exclusively by each fdatasync.
+    sync_gate: Arc<RwLock<()>>,
+    /// Set when the thread could not start: no requests after that.
+    off: AtomicBool,
     /// Bytes of requests taken, for tests.
     #[cfg(test)]
     requested: AtomicU64,
@@ -75,11 +90,24 @@ struct Worker {
 }
 
 impl Prefaulter {
+    /// A prefaulter for the writer whose failure flag and sync gate these are (see
+    /// `WriterConfig`).
+    pub fn new(failed: Arc<AtomicBool>, sync_gate: Arc<RwLock<()>>) -> Prefaulter {
+        Prefaulter {
+            worker: OnceLock::new(),
+            failed,
+            sync_gate,
+            off: AtomicBool::new(false),
+            #[cfg(test)]
+            requested: Default::default(),
+        }
+    }
+
     /// Asks for `len` bytes at `off` of `map` to be faulted in. False if the request was not
     /// taken (the thread is still busy with earlier ones, could not start, or is off): the
     /// caller asks again at its next append.
     pub fn request(&self, map: &Arc<MmapRaw>, off: u64, len: u64) -> bool {
-        if self.off.load(Ordering::Relaxed) || len == 0 {
+        if len == 0 || self.off.load(Ordering::Relaxed) || UNSUPPORTED.load(Ordering::Relaxed) {
             return false;
         }
         let (Ok(off_us), Ok(len_us)) = (usize::try_from(off), usize::try_from(len)) else { return false };
@@ -106,11 +134,10 @@ impl Prefaulter {
         }
         // Two requests (a bounded queue): one being served, the next waiting.
         let (tx, rx) = crossbeam_channel::bounded::<Request>(2);
-        let off = self.off.clone();
+        let (failed, gate) = (self.failed.clone(), self.sync_gate.clone());
         let spawned = std::thread::Builder::new().name("logtree-prefault".into()).spawn(move || {
             for r in rx {
-                if !populate(&r) {
-                    off.store(true, Ordering::Relaxed);
+                if serve(&r, &failed, &gate).is_none() {
                     break;
                 }
             }
@@ -137,24 +164,91 @@ impl Drop for Prefaulter {
     }
 }
 
-/// Faults `r` in. False if the kernel cannot do it at all (then no more requests are made).
-#[cfg(target_os = "linux")]
-fn populate(r: &Request) -> bool {
-    let len = r.len.min(r.map.len().saturating_sub(r.off));
-    match r.map.advise_range(memmap2::Advice::PopulateWrite, r.off, len) {
-        Ok(()) => true,
-        // The kernel does not know the advice (before Linux 5.14).
-        Err(e) if e.raw_os_error() == Some(EINVAL) => false,
-        // Anything else concerns this request only: past the file's end (`EFAULT`: its
-        // reserve was given back meanwhile), memory short (`ENOMEM`), a signal (`EINTR`).
-        Err(_) => true,
+/// Faults `r` in, a chunk at a time, each under the sync gate after checking that nothing has
+/// failed (see the module documentation); returns how many bytes. None when the thread should
+/// stop: the log failed, or the kernel does not know the advice.
+fn serve(r: &Request, failed: &AtomicBool, gate: &RwLock<()>) -> Option<usize> {
+    let end = r.off.saturating_add(r.len).min(r.map.len());
+    let mut at = r.off;
+    while at < end {
+        let Ok(_no_sync) = gate.try_read() else { break }; // a sync holds or wants it
+        if failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let len = CHUNK.min(end - at);
+        match populate(&r.map, at, len) {
+            Populated::Done => at += len,
+            Populated::Refused => break,
+            Populated::Unsupported => {
+                UNSUPPORTED.store(true, Ordering::Relaxed);
+                return None;
+            }
+        }
     }
+    Some(at.saturating_sub(r.off))
+}
+
+enum Populated {
+    Done,
+    /// Refused for this range only: past the file's end (`EFAULT`: its reserve was given back
+    /// meanwhile), memory short (`ENOMEM`), a signal (`EINTR`).
+    Refused,
+    /// The kernel does not know the advice (`EINVAL`, before Linux 5.14), or the platform has
+    /// none.
+    Unsupported,
 }
 
 #[cfg(target_os = "linux")]
-const EINVAL: i32 = 22;
+fn populate(map: &MmapRaw, off: usize, len: usize) -> Populated {
+    /// `EINVAL` on Linux (every architecture).
+    const EINVAL: i32 = 22;
+    match map.advise_range(memmap2::Advice::PopulateWrite, off, len) {
+        Ok(()) => Populated::Done,
+        Err(e) if e.raw_os_error() == Some(EINVAL) => Populated::Unsupported,
+        Err(_) => Populated::Refused,
+    }
+}
 
 #[cfg(not(target_os = "linux"))]
-fn populate(_: &Request) -> bool {
-    false
+fn populate(_: &MmapRaw, _: usize, _: usize) -> Populated {
+    Populated::Unsupported
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(len: usize) -> (tempfile::NamedTempFile, Request) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(len as u64).unwrap();
+        let map = memmap2::MmapOptions::new().len(len).map_raw(file.as_file()).unwrap();
+        (file, Request { map: Arc::new(map), off: 0, len })
+    }
+
+    /// A request is served in full while nothing failed and no sync holds the gate, without
+    /// changing a byte; stopped by a failure (the thread ends); dropped while a sync holds the
+    /// gate (the thread goes on).
+    #[test]
+    fn served_only_under_the_gate_and_never_after_a_failure() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        let len = 3 * CHUNK + 4096;
+        let (file, r) = request(len);
+        let (failed, gate) = (AtomicBool::new(false), RwLock::new(()));
+        assert_eq!(serve(&r, &failed, &gate), Some(len), "served in full");
+        assert!(std::fs::read(file.path()).unwrap().iter().all(|&b| b == 0), "no byte changed");
+
+        let held = gate.write().unwrap();
+        assert_eq!(serve(&r, &failed, &gate), Some(0), "dropped while a sync holds the gate");
+        drop(held);
+
+        failed.store(true, Ordering::SeqCst);
+        assert_eq!(serve(&r, &failed, &gate), None, "after a failure: nothing, and the thread stops");
+
+        // Past the file's end (a sealed segment's reserve given back): refused, not SIGBUS.
+        failed.store(false, Ordering::SeqCst);
+        file.as_file().set_len(4096).unwrap();
+        assert_eq!(serve(&r, &failed, &gate), Some(0), "past the end: nothing");
+    }
 }

@@ -84,6 +84,9 @@ struct Appends {
     map: Option<Arc<MmapRaw>>,
     /// How far the pages of `map` were asked to be faulted in ahead of the writer.
     prefaulted: u64,
+    /// Set when reserving space early for the prefault window failed: not tried again until an
+    /// append's own reservation succeeds (a full disk would otherwise be asked at every append).
+    no_early_reserve: bool,
     /// False once the file cannot be written through a map (the Vfs declined to reserve, or
     /// the map could not be made) or when the segment was opened read-only: appends use
     /// `write_all_at`.
@@ -131,6 +134,7 @@ impl Segment {
                 reserved: SEGMENT_HEADER_LEN,
                 map: None,
                 prefaulted: 0,
+                no_early_reserve: false,
                 mapped: true,
                 trim: false,
             }),
@@ -182,6 +186,7 @@ impl Segment {
                 reserved: len,
                 map: None,
                 prefaulted: 0,
+                no_early_reserve: false,
                 mapped: !read_only && capacity > 0,
                 trim: false,
             }),
@@ -295,6 +300,7 @@ impl Segment {
             Ok(true) if self.file.as_file().metadata().is_ok_and(|m| m.len() >= to) => {
                 appends.reserved = to;
                 appends.trim = true;
+                appends.no_early_reserve = false;
                 Ok(true)
             }
             Ok(_) => {
@@ -305,15 +311,22 @@ impl Segment {
         }
     }
 
-    /// Asks `p` to fault in the pages from the one after the writer's `end` to `2 * AHEAD`
-    /// past it, reserving the next step of file space first if the window reaches past the
-    /// reserve (where the map may not be touched). Best effort: if the reserve or the request
-    /// fails, the writer takes the faults itself, and a real shortage of space is reported by
-    /// the reservation an append needs.
+    /// Asks `p` to fault in the pages from the first [`prefault::ALIGN`] boundary after the
+    /// writer's `end` (or from where the last request ended) to `2 * AHEAD` past the end,
+    /// reserving the next step of file space first if the window reaches past the reserve
+    /// (where the map may not be touched). Best effort: if the reserve or the request fails, the
+    /// writer takes the faults itself, and a real shortage of space is reported by the
+    /// reservation an append needs.
     fn prefault_after(&self, appends: &mut Appends, end: u64, p: &Prefaulter) {
         let want = (end + 2 * prefault::AHEAD).min(self.capacity());
-        if want > appends.reserved && !matches!(self.reserve(appends, want), Ok(true)) {
-            return;
+        if want > appends.reserved {
+            if appends.no_early_reserve {
+                return;
+            }
+            if !matches!(self.reserve(appends, want), Ok(true)) {
+                appends.no_early_reserve = true;
+                return;
+            }
         }
         let from = appends.prefaulted.max(end.next_multiple_of(prefault::ALIGN));
         let to = want.min(appends.reserved);
@@ -426,7 +439,7 @@ mod tests {
     /// keeps the reserve from being given back (even while a request may still be running).
     #[test]
     fn prefaulted_mapped_appends_read_back_and_seal_gives_back_the_reserve() {
-        let p = Prefaulter::default();
+        let p = Prefaulter::new(Default::default(), Default::default());
         mapped_appends(Some(&p));
         if cfg!(target_os = "linux") {
             assert!(p.requested() > 0, "pages were faulted in ahead");

@@ -96,6 +96,7 @@ impl LogWriter {
     /// sequence number of the log's first frame, if it has any.
     pub fn new(cfg: WriterConfig, segments: Vec<Arc<Segment>>, next_seq: u64, first_seq: Option<u64>) -> LogWriter {
         assert!(!segments.is_empty(), "a log has at least one segment");
+        let prefaulter = Prefaulter::new(cfg.failed.clone(), cfg.sync_gate.clone());
         LogWriter {
             cfg,
             segments: Arc::new(segments),
@@ -106,7 +107,7 @@ impl LogWriter {
             parts: 0,
             last: Vec::new(),
             last_at: None,
-            prefaulter: Prefaulter::default(),
+            prefaulter,
         }
     }
 

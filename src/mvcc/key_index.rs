@@ -219,7 +219,7 @@ pub struct Index {
     /// then O(1) instead of a walk of every key under the store's read lock (which made a
     /// waiting writer, and every reader behind it, wait for the walk).
     live: usize,
-    /// The map's capacity when it last asked for its next table to be prepared.
+    /// The map's allocation size when it last asked for its next table to be prepared.
     prepared_for: usize,
 }
 
@@ -284,16 +284,6 @@ impl PartialEq for MapKey {
 
 impl Eq for MapKey {}
 
-/// About how many bytes hashbrown asks for when a table of `capacity` entries of type `T`
-/// doubles: its buckets (a power of two, of which it fills at most 7/8) times the entry plus a
-/// control byte each, and a group of control bytes more. Only a hint for
-/// [`prepare`](crate::huge_pages::prepare), which rounds it to whole huge pages: a wrong guess
-/// costs the preparation, never correctness.
-fn next_table_bytes<T>(capacity: usize) -> usize {
-    let buckets = (capacity.saturating_mul(8) / 7).next_power_of_two().saturating_mul(2);
-    buckets.saturating_mul(std::mem::size_of::<T>() + 1).saturating_add(64)
-}
-
 impl Index {
     pub fn new() -> Index {
         Index::default()
@@ -306,15 +296,20 @@ impl Index {
     /// Changes the history of `key` (created empty if the key is new) with `f`. The only way
     /// to change one, so that the count of live keys follows.
     pub fn change<R>(&mut self, key: &[u8], f: impl FnOnce(&mut KeyIndex) -> R) -> R {
-        let (len, capacity) = (self.map.len(), self.map.capacity());
+        let (len, size) = (self.map.len(), self.map.allocation_size());
         let ki = match self.map.entry_ref(key) {
             EntryRef::Occupied(o) => o.into_mut(),
             EntryRef::Vacant(v) => {
                 self.order.insert(key, ValueRef::default());
-                // Three quarters full: have the table it will double into made meanwhile.
-                if (len + 1) * 4 >= capacity * 3 && self.prepared_for != capacity {
-                    self.prepared_for = capacity;
-                    crate::huge_pages::prepare(next_table_bytes::<(MapKey, KeyIndex)>(capacity));
+                // Three quarters full (of the 7/8 of its buckets hashbrown fills): have the
+                // table it will double into made meanwhile. So full, its next growth is a
+                // doubling, not a rehash in place. A table is its buckets (an entry and a
+                // control byte each) and a group of control bytes, so the doubled one is
+                // twice the size, less a group: close enough for whole huge pages.
+                let buckets = size / (std::mem::size_of::<(MapKey, KeyIndex)>() + 1);
+                if (len + 1) * 32 >= buckets * 21 && self.prepared_for != size {
+                    self.prepared_for = size;
+                    crate::huge_pages::prepare(2 * size);
                 }
                 v.insert_with_key(MapKey::from(key), KeyIndex::default())
             }
@@ -398,11 +393,12 @@ fn count_change(live: &mut usize, was_live: bool, is_live: bool) {
 mod tests {
     use super::*;
 
-    /// The guess of how large the key index's next table is holds for the hashbrown in use (to
-    /// the whole huge page, which is all a prepared block needs): a map that records what it
-    /// allocates, grown past a dozen doublings, asked each time for what was guessed.
+    /// The guess of how large the key index's next table is (twice the current one) holds for
+    /// the hashbrown in use, to the whole huge page, which is all a prepared block needs: a map
+    /// that records what it allocates, grown past a dozen doublings, asked each time for about
+    /// twice what it had.
     #[test]
-    fn next_table_bytes_foresees_each_doubling() {
+    fn each_doubling_asks_for_twice_the_table() {
         use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
         use std::ptr::NonNull;
         use std::sync::{Arc, Mutex};
@@ -427,13 +423,14 @@ mod tests {
             hashbrown::HashMap::with_hasher_in(DefaultHashBuilder::default(), sizes.clone());
         let mut doublings = 0;
         for i in 0..200_000u64 {
-            let capacity = map.capacity();
+            let size = map.allocation_size();
             map.insert(MapKey::from(&i.to_be_bytes()[..]), KeyIndex::default());
-            if capacity >= 8 && map.capacity() != capacity {
+            if size > 0 && map.allocation_size() != size {
                 let asked = *sizes.0.lock().unwrap().last().unwrap();
-                let guessed = next_table_bytes::<(MapKey, KeyIndex)>(capacity);
-                assert!(guessed >= asked && guessed - asked < 1024, "capacity {capacity}: {guessed} vs {asked}");
-                assert_eq!(guessed.next_multiple_of(huge), asked.next_multiple_of(huge), "capacity {capacity}");
+                assert_eq!(asked, map.allocation_size());
+                let guessed = 2 * size;
+                assert!(guessed >= asked && guessed - asked <= 64, "from {size}: {guessed} vs {asked}");
+                assert_eq!(guessed.next_multiple_of(huge), asked.next_multiple_of(huge), "from {size}");
                 doublings += 1;
             }
         }
