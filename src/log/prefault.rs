@@ -19,8 +19,9 @@
 //!   stale (the writer passed its start meanwhile), or share a large folio with the writer's
 //!   end. So the thread works in chunks of [`CHUNK`] bytes, each under the writer's sync gate
 //!   (shared, as a write of the log holds it) after checking that no write or sync has failed:
-//!   a failed sync holds the gate exclusively until it has raised `failed`, so every chunk
-//!   either ended before it or sees the failure and stops. It only tries the gate: while a sync
+//!   the syncs of a live segment (the committer's, a roll-over's) hold the gate exclusively and
+//!   raise `failed` before letting it go if they fail, so every chunk either ended before such
+//!   a sync or sees its failure and stops. It only tries the gate: while a sync
 //!   holds or waits for it, the rest of the request is dropped, so syncs never wait for it.
 //! - Requests start at a [`ALIGN`] boundary after the writer's end and stay below the file
 //!   space the writer reserved, where the file exists. Past the file's end (the segment was

@@ -222,11 +222,20 @@ impl LogWriter {
     /// Seals the active segment (fdatasync, so that recovery may treat any damage in it as
     /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
     fn roll_over(&mut self, op_len: usize) -> Result<()> {
-        // Writes (the new segment's header, the manifest), so it holds the gate like a frame.
-        let _no_sync = self.cfg.sync_gate.read().unwrap_or_else(|e| e.into_inner());
+        // Writes (the new segment's header, the manifest), so it holds the gate like a frame;
+        // exclusively, since it also syncs: the prefault thread, which holds the gate shared,
+        // must not dirty a page between a failed sync of the old segment and `failed` (raised
+        // here, before the gate is let go, as the committer's sync does). Not by a defrag's
+        // writer: its segments are not the log's yet, a failure only fails the defrag, and
+        // its files are removed.
+        let _no_prefault = self.cfg.sync_gate.write().unwrap_or_else(|e| e.into_inner());
         self.check_not_failed()?;
-        self.active().seal()?;
-        self.active().sync()?;
+        if let Err(e) = self.active().seal().and_then(|()| self.active().sync()) {
+            if self.cfg.in_manifest {
+                self.cfg.failed.store(true, Ordering::SeqCst);
+            }
+            return Err(e);
+        }
         let need = SEGMENT_HEADER_LEN + (FRAME_OPS_AT + op_len) as u64;
         let capacity = self.cfg.segment_size.max(need);
         let seg = Arc::new(LogWriter::create_segment(&self.cfg, capacity)?);
