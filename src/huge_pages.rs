@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
@@ -61,9 +61,28 @@ enum Next {
     },
 }
 
-/// Set when the kernel refused `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14): blocks are
-/// no longer prepared.
-static CANNOT_POPULATE: AtomicBool = AtomicBool::new(false);
+impl Next {
+    /// The id of the request this is, if any.
+    fn id(&self) -> Option<u64> {
+        match self {
+            Next::None => None,
+            Next::Preparing { id, .. } | Next::Ready { id, .. } => Some(*id),
+        }
+    }
+
+    /// The length of the block prepared or being prepared, if any.
+    fn len(&self) -> Option<usize> {
+        match self {
+            Next::None => None,
+            Next::Preparing { len, .. } | Next::Ready { len, .. } => Some(*len),
+        }
+    }
+}
+
+/// The slot of the prepared block, locked.
+fn next() -> std::sync::MutexGuard<'static, Next> {
+    NEXT.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The allocator: large blocks on huge pages, the rest from the global allocator.
 #[derive(Clone, Copy, Debug, Default)]
@@ -106,7 +125,7 @@ fn new_map(len: usize) -> Option<(memmap2::MmapMut, usize)> {
 /// The prepared block if it is `len` bytes long (one of another length stays for the
 /// allocation it was made for, or until it expires).
 fn take_prepared(len: usize) -> Option<(memmap2::MmapMut, usize)> {
-    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = next();
     if !matches!(*next, Next::Ready { len: l, .. } if l == len) {
         return None;
     }
@@ -131,34 +150,30 @@ fn take_prepared(len: usize) -> Option<(memmap2::MmapMut, usize)> {
 /// growth, when the table would have needed it anyway. One block is prepared at a time in the
 /// process: a request for another length replaces it. Best effort throughout: without a
 /// thread, the growth makes its own map as before; where the kernel refuses
-/// `MADV_POPULATE_WRITE`, that block is handed out as it is (faulted in by its user, as before)
-/// and no other is prepared.
+/// `MADV_POPULATE_WRITE` (`crate::populate`), that block is handed out as it is (faulted in by
+/// its user, as before) and no other is prepared.
 pub(crate) fn prepare(size: usize) {
-    if !cfg!(target_os = "linux") || size < HUGE_PAGE || CANNOT_POPULATE.load(Ordering::Relaxed) {
+    if size < HUGE_PAGE || !crate::populate::supported() {
         return;
     }
     let Some(len) = size.checked_next_multiple_of(HUGE_PAGE) else { return };
     static IDS: AtomicU64 = AtomicU64::new(0);
     let id = IDS.fetch_add(1, Ordering::Relaxed);
     let stale = {
-        let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*next, Next::Preparing { len: l, .. } | Next::Ready { len: l, .. } if l == len) {
+        let mut next = next();
+        if next.len() == Some(len) {
             return;
         }
         std::mem::replace(&mut *next, Next::Preparing { len, id })
     };
     let made = std::thread::Builder::new().name("logtree-huge-pages".into()).spawn(move || {
         drop(stale); // a block of another length: unmapped here, not on the caller's thread
-        let Some((map, skip)) = new_map(len) else { return };
-        #[cfg(target_os = "linux")]
-        if let Err(e) = map.advise_range(memmap2::Advice::PopulateWrite, skip, len)
-            && e.kind() == std::io::ErrorKind::InvalidInput
+        let Some((map, skip)) = new_map(len) else { return forget(id) };
+        // Unsupported or refused, the block is still handed out, to be faulted in by its user.
+        let _ = crate::populate::populate(&map, skip, len);
         {
-            CANNOT_POPULATE.store(true, Ordering::Relaxed);
-        }
-        {
-            let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-            if !matches!(*next, Next::Preparing { id: i, .. } if i == id) {
+            let mut next = next();
+            if next.id() != Some(id) {
                 return; // no longer wanted: dropping the map unmaps it
             }
             *next = Next::Ready { len, id, map, skip, keeper: std::thread::current() };
@@ -168,8 +183,8 @@ pub(crate) fn prepare(size: usize) {
         let until = std::time::Instant::now() + KEEP_PREPARED;
         loop {
             let expired = {
-                let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-                if !matches!(*next, Next::Ready { id: i, .. } if i == id) {
+                let mut next = next();
+                if next.id() != Some(id) {
                     return; // taken, or replaced by a later request
                 }
                 if std::time::Instant::now() < until { None } else { Some(std::mem::replace(&mut *next, Next::None)) }
@@ -181,10 +196,15 @@ pub(crate) fn prepare(size: usize) {
         }
     });
     if made.is_err() {
-        let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*next, Next::Preparing { id: i, .. } if i == id) {
-            *next = Next::None;
-        }
+        forget(id);
+    }
+}
+
+/// Empties the slot if it still holds request `id` (which could not be served).
+fn forget(id: u64) {
+    let mut next = next();
+    if next.id() == Some(id) {
+        *next = Next::None;
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use logtree::kv::Store;
 
 mod common;
-use common::cas_increment;
+use common::{Rng, cas_increment};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -19,11 +19,9 @@ fn key(i: u64) -> Vec<u8> {
     format!("key{:010}", mix(i)).into_bytes()
 }
 
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) % 10_000_000_000
+/// A well-mixed number below 10^10 for `i`.
+fn mix(i: u64) -> u64 {
+    Rng(i).next() % 10_000_000_000
 }
 
 /// 16 threads of CAS increments on 100 counters (20,000 each); successful CAS per second.

@@ -2,14 +2,10 @@
 //! of its own.
 //!
 //! The writer copies small frames into a writable shared map of the segment (see
-//! `segment.rs`). The first store into each 4 KiB page of it traps: the kernel finds or makes
-//! the page-cache page (zeros, for blocks `fallocate` reserved) and has the file system mark it
-//! dirty (`page_mkwrite`). For one-put transactions that was 12–19% of the writer's time (perf
-//! of `logtree bench --workload mvcc-put --writers 1`: `exc_page_fault` under
-//! `LogWriter::write_frame`). Doing the same work in bulk on the writer's thread
-//! (`madvise(MADV_POPULATE_WRITE)` of each new 2 MiB reservation) gained nothing: the cost is
-//! the kernel's work, not the traps. So a second thread does it, a window ahead of the writer,
-//! on a core the writer does not need (the committer mostly waits in `fdatasync`).
+//! `segment.rs`), and the first store into each page traps: the kernel makes the page and the
+//! file system marks it dirty. That work was 12–19% of a one-put transaction's time, and only
+//! another thread can take it off the writer (DESIGN.md §2.3 has the measurements), on a core
+//! the writer does not need.
 //!
 //! `MADV_POPULATE_WRITE` faults pages in as a write would, without writing a byte, so the
 //! contents stay what the writer put there or zeros. What keeps it harmless:
@@ -22,7 +18,8 @@
 //!   the syncs of a live segment (the committer's, a roll-over's) hold the gate exclusively and
 //!   raise `failed` before letting it go if they fail, so every chunk either ended before such
 //!   a sync or sees its failure and stops. It only tries the gate: while a sync
-//!   holds or waits for it, the rest of the request is dropped, so syncs never wait for it.
+//!   holds or waits for it, the rest of the request is dropped, so a sync waits for at most
+//!   one chunk.
 //! - Requests start at a [`ALIGN`] boundary after the writer's end and stay below the file
 //!   space the writer reserved, where the file exists. Past the file's end (the segment was
 //!   sealed and its reserve given back meanwhile) the kernel answers `EFAULT` instead of raising
@@ -43,25 +40,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use memmap2::MmapRaw;
+
+use crate::populate::{self, Populated};
 
 /// How far ahead of the writer's end pages are faulted in: a request is made once the end
 /// comes within `AHEAD` of what was asked for, up to `2 * AHEAD` past the end. At full speed
 /// (one-put transactions, ~60 MB/s) the writer crosses it in about 4 ms.
-pub const AHEAD: u64 = 256 << 10;
+const AHEAD: u64 = 256 << 10;
 
 /// Requests start on a multiple of this after the writer's end, so that they do not fault in
 /// the page holding it, whatever the page size (4 KiB on x86-64, up to 64 KiB on some ARM
 /// systems). An economy only: the sync gate, not this, keeps record pages safe (see above).
-pub const ALIGN: u64 = 64 << 10;
+const ALIGN: u64 = 64 << 10;
 
 /// Bytes faulted in per hold of the sync gate: a sync that comes meanwhile waits at most this
 /// long (16 pages, some tens of microseconds).
 const CHUNK: usize = 64 << 10;
-
-/// Off for the whole process: the kernel does not know the advice, or the platform has none.
-static UNSUPPORTED: AtomicBool = AtomicBool::new(!cfg!(target_os = "linux"));
 
 /// A range of a writable segment map to fault in.
 struct Request {
@@ -73,13 +69,12 @@ struct Request {
 /// The thread that faults in pages ahead of one log writer. Started at the first request;
 /// stopped (and joined) when dropped.
 pub struct Prefaulter {
-    worker: OnceLock<Worker>,
+    /// The thread and its queue, once started; `None` if it could not start.
+    worker: OnceLock<Option<Worker>>,
     /// The writer's: raised when a write or an fdatasync of the log failed.
     failed: Arc<AtomicBool>,
-    /// The writer's: held shared by each write of the log, exclusively by each fdatasync.
+    /// The writer's sync gate (see `WriterConfig::sync_gate`).
     sync_gate: Arc<RwLock<()>>,
-    /// Set when the thread could not start: no requests after that.
-    off: AtomicBool,
     /// Bytes of requests taken, for tests.
     #[cfg(test)]
     requested: AtomicU64,
@@ -87,7 +82,7 @@ pub struct Prefaulter {
 
 struct Worker {
     requests: Sender<Request>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 impl Prefaulter {
@@ -98,29 +93,34 @@ impl Prefaulter {
             worker: OnceLock::new(),
             failed,
             sync_gate,
-            off: AtomicBool::new(false),
             #[cfg(test)]
             requested: Default::default(),
         }
     }
 
+    /// The range to ask for after an append that ended at `end`, when pages up to `asked`
+    /// were asked for already: from the first [`ALIGN`] boundary after the end (or from
+    /// `asked`) to `2 * AHEAD` past the end; None while the end is still more than `AHEAD`
+    /// from `asked`. The caller cuts it to the space it reserved.
+    pub fn window(end: u64, asked: u64) -> Option<(u64, u64)> {
+        (end + AHEAD > asked).then(|| (asked.max(end.next_multiple_of(ALIGN)), end + 2 * AHEAD))
+    }
+
     /// Asks for `len` bytes at `off` of `map` to be faulted in. False if the request was not
-    /// taken (the thread is still busy with earlier ones, could not start, or is off): the
-    /// caller asks again at its next append.
+    /// taken (the thread is still busy with earlier ones, could not start, or the kernel
+    /// cannot do it): the caller asks again at its next append.
     pub fn request(&self, map: &Arc<MmapRaw>, off: u64, len: u64) -> bool {
-        if len == 0 || self.off.load(Ordering::Relaxed) || UNSUPPORTED.load(Ordering::Relaxed) {
+        if len == 0 || !populate::supported() {
             return false;
         }
         let (Ok(off_us), Ok(len_us)) = (usize::try_from(off), usize::try_from(len)) else { return false };
-        let Some(worker) = self.worker() else { return false };
-        match worker.requests.try_send(Request { map: map.clone(), off: off_us, len: len_us }) {
-            Ok(()) => {
-                #[cfg(test)]
-                self.requested.fetch_add(len, Ordering::Relaxed);
-                true
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        let Some(worker) = self.worker.get_or_init(|| self.start()) else { return false };
+        let taken = worker.requests.try_send(Request { map: map.clone(), off: off_us, len: len_us }).is_ok();
+        #[cfg(test)]
+        if taken {
+            self.requested.fetch_add(len, Ordering::Relaxed);
         }
+        taken
     }
 
     /// Bytes of requests taken so far.
@@ -129,38 +129,31 @@ impl Prefaulter {
         self.requested.load(Ordering::Relaxed)
     }
 
-    fn worker(&self) -> Option<&Worker> {
-        if let Some(w) = self.worker.get() {
-            return Some(w);
-        }
+    fn start(&self) -> Option<Worker> {
         // Two requests (a bounded queue): one being served, the next waiting.
-        let (tx, rx) = crossbeam_channel::bounded::<Request>(2);
+        let (requests, rx) = crossbeam_channel::bounded::<Request>(2);
         let (failed, gate) = (self.failed.clone(), self.sync_gate.clone());
-        let spawned = std::thread::Builder::new().name("logtree-prefault".into()).spawn(move || {
-            for r in rx {
-                if serve(&r, &failed, &gate).is_none() {
-                    break;
+        let thread = std::thread::Builder::new()
+            .name("logtree-prefault".into())
+            .spawn(move || {
+                for r in rx {
+                    if serve(&r, &failed, &gate).is_none() {
+                        break;
+                    }
                 }
-            }
-        });
-        match spawned {
-            Ok(thread) => Some(self.worker.get_or_init(|| Worker { requests: tx, thread: Some(thread) })),
-            Err(_) => {
-                self.off.store(true, Ordering::Relaxed);
-                None
-            }
-        }
+            })
+            .ok()?;
+        Some(Worker { requests, thread })
     }
 }
 
 impl Drop for Prefaulter {
     fn drop(&mut self) {
-        if let Some(mut w) = self.worker.take() {
-            let thread = w.thread.take();
-            drop(w); // closes the queue: the thread ends after the request it is serving
-            if let Some(t) = thread {
-                let _ = t.join();
-            }
+        if let Some(Some(Worker { requests, thread })) = self.worker.take() {
+            // Closes the queue: the thread ends once it has served what is queued (two
+            // requests of 512 KiB at most).
+            drop(requests);
+            let _ = thread.join();
         }
     }
 }
@@ -177,42 +170,13 @@ fn serve(r: &Request, failed: &AtomicBool, gate: &RwLock<()>) -> Option<usize> {
             return None;
         }
         let len = CHUNK.min(end - at);
-        match populate(&r.map, at, len) {
+        match populate::populate(&*r.map, at, len) {
             Populated::Done => at += len,
             Populated::Refused => break,
-            Populated::Unsupported => {
-                UNSUPPORTED.store(true, Ordering::Relaxed);
-                return None;
-            }
+            Populated::Unsupported => return None,
         }
     }
-    Some(at.saturating_sub(r.off))
-}
-
-enum Populated {
-    Done,
-    /// Refused for this range only: past the file's end (`EFAULT`: its reserve was given back
-    /// meanwhile), memory short (`ENOMEM`), a signal (`EINTR`).
-    Refused,
-    /// The kernel does not know the advice (`EINVAL`, before Linux 5.14), or the platform has
-    /// none.
-    Unsupported,
-}
-
-#[cfg(target_os = "linux")]
-fn populate(map: &MmapRaw, off: usize, len: usize) -> Populated {
-    /// `EINVAL` on Linux (every architecture).
-    const EINVAL: i32 = 22;
-    match map.advise_range(memmap2::Advice::PopulateWrite, off, len) {
-        Ok(()) => Populated::Done,
-        Err(e) if e.raw_os_error() == Some(EINVAL) => Populated::Unsupported,
-        Err(_) => Populated::Refused,
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn populate(_: &MmapRaw, _: usize, _: usize) -> Populated {
-    Populated::Unsupported
+    Some(at - r.off)
 }
 
 #[cfg(test)]
@@ -231,7 +195,7 @@ mod tests {
     /// gate (the thread goes on).
     #[test]
     fn served_only_under_the_gate_and_never_after_a_failure() {
-        if !cfg!(target_os = "linux") {
+        if !populate::supported() {
             return;
         }
         let len = 3 * CHUNK + 4096;

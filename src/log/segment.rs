@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
-use super::prefault::{self, Prefaulter};
+use super::prefault::Prefaulter;
 use crate::error::{Error, Result};
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
@@ -64,7 +64,8 @@ pub struct Segment {
     /// reader drops its `Arc`.
     obsolete: AtomicBool,
     vfs: Arc<dyn Vfs>,
-    /// How appends reach the file (the writer's business only; the lock is never contended).
+    /// How appends reach the file (the writer's business; others lock it only to read the
+    /// reserve's size, so it is rarely contended).
     appends: Mutex<Appends>,
 }
 
@@ -281,9 +282,7 @@ impl Segment {
         // which no reader reads until the caller raises `len` (release) after this copy. The
         // writer's lock (and this segment's `appends` lock) make this the only writer.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), map.as_mut_ptr().add(off as usize), buf.len()) };
-        if let Some(p) = prefaulter
-            && end + prefault::AHEAD > appends.prefaulted
-        {
+        if let Some(p) = prefaulter {
             self.prefault_after(appends, end, p);
         }
         Ok(true)
@@ -311,14 +310,15 @@ impl Segment {
         }
     }
 
-    /// Asks `p` to fault in the pages from the first [`prefault::ALIGN`] boundary after the
-    /// writer's `end` (or from where the last request ended) to `2 * AHEAD` past the end,
-    /// reserving the next step of file space first if the window reaches past the reserve
-    /// (where the map may not be touched). Best effort: if the reserve or the request fails, the
-    /// writer takes the faults itself, and a real shortage of space is reported by the
-    /// reservation an append needs.
+    /// Asks `p` to fault in the pages of its window after the writer's `end`
+    /// ([`Prefaulter::window`]), reserving the next step of file space first if the window
+    /// reaches past the reserve (where the map may not be touched). Best effort: if the request
+    /// fails, the writer takes the faults itself; if the reserve fails, a real shortage of space
+    /// is reported by the reservation an append needs (and where the file system declines to
+    /// reserve, the segment goes over to `pwrite` here, as that reservation would).
     fn prefault_after(&self, appends: &mut Appends, end: u64, p: &Prefaulter) {
-        let want = (end + 2 * prefault::AHEAD).min(self.capacity());
+        let Some((from, want)) = Prefaulter::window(end, appends.prefaulted) else { return };
+        let want = want.min(self.capacity());
         if want > appends.reserved {
             if appends.no_early_reserve {
                 return;
@@ -328,7 +328,6 @@ impl Segment {
                 return;
             }
         }
-        let from = appends.prefaulted.max(end.next_multiple_of(prefault::ALIGN));
         let to = want.min(appends.reserved);
         if to > from
             && let Some(map) = appends.map.as_ref()
@@ -441,13 +440,13 @@ mod tests {
     fn prefaulted_mapped_appends_read_back_and_seal_gives_back_the_reserve() {
         let p = Prefaulter::new(Default::default(), Default::default());
         mapped_appends(Some(&p));
-        if cfg!(target_os = "linux") {
-            assert!(p.requested() > 0, "pages were faulted in ahead");
+        if crate::populate::supported() {
+            assert!(p.requested() > 0, "pages were asked to be faulted in ahead");
         }
     }
 
     fn mapped_appends(prefaulter: Option<&Prefaulter>) {
-        let slack = RESERVE_STEP + if prefaulter.is_some() { 2 * prefault::AHEAD } else { 0 };
+        let slack = RESERVE_STEP + if prefaulter.is_some() { 512 << 10 } else { 0 };
         let dir = tempfile::tempdir().unwrap();
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
         let capacity = 3 * RESERVE_STEP + 1000;

@@ -57,8 +57,10 @@ pub struct WriterConfig {
     /// be written after that, and a failed fdatasync must not be retried by a roll-over.
     pub failed: Arc<AtomicBool>,
     /// Each write of the log holds this shared, with its check of `failed`; a background
-    /// fdatasync (the committer's, another thread's commit) holds it exclusively and raises
-    /// `failed` before letting go if the sync failed. So a write either ends before such a
+    /// fdatasync (the committer's, another thread's commit) and a roll-over of the log's own
+    /// writer (which syncs the segment it seals) hold it exclusively and raise `failed` before
+    /// letting go if the sync failed. (The prefault thread also holds it shared, a 64 KiB chunk
+    /// at a time, and only tries to: see `prefault.rs`.) So a write either ends before such a
     /// sync begins or begins after it ended and sees its failure: no write lands after a
     /// failed fdatasync, even one that started before the failure was known. (Without it a
     /// write that passed the check could be stalled, resumed after the failure, and leave a
@@ -222,13 +224,19 @@ impl LogWriter {
     /// Seals the active segment (fdatasync, so that recovery may treat any damage in it as
     /// corruption rather than a torn tail) and begins a new one, listed in a new manifest.
     fn roll_over(&mut self, op_len: usize) -> Result<()> {
-        // Writes (the new segment's header, the manifest), so it holds the gate like a frame;
-        // exclusively, since it also syncs: the prefault thread, which holds the gate shared,
-        // must not dirty a page between a failed sync of the old segment and `failed` (raised
-        // here, before the gate is let go, as the committer's sync does). Not by a defrag's
-        // writer: its segments are not the log's yet, a failure only fails the defrag, and
-        // its files are removed.
-        let _no_prefault = self.cfg.sync_gate.write().unwrap_or_else(|e| e.into_inner());
+        // Writes (the new segment's header, the manifest), so it holds the gate like a frame.
+        // The log's own writer holds it exclusively, since it also syncs a segment of the log:
+        // the prefault thread, which holds the gate shared, must not dirty a page between a
+        // failed sync and `failed` (raised here, before the gate is let go, as the committer's
+        // sync does). A defrag's writer holds it shared, as before: its segments are not the
+        // log's yet (a failure only fails the defrag, and its files are removed), and holding it
+        // exclusively would stop the live writer and the committer for its whole sync.
+        let gate = &self.cfg.sync_gate;
+        let (_exclusive, _shared) = if self.cfg.in_manifest {
+            (Some(gate.write().unwrap_or_else(|e| e.into_inner())), None)
+        } else {
+            (None, Some(gate.read().unwrap_or_else(|e| e.into_inner())))
+        };
         self.check_not_failed()?;
         if let Err(e) = self.active().seal().and_then(|()| self.active().sync()) {
             if self.cfg.in_manifest {

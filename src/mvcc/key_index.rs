@@ -284,6 +284,16 @@ impl PartialEq for MapKey {
 
 impl Eq for MapKey {}
 
+/// Whether a key index map of `len` entries in a table of `size` bytes should have the table it
+/// will double into prepared (see `huge_pages::prepare`): at three quarters of the 7/8 of its
+/// buckets that hashbrown fills — so full, its next growth is a doubling, not a rehash in place.
+/// A table is its buckets (an entry and a control byte each) and a group of control bytes, so
+/// the doubled one is twice the size, less a group: close enough for whole huge pages.
+fn wants_next_table(len: usize, size: usize) -> bool {
+    let buckets = size / (std::mem::size_of::<(MapKey, KeyIndex)>() + 1);
+    len * 32 >= buckets * 21
+}
+
 impl Index {
     pub fn new() -> Index {
         Index::default()
@@ -301,13 +311,7 @@ impl Index {
             EntryRef::Occupied(o) => o.into_mut(),
             EntryRef::Vacant(v) => {
                 self.order.insert(key, ValueRef::default());
-                // Three quarters full (of the 7/8 of its buckets hashbrown fills): have the
-                // table it will double into made meanwhile. So full, its next growth is a
-                // doubling, not a rehash in place. A table is its buckets (an entry and a
-                // control byte each) and a group of control bytes, so the doubled one is
-                // twice the size, less a group: close enough for whole huge pages.
-                let buckets = size / (std::mem::size_of::<(MapKey, KeyIndex)>() + 1);
-                if (len + 1) * 32 >= buckets * 21 && self.prepared_for != size {
+                if wants_next_table(len + 1, size) && self.prepared_for != size {
                     self.prepared_for = size;
                     crate::huge_pages::prepare(2 * size);
                 }
@@ -393,10 +397,10 @@ fn count_change(live: &mut usize, was_live: bool, is_live: bool) {
 mod tests {
     use super::*;
 
-    /// The guess of how large the key index's next table is (twice the current one) holds for
-    /// the hashbrown in use, to the whole huge page, which is all a prepared block needs: a map
-    /// that records what it allocates, grown past a dozen doublings, asked each time for about
-    /// twice what it had.
+    /// The key index asks for its next table before each doubling, and its guess of that
+    /// table's size (twice the current one) holds for the hashbrown in use, to the whole huge
+    /// page, which is all a prepared block needs: a map that records what it allocates, grown
+    /// past a dozen doublings, asked each time for about twice what it had.
     #[test]
     fn each_doubling_asks_for_twice_the_table() {
         use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
@@ -421,11 +425,15 @@ mod tests {
         let sizes = Recording::default();
         let mut map: hashbrown::HashMap<MapKey, KeyIndex, DefaultHashBuilder, Recording> =
             hashbrown::HashMap::with_hasher_in(DefaultHashBuilder::default(), sizes.clone());
-        let mut doublings = 0;
+        let (mut doublings, mut wanted_for) = (0, 0);
         for i in 0..200_000u64 {
             let size = map.allocation_size();
+            if wants_next_table(map.len() + 1, size) {
+                wanted_for = size;
+            }
             map.insert(MapKey::from(&i.to_be_bytes()[..]), KeyIndex::default());
             if size > 0 && map.allocation_size() != size {
+                assert_eq!(wanted_for, size, "the next table was wanted before the doubling from {size}");
                 let asked = *sizes.0.lock().unwrap().last().unwrap();
                 assert_eq!(asked, map.allocation_size());
                 let guessed = 2 * size;
