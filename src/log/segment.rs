@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
@@ -76,6 +78,10 @@ pub const RESERVE_STEP: u64 = 2 << 20;
 /// is nothing beside their copy, while copying through the map takes a page fault per 4 KiB.
 const MAP_COPY_MAX: usize = 16 << 10;
 
+/// `unmap_for_writeback` starts on a multiple of this, a multiple of every page size (4 KiB on
+/// x86-64, up to 64 KiB on some ARM systems), as `madvise` requires.
+const UNMAP_ALIGN: u64 = 64 << 10;
+
 /// The writer's side of a segment.
 struct Appends {
     /// Bytes of the file that exist (its length): appends through the map stay below this.
@@ -85,6 +91,8 @@ struct Appends {
     map: Option<Arc<MmapRaw>>,
     /// How far the pages of `map` were asked to be faulted in ahead of the writer.
     prefaulted: u64,
+    /// Below this (a multiple of `UNMAP_ALIGN`) `map` maps no page: see `unmap_for_writeback`.
+    unmapped: u64,
     /// Set when reserving space early for the prefault window failed: not tried again until an
     /// append's own reservation succeeds (a full disk would otherwise be asked at every append).
     no_early_reserve: bool,
@@ -135,6 +143,7 @@ impl Segment {
                 reserved: SEGMENT_HEADER_LEN,
                 map: None,
                 prefaulted: 0,
+                unmapped: 0,
                 no_early_reserve: false,
                 mapped: true,
                 trim: false,
@@ -187,6 +196,7 @@ impl Segment {
                 reserved: len,
                 map: None,
                 prefaulted: 0,
+                unmapped: 0,
                 no_early_reserve: false,
                 mapped: !read_only && capacity > 0,
                 trim: false,
@@ -363,12 +373,52 @@ impl Segment {
         Ok(())
     }
 
-    /// fdatasync (a no-op when the backend runs with `sync: false`).
+    /// fdatasync (a no-op when the backend runs with `sync: false`), after
+    /// [`unmap_for_writeback`](Self::unmap_for_writeback).
     pub fn sync(&self) -> Result<()> {
+        self.unmap_for_writeback();
         if self.sync {
             self.file.sync_data().map_err(|e| Error::io("fdatasync segment", Some(self.path.clone()), e))?;
         }
         Ok(())
+    }
+
+    /// Removes the writable map's page-table entries of the pages written or faulted in since
+    /// the last call (the pages themselves, and every byte in them, stay in the page cache), and
+    /// has the prefaulter map the pages ahead again.
+    ///
+    /// Why: writing a dirty page back (an fdatasync, or the kernel's own flushing)
+    /// write-protects each page-table entry that maps it writable, one TLB flush per page,
+    /// and a flush must interrupt every other core running a thread of this process. With
+    /// 100 watcher threads busy on the other core that was some 8,000 interrupts a second
+    /// (`/proc/interrupts`, "TLB shootdowns"), each costing both cores; one
+    /// `madvise(MADV_DONTNEED)` over the range flushes once. The writer never goes back to
+    /// those pages, and the pages it will write next are faulted in again by the prefaulter
+    /// (or by its own first store, as before).
+    fn unmap_for_writeback(&self) {
+        #[cfg(unix)]
+        {
+            let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+            let a = &mut *appends;
+            let Some(map) = a.map.as_ref() else { return };
+            let len = self.len();
+            let from = a.unmapped.min(len);
+            let to = a.prefaulted.max(len).min(a.reserved);
+            if to <= from {
+                return;
+            }
+            // SAFETY: on a shared map of a file, `MADV_DONTNEED` removes only the page-table entries:
+            // a later access maps the file's page again, with every byte written so far (dirty or
+            // not, the page cache holds them). Nothing holds a reference into this map (the writer
+            // copies through a raw pointer, under `appends`, which is held here), and `from` is a
+            // multiple of `UNMAP_ALIGN`, a multiple of the page size.
+            if unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, from as usize, (to - from) as usize) }
+                .is_ok()
+            {
+                a.unmapped = len / UNMAP_ALIGN * UNMAP_ALIGN;
+                a.prefaulted = a.prefaulted.min(len);
+            }
+        }
     }
 
     /// Cuts the file back to `len` bytes (a torn tail found at open), durably.
@@ -445,6 +495,45 @@ mod tests {
         }
     }
 
+    /// A sync leaves the writable map holding no page-table entry for what was written (so that
+    /// writing the pages back interrupts no other core, see `unmap_for_writeback`), and every
+    /// byte is still there, in the readers' map and in the file.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn sync_unmaps_the_written_pages_and_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
+        let seg = Segment::create(dir.path(), &vfs, 1, 4 * RESERVE_STEP, false).unwrap();
+        let mut expect = seg.written().to_vec();
+        for i in 0..256u32 {
+            let buf = vec![(i % 251) as u8 + 1; 4000];
+            seg.append(&buf, seg.len(), None).unwrap();
+            expect.extend_from_slice(&buf);
+        }
+        let map = seg.appends.lock().unwrap().map.clone().expect("appends went through the map");
+        let resident = || mapped_kib(map.as_ptr() as usize);
+        assert!(resident() >= 900, "the written megabyte is mapped before the sync: {} KiB", resident());
+        seg.sync().unwrap();
+        assert!(resident() <= 64, "at most the end's page stays mapped after the sync: {} KiB", resident());
+        assert_eq!(seg.written(), &expect[..]);
+        seg.append(b"after", seg.len(), None).unwrap();
+        expect.extend_from_slice(b"after");
+        assert_eq!(seg.written(), &expect[..]);
+        assert_eq!(&std::fs::read(&seg.path).unwrap()[..expect.len()], &expect[..]);
+    }
+
+    /// Resident KiB of the mapping that starts at `addr`, from `/proc/self/smaps`.
+    #[cfg(target_os = "linux")]
+    fn mapped_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps
+            .lines()
+            .skip_while(|l| l.split('-').next().and_then(|a| usize::from_str_radix(a, 16).ok()) != Some(addr));
+        assert!(lines.next().is_some(), "no mapping at {addr:#x}");
+        let rss = lines.find(|l| l.starts_with("Rss:")).expect("an Rss line");
+        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     fn mapped_appends(prefaulter: Option<&Prefaulter>) {
         let slack = RESERVE_STEP + if prefaulter.is_some() { 512 << 10 } else { 0 };
         let dir = tempfile::tempdir().unwrap();
@@ -461,6 +550,11 @@ mod tests {
             seg.append(&buf, off, prefaulter).unwrap();
             assert_eq!(seg.bytes(off, n), Some(&buf[..]), "read back through the map at {off}");
             expect.extend_from_slice(&buf);
+            if x.is_multiple_of(3) {
+                // Unmaps the written pages (`unmap_for_writeback`): appends go on after it.
+                seg.sync().unwrap();
+                assert_eq!(seg.bytes(off, n), Some(&buf[..]), "read back after a sync at {off}");
+            }
             let file_len = std::fs::metadata(&seg.path).unwrap().len();
             assert_eq!(seg.file_len(), file_len, "file_len is the file's length");
             assert!(file_len >= seg.len() && file_len - seg.len() <= slack, "reserve {file_len}");
