@@ -53,7 +53,7 @@ const AHEAD: u64 = 256 << 10;
 /// Requests start on a multiple of this after the writer's end, so that they do not fault in
 /// the page holding it, whatever the page size (4 KiB on x86-64, up to 64 KiB on some ARM
 /// systems). An economy only: the sync gate, not this, keeps record pages safe (see above).
-const ALIGN: u64 = 64 << 10;
+pub(super) const ALIGN: u64 = 64 << 10;
 
 /// Bytes faulted in per hold of the sync gate: a sync that comes meanwhile waits at most this
 /// long (16 pages, some tens of microseconds).
