@@ -1,7 +1,8 @@
 //! Faulting in the pages of a map as a write would, without writing a byte
 //! (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14 and later), so that the kernel's work of a first
 //! touch is done ahead, on another thread: the log writer's next pages (`log/prefault.rs`) and
-//! the MVCC key index's next table (`huge_pages::prepare`).
+//! the MVCC key index's next table (`huge_pages::prepare`). And the converse for the log
+//! writer's map: dropping the mappings of pages about to be written back ([`discard`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -51,6 +52,32 @@ impl Map for MmapMut {
     #[cfg(target_os = "linux")]
     fn populate_write(&self, off: usize, len: usize) -> std::io::Result<()> {
         self.advise_range(memmap2::Advice::PopulateWrite, off, len)
+    }
+}
+
+/// Removes the page-table entries of `len` bytes at `off` of `map` (`madvise(MADV_DONTNEED)`;
+/// the start is rounded down to a page), so that writing those pages back flushes no TLB entry
+/// page by page (DESIGN.md §2.3). On a shared map of a file this drops only the mapping: the
+/// page cache keeps every page and every byte written to it, and a later access maps it
+/// again. False if the kernel refused (nothing changed), and on other platforms.
+///
+/// # Safety
+///
+/// `map` must be a shared (`MAP_SHARED`) map of a file — on a private map the advice would
+/// throw away what was written through it — and `off + len` must not pass its end (the call
+/// would reach whatever is mapped after it).
+pub(crate) unsafe fn discard(map: &MmapRaw, off: usize, len: usize) -> bool {
+    debug_assert!(off.checked_add(len).is_some_and(|end| end <= map.len()), "discard past the map's end");
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the caller promises a shared map of a file and a range inside it, on which
+        // the advice removes mappings and nothing else (see above).
+        unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) }.is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (map, off, len);
+        false
     }
 }
 

@@ -27,10 +27,10 @@
 //! - The request holds the map (`Arc`), so it stays mapped until the thread is done with it.
 //!
 //! The pages it dirties are zeros beyond the log's end: an fdatasync writes them, and recovery
-//! cuts a zero tail off as before. An fdatasync also cleans the pages not yet written to, so
-//! the writer's first store into one of those traps again (a cheaper fault: the page is there);
-//! the window is kept small ([`AHEAD`]) so that little of it is wasted that way or written as
-//! zeros. Where the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14) the first
+//! cuts a zero tail off as before. A sync also unmaps the pages not yet written to (see
+//! `Segment::unmap_for_writeback`), so the writer's first store into one of those traps again
+//! (a cheaper fault: the page is in the page cache, zeroed); the window is kept small
+//! ([`AHEAD`]) so that little of it is wasted that way or written as zeros. Where the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14) the first
 //! request turns it off for the process; on other platforms it is off from the start, and the
 //! writer takes its faults as before.
 
@@ -53,7 +53,7 @@ const AHEAD: u64 = 256 << 10;
 /// Requests start on a multiple of this after the writer's end, so that they do not fault in
 /// the page holding it, whatever the page size (4 KiB on x86-64, up to 64 KiB on some ARM
 /// systems). An economy only: the sync gate, not this, keeps record pages safe (see above).
-pub(super) const ALIGN: u64 = 64 << 10;
+const ALIGN: u64 = 64 << 10;
 
 /// Bytes faulted in per hold of the sync gate: a sync that comes meanwhile waits at most this
 /// long (16 pages, some tens of microseconds).

@@ -30,8 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-#[cfg(target_os = "linux")]
-use memmap2::UncheckedAdvice;
 use memmap2::{Mmap, MmapOptions, MmapRaw};
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
@@ -77,10 +75,6 @@ pub const RESERVE_STEP: u64 = 2 << 20;
 /// Appends longer than this use `pwrite` even where the map could take them: one system call
 /// is nothing beside their copy, while copying through the map takes a page fault per 4 KiB.
 const MAP_COPY_MAX: usize = 16 << 10;
-
-/// `unmap_for_writeback` starts on a multiple of this, as `madvise` requires: the prefaulter's
-/// alignment, a multiple of every page size.
-const UNMAP_ALIGN: u64 = super::prefault::ALIGN;
 
 /// The writer's side of a segment.
 struct Appends {
@@ -375,56 +369,37 @@ impl Segment {
         Ok(())
     }
 
-    /// fdatasync (a no-op when the backend runs with `sync: false`), after
-    /// [`unmap_for_writeback`](Self::unmap_for_writeback).
+    /// fdatasync, after [`unmap_for_writeback`](Self::unmap_for_writeback) (both no-ops when
+    /// the backend runs with `sync: false`).
     pub fn sync(&self) -> Result<()> {
-        self.unmap_for_writeback();
         if self.sync {
+            self.unmap_for_writeback();
             self.file.sync_data().map_err(|e| Error::io("fdatasync segment", Some(self.path.clone()), e))?;
         }
         Ok(())
     }
 
-    /// Removes the writable map's page-table entries from where the last call stopped to the
-    /// end of what the prefaulter has faulted in (the pages themselves, and every byte in them,
-    /// stay in the page cache).
-    ///
-    /// Why: writing a dirty page back (an fdatasync, or the kernel's own flushing)
-    /// write-protects each page-table entry that maps it writable, one TLB flush per page, and
-    /// a flush must interrupt every other core running a thread of this process. With 100
-    /// watcher threads busy on the other core that was some 8,000 interrupts a second
-    /// (`/proc/interrupts`, "TLB shootdowns"), each costing both cores; one
-    /// `madvise(MADV_DONTNEED)` over the range flushes once. The writer never goes back below
-    /// its end, and its first store into a page ahead traps as it did before this (then on a
-    /// write-protected page, now on an unmapped one that the page cache holds): the prefaulter
-    /// is not asked again, since faulting the window in again would dirty it again, and every
-    /// sync would write it out as zeros.
+    /// Removes the writable map's page-table entries from the writer's end at the previous call
+    /// to the end of what the prefaulter has faulted in, so that the fdatasync that follows
+    /// write-protects no page there one TLB flush at a time (DESIGN.md §2.3). The prefaulter is
+    /// not asked again: faulting the window in again would dirty it again, for every sync to
+    /// write out as zeros.
     fn unmap_for_writeback(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
-            let a = &mut *appends;
-            let Some(map) = a.map.as_ref() else { return };
-            let len = self.len();
-            let from = a.unmapped.min(len) / UNMAP_ALIGN * UNMAP_ALIGN;
-            let to = a.prefaulted.max(len).min(a.reserved).min(map.len() as u64);
-            if to <= from {
-                return;
-            }
-            // SAFETY: the map is a shared map of the segment file (`map_raw` maps `MAP_SHARED`),
-            // on which `MADV_DONTNEED` removes only page-table entries: a later access maps the
-            // file's page again, with every byte written so far (dirty or not, the page cache
-            // holds them), and writes already made stay in the file. The range lies inside the
-            // map (`to` is capped by its length) and starts on a multiple of `UNMAP_ALIGN`, a
-            // multiple of the page size. Nothing holds a reference into this map: the writer
-            // copies through a raw pointer under `appends`, which is held here.
-            if unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, from as usize, (to - from) as usize) }
-                .is_ok()
-            {
-                // The next call starts again from the end: the writer maps the pages it
-                // writes from there on, inside the range just unmapped.
-                a.unmapped = len;
-            }
+        let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        let a = &mut *appends;
+        let Some(map) = a.map.as_ref() else { return };
+        let len = self.len();
+        let to = a.prefaulted.max(len).min(map.len() as u64);
+        if to <= a.unmapped {
+            return;
+        }
+        // SAFETY: `map` is the segment file's shared map (`map_raw` maps `MAP_SHARED`) and the
+        // range ends inside it (`to` is capped by its length). Nothing holds a reference into
+        // it: the writer copies through a raw pointer under `appends`, held here.
+        if unsafe { crate::populate::discard(map, a.unmapped as usize, (to - a.unmapped) as usize) } {
+            // The next call starts again from the end: the writer maps the pages it writes from
+            // there on, inside the range just unmapped.
+            a.unmapped = len;
         }
     }
 
@@ -513,7 +488,7 @@ mod tests {
     fn sync_unmaps_the_written_pages_and_keeps_every_byte() {
         let dir = tempfile::tempdir().unwrap();
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
-        let seg = Segment::create(dir.path(), &vfs, 1, 4 * RESERVE_STEP, false).unwrap();
+        let seg = Segment::create(dir.path(), &vfs, 1, 4 * RESERVE_STEP, true).unwrap();
         let mut expect = seg.written().to_vec();
         for i in 0..256u32 {
             let buf = vec![(i % 251) as u8 + 1; 4000];
@@ -553,7 +528,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
         let capacity = 3 * RESERVE_STEP + 1000;
-        let seg = Segment::create(dir.path(), &vfs, 1, capacity, false).unwrap();
+        let seg = Segment::create(dir.path(), &vfs, 1, capacity, true).unwrap();
         let mut expect = seg.written().to_vec();
         let mut x = 7u64;
         while (expect.len() as u64) < capacity - 70_000 {
