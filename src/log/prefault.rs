@@ -30,9 +30,10 @@
 //! cuts a zero tail off as before. A sync also unmaps the pages not yet written to (see
 //! `Segment::unmap_for_writeback`), so the writer's first store into one of those traps again
 //! (a cheaper fault: the page is in the page cache, zeroed); the window is kept small
-//! ([`AHEAD`]) so that little of it is wasted that way or written as zeros. Where the kernel lacks `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14) the first
-//! request turns it off for the process; on other platforms it is off from the start, and the
-//! writer takes its faults as before.
+//! ([`AHEAD`]) so that little of it is wasted that way or written as zeros. Where the kernel
+//! lacks `MADV_POPULATE_WRITE` (`EINVAL`, before Linux 5.14) the first request turns it off for
+//! the process; on other platforms it is off from the start, and the writer takes its faults as
+//! before.
 
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
@@ -48,7 +49,7 @@ use crate::populate::{self, Populated};
 /// How far ahead of the writer's end pages are faulted in: a request is made once the end
 /// comes within `AHEAD` of what was asked for, up to `2 * AHEAD` past the end. At full speed
 /// (one-put transactions, ~60 MB/s) the writer crosses it in about 4 ms.
-const AHEAD: u64 = 256 << 10;
+pub(super) const AHEAD: u64 = 256 << 10;
 
 /// Requests start on a multiple of this after the writer's end, so that they do not fault in
 /// the page holding it, whatever the page size (4 KiB on x86-64, up to 64 KiB on some ARM

@@ -524,7 +524,7 @@ mod tests {
     }
 
     fn mapped_appends(prefaulter: Option<&Prefaulter>) {
-        let slack = RESERVE_STEP + if prefaulter.is_some() { 512 << 10 } else { 0 };
+        let slack = RESERVE_STEP + if prefaulter.is_some() { 2 * crate::log::prefault::AHEAD } else { 0 };
         let dir = tempfile::tempdir().unwrap();
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
         let capacity = 3 * RESERVE_STEP + 1000;
