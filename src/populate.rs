@@ -2,11 +2,16 @@
 //! (`madvise(MADV_POPULATE_WRITE)`, Linux 5.14 and later), so that the kernel's work of a first
 //! touch is done ahead, on another thread: the log writer's next pages (`log/prefault.rs`) and
 //! the MVCC key index's next table (`huge_pages::prepare`). And the converse for the log
-//! writer's map: dropping the mappings of pages about to be written back ([`discard`]).
+//! writer's map: dropping the mappings of pages about to be written back ([`discard`]). And for
+//! a sealed segment's readers' map, reading it again in huge pages ([`reread_huge`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use memmap2::{MmapMut, MmapRaw};
+use memmap2::{Mmap, MmapMut, MmapRaw};
+
+/// The size of a huge page on x86-64 (and on arm64 with 4 KiB pages): the unit in which
+/// [`reread_huge`] works.
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// What became of a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,6 +82,44 @@ pub(crate) unsafe fn discard(map: &MmapRaw, off: usize, len: usize) -> bool {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (map, off, len);
+        false
+    }
+}
+
+/// Has the kernel drop the page cache of `len` bytes at `off` of `file` and read them again
+/// through `map`, in huge pages where it can (DESIGN.md §2.3): the map's page-table entries of
+/// the range are removed (`MADV_DONTNEED`), its clean pages dropped from the page cache
+/// (`POSIX_FADV_DONTNEED`) and the range faulted in again (`MADV_POPULATE_READ`), which on a
+/// map advised `MADV_HUGEPAGE` reads a whole huge page at a time. False if the kernel refused
+/// the last step (the range is then read again page by page at its next touch), and on other
+/// platforms.
+///
+/// Every byte read through the map stays what it was: the kernel drops only clean pages, whose
+/// bytes are the file's, and never one that is dirty, under write-back or mapped elsewhere.
+///
+/// # Safety
+///
+/// `map` must be a read-only shared map of `file` from its first byte, and `off + len` must
+/// not pass the map's end nor the file's.
+pub(crate) unsafe fn reread_huge(map: &Mmap, file: &std::fs::File, off: usize, len: usize) -> bool {
+    debug_assert!(off.checked_add(len).is_some_and(|end| end <= map.len()), "reread past the map's end");
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: on a shared map of a file, `MADV_DONTNEED` only removes the range's
+        // page-table entries (the caller promises such a map and a range inside it); a later
+        // touch maps the page cache's page again.
+        if unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) }.is_err() {
+            return false;
+        }
+        let (Ok(at), Ok(n)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else { return false };
+        // SAFETY: a plain system call on an open descriptor; it changes no memory of ours.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), at, n, libc::POSIX_FADV_DONTNEED) };
+        map.advise_range(memmap2::Advice::PopulateRead, off, len).is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (map, file, off, len);
         false
     }
 }

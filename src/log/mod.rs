@@ -7,4 +7,5 @@ pub mod prefault;
 pub mod reader;
 pub mod recovery;
 pub mod segment;
+pub mod settle;
 pub mod writer;

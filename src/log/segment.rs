@@ -35,6 +35,7 @@ use memmap2::{Mmap, MmapOptions, MmapRaw};
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
 use super::prefault::Prefaulter;
 use crate::error::{Error, Result};
+use crate::populate::{self, HUGE_PAGE};
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
 /// File name of segment `id`.
@@ -99,6 +100,8 @@ struct Appends {
     /// Whether the file was extended by a reservation, which `seal` gives back. (Never true
     /// for a segment opened read-only, whose file must not change.)
     trim: bool,
+    /// Set by `seal`: nothing is appended any more.
+    sealed: bool,
 }
 
 impl fmt::Debug for Segment {
@@ -143,6 +146,7 @@ impl Segment {
                 no_early_reserve: false,
                 mapped: true,
                 trim: false,
+                sealed: false,
             }),
         })
     }
@@ -196,6 +200,7 @@ impl Segment {
                 no_early_reserve: false,
                 mapped: !read_only && capacity > 0,
                 trim: false,
+                sealed: false,
             }),
         })
     }
@@ -349,7 +354,39 @@ impl Segment {
         let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
         appends.mapped = false;
         appends.map = None;
+        appends.sealed = true;
         self.give_back(&mut appends)
+    }
+
+    /// Has the kernel read this sealed segment again in 2 MiB pages, a huge page at a time,
+    /// through the readers' map (`populate::reread_huge`), until `stop` is raised or the segment
+    /// leaves the log; returns how many bytes. Why: a random read of a value misses the TLB as
+    /// well as the cache, and on a 4 KiB page the walk costs as much again as the miss (DESIGN.md
+    /// §2.3). The pages that appends made are small, and the kernel does not merge a file's pages
+    /// into huge ones.
+    ///
+    /// Only a sealed segment of a backend that syncs: its bytes never change again and its
+    /// pages are clean, so they can be dropped and read back. A huge page that appends went on
+    /// dirtying would be written back whole at every sync (2 MiB for a 200-byte commit). Only
+    /// the whole huge pages of a map that starts on one; the rest stays as it is.
+    pub fn settle(&self, stop: &AtomicBool) -> u64 {
+        let appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        let settles = self.sync && appends.sealed && (self.map.as_ptr() as usize).is_multiple_of(HUGE_PAGE);
+        drop(appends);
+        let end = (self.len() as usize).min(self.map.len()) / HUGE_PAGE * HUGE_PAGE;
+        if !settles || end == 0 || self.map.advise(memmap2::Advice::HugePage).is_err() {
+            return 0;
+        }
+        let mut at = 0;
+        while at < end && !stop.load(Ordering::Relaxed) && !self.obsolete.load(Ordering::Acquire) {
+            // SAFETY: `map` is the read-only shared map of this segment's file from its first
+            // byte, and `at + HUGE_PAGE <= len`, inside the map and the file.
+            if !unsafe { populate::reread_huge(&self.map, self.file.as_file(), at, HUGE_PAGE) } {
+                break;
+            }
+            at += HUGE_PAGE;
+        }
+        at as u64
     }
 
     /// Gives back the space reserved beyond `len`; later appends reserve again. (A defrag's
@@ -396,7 +433,7 @@ impl Segment {
         // SAFETY: `map` is the segment file's shared map (`map_raw` maps `MAP_SHARED`) and the
         // range ends inside it (`to` is capped by its length). Nothing holds a reference into
         // it: the writer copies through a raw pointer under `appends`, held here.
-        if unsafe { crate::populate::discard(map, a.unmapped as usize, (to - a.unmapped) as usize) } {
+        if unsafe { populate::discard(map, a.unmapped as usize, (to - a.unmapped) as usize) } {
             // The next call starts again from the end: the writer maps the pages it writes from
             // there on, inside the range just unmapped.
             a.unmapped = len;
@@ -511,16 +548,76 @@ mod tests {
         assert_eq!(&std::fs::read(&seg.path).unwrap()[..expect.len()], &expect[..]);
     }
 
+    /// Settling reads a sealed segment again in huge pages without changing a byte; it leaves a
+    /// segment that is still appended to (or not synced) alone, and stops when asked.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn settling_a_sealed_segment_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
+        let seg = Segment::create(dir.path(), &vfs, 1, 8 << 20, true).unwrap();
+        let mut expect = seg.written().to_vec();
+        for i in 0..1600u32 {
+            let buf: Vec<u8> = (0..4000u32).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect();
+            seg.append(&buf, seg.len(), None).unwrap();
+            expect.extend_from_slice(&buf);
+        }
+        let go = AtomicBool::new(false);
+        assert_eq!(seg.settle(&go), 0, "not sealed: left alone");
+        seg.seal().unwrap();
+        seg.sync().unwrap();
+        let settled = seg.settle(&AtomicBool::new(true));
+        assert_eq!(settled, 0, "stopped before the first huge page");
+        let aligned = (seg.map.as_ptr() as usize).is_multiple_of(HUGE_PAGE);
+        let settled = seg.settle(&go);
+        if populate::supported() && aligned {
+            assert_eq!(settled, 3 * HUGE_PAGE as u64, "the whole huge pages below the end ({} bytes)", seg.len());
+            if huge_file_pages_expected(&seg.path) {
+                let kib = smaps_field(seg.map.as_ptr() as usize, "FilePmdMapped:");
+                assert!(kib >= 2048, "mapped in huge pages: {kib} KiB");
+            }
+        }
+        assert_eq!(seg.written(), &expect[..], "every byte, read through the map again");
+        assert_eq!(std::fs::read(&seg.path).unwrap(), expect, "and in the file");
+
+        let unsynced = Segment::create(dir.path(), &vfs, 2, 8 << 20, false).unwrap();
+        unsynced.append(&expect[..5 << 20], unsynced.len(), None).unwrap();
+        unsynced.seal().unwrap();
+        assert_eq!(unsynced.settle(&go), 0, "a backend that does not sync: left alone");
+    }
+
+    /// Whether the kernel maps the page cache of `path` in huge pages once it holds them: a
+    /// file system whose files take large folios (ext4, XFS) and transparent huge pages not
+    /// turned off.
+    #[cfg(target_os = "linux")]
+    fn huge_file_pages_expected(path: &Path) -> bool {
+        const EXT4: i64 = 0xEF53;
+        const XFS: i64 = 0x5846_5342;
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `statfs` is plain data, for which all zero bytes are a valid value.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a statfs for the call to fill in.
+        let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+        ok && [EXT4, XFS].contains(&(st.f_type as i64)) && !thp.contains("[never]")
+    }
+
     /// Resident KiB of the mapping that starts at `addr`, from `/proc/self/smaps`.
     #[cfg(target_os = "linux")]
     fn mapped_kib(addr: usize) -> u64 {
+        smaps_field(addr, "Rss:")
+    }
+
+    /// A field (in KiB) of the mapping that starts at `addr`, from `/proc/self/smaps`.
+    #[cfg(target_os = "linux")]
+    fn smaps_field(addr: usize, field: &str) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut lines = smaps
             .lines()
             .skip_while(|l| l.split('-').next().and_then(|a| usize::from_str_radix(a, 16).ok()) != Some(addr));
         assert!(lines.next().is_some(), "no mapping at {addr:#x}");
-        let rss = lines.find(|l| l.starts_with("Rss:")).expect("an Rss line");
-        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+        let line = lines.find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("a {field} line"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     fn mapped_appends(prefaulter: Option<&Prefaulter>) {

@@ -19,6 +19,7 @@ use super::format::{
 use super::manifest::{self, Manifest};
 use super::prefault::Prefaulter;
 use super::segment::Segment;
+use super::settle::Settler;
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
 use crate::vfs::Vfs;
@@ -91,6 +92,8 @@ pub struct LogWriter {
     last_at: Option<(u32, u64)>,
     /// Faults in the active segment's pages ahead of the appends (see `prefault.rs`).
     prefaulter: Prefaulter,
+    /// Reads the segments this writer seals again in huge pages (see `settle.rs`).
+    settler: Settler,
 }
 
 impl LogWriter {
@@ -110,6 +113,7 @@ impl LogWriter {
             last: Vec::new(),
             last_at: None,
             prefaulter,
+            settler: Settler::default(),
         }
     }
 
@@ -259,6 +263,9 @@ impl LogWriter {
             // the next open removes it as a leftover. The error poisons the engine.
             self.segments = old;
             return Err(e);
+        }
+        if self.cfg.in_manifest {
+            self.settler.request(old.last().expect("a log has at least one segment"));
         }
         Ok(())
     }
