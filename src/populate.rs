@@ -9,10 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Mmap, MmapMut, MmapRaw};
 
-/// The size of a huge page on x86-64 (and on arm64 with 4 KiB pages): the unit in which
-/// [`reread_huge`] works.
-pub(crate) const HUGE_PAGE: usize = 2 << 20;
-
 /// What became of a request.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Populated {

@@ -35,7 +35,8 @@ use memmap2::{Mmap, MmapOptions, MmapRaw};
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
 use super::prefault::Prefaulter;
 use crate::error::{Error, Result};
-use crate::populate::{self, HUGE_PAGE};
+use crate::huge_pages::HUGE_PAGE;
+use crate::populate;
 use crate::vfs::{OpenMode, Vfs, VfsFile};
 
 /// File name of segment `id`.
