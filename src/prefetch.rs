@@ -14,12 +14,17 @@ pub(crate) fn prefetch<T>(items: &[T]) {
 /// Asks the CPU to bring every cache line of `bytes` into the cache without waiting for them.
 #[inline]
 pub(crate) fn prefetch_all(bytes: &[u8]) {
+    prefetch_range(bytes.as_ptr() as usize, bytes.len());
+}
+
+/// Asks the CPU to bring every cache line of the `len` bytes at address `start` into the cache
+/// without waiting for them. Any address will do: a prefetch never faults.
+#[inline]
+pub(crate) fn prefetch_range(start: usize, len: usize) {
     const LINE: usize = 64;
-    let start = bytes.as_ptr() as usize;
-    let mut at = start & !(LINE - 1);
-    while at < start + bytes.len() {
-        line(at as *const u8);
-        at += LINE;
+    let first = start & !(LINE - 1);
+    for i in 0..(start % LINE + len).div_ceil(LINE) {
+        line(first.wrapping_add(i * LINE) as *const u8);
     }
 }
 

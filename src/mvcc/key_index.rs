@@ -10,8 +10,10 @@
 use std::collections::HashSet;
 use std::ops::Bound;
 
-use hashbrown::DefaultHashBuilder;
-use hashbrown::hash_map::EntryRef;
+use std::hash::BuildHasher;
+
+use hashbrown::hash_table::Entry;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use smallvec::{SmallVec, smallvec};
 
 use super::revision::Revision;
@@ -213,7 +215,11 @@ impl KeyIndex {
 #[derive(Default)]
 pub struct Index {
     /// On huge pages: a random lookup in a large table then misses the cache but not the TLB.
-    map: hashbrown::HashMap<MapKey, KeyIndex, DefaultHashBuilder, HugePages>,
+    map: HashTable<Slot, HugePages>,
+    hasher: DefaultHashBuilder,
+    /// Where one bucket of `map` lies, for finding a key's first bucket before the table's
+    /// control bytes say which (see `prefetch_home`); None while the table is empty.
+    anchor: Option<Anchor>,
     order: BTree,
     /// How many keys are live now, kept as histories change: a count of the whole store is
     /// then O(1) instead of a walk of every key under the store's read lock (which made a
@@ -221,6 +227,17 @@ pub struct Index {
     live: usize,
     /// The map's allocation size when it last asked for its next table to be prepared.
     prepared_for: usize,
+}
+
+type Slot = (MapKey, KeyIndex);
+
+/// A bucket of the key index's table: its index, its address, and how many buckets the table
+/// had then.
+#[derive(Clone, Copy)]
+struct Anchor {
+    buckets: usize,
+    index: usize,
+    addr: usize,
 }
 
 /// A key of the map: short keys live inside the map's slot, longer ones on the heap.
@@ -300,27 +317,58 @@ impl Index {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
-        self.map.get(key)
+        let hash = self.hasher.hash_one(key);
+        self.prefetch_home(hash);
+        self.map.find(hash, |(k, _)| **k == *key).map(|(_, ki)| ki)
+    }
+
+    /// Asks for the first two buckets a lookup of `hash` probes, before the lookup reads the
+    /// control bytes that say which bucket holds the key.
+    ///
+    /// Why: in a large table the control bytes and the bucket are two cache misses, one after
+    /// the other, on the path of every `get`; most keys lie in the bucket where their probe
+    /// starts or the next one, so asking for those at once makes the two misses overlap. The
+    /// address comes from hashbrown's layout, which puts bucket `i` `i` buckets below bucket 0
+    /// (its `Bucket::from_base_index`); were that to change, the hint would name other memory,
+    /// which costs nothing but the hint (`prefetch` never faults), and
+    /// `home_prefetch_names_the_bucket` would fail.
+    #[inline]
+    fn prefetch_home(&self, hash: u64) {
+        if let Some(a) = self.anchor {
+            crate::prefetch::prefetch_range(home_addr(a, hash).wrapping_sub(SLOT), 2 * SLOT);
+        }
     }
 
     /// Changes the history of `key` (created empty if the key is new) with `f`. The only way
     /// to change one, so that the count of live keys follows.
     pub fn change<R>(&mut self, key: &[u8], f: impl FnOnce(&mut KeyIndex) -> R) -> R {
+        let hash = self.hasher.hash_one(key);
+        self.prefetch_home(hash);
         let (len, size) = (self.map.len(), self.map.allocation_size());
-        let ki = match self.map.entry_ref(key) {
-            EntryRef::Occupied(o) => o.into_mut(),
-            EntryRef::Vacant(v) => {
+        let hasher = &self.hasher;
+        let mut inserted = None;
+        let ki = match self.map.entry(hash, |(k, _)| **k == *key, |(k, _)| hasher.hash_one(&**k)) {
+            Entry::Occupied(o) => &mut o.into_mut().1,
+            Entry::Vacant(v) => {
                 self.order.insert(key, ValueRef::default());
                 if wants_next_table(len + 1, size) && self.prepared_for != size {
                     self.prepared_for = size;
                     crate::huge_pages::prepare(2 * size);
                 }
-                v.insert_with_key(MapKey::from(key), KeyIndex::default())
+                let o = v.insert((MapKey::from(key), KeyIndex::default()));
+                let index = o.bucket_index();
+                let slot = o.into_mut();
+                inserted = Some((index, std::ptr::from_mut(slot) as usize));
+                &mut slot.1
             }
         };
         let was_live = ki.is_live();
         let r = f(ki);
         count_change(&mut self.live, was_live, ki.is_live());
+        if let Some((index, addr)) = inserted {
+            // The insert may have moved the table.
+            self.anchor = Some(Anchor { buckets: self.map.num_buckets(), index, addr });
+        }
         r
     }
 
@@ -351,7 +399,7 @@ impl Index {
         self.order
             .range(start, stop)
             .take_while(move |(k, _)| last.is_none_or(|l| *k <= l))
-            .map(|(k, _)| (k, &self.map[k]))
+            .map(|(k, _)| (k, self.get(k).expect("every key in order is in the map")))
     }
 
     /// Keeps the keys from `from` on for which `f` returns true, looking at `budget` keys at
@@ -371,17 +419,30 @@ impl Index {
             self.order.range(from, None).take(budget.saturating_add(1)).map(|(k, _)| k.to_vec()).collect();
         let next = if keys.len() > budget { keys.pop() } else { None };
         for k in &keys {
-            let Some(ki) = self.map.get_mut(k.as_slice()) else { continue };
+            let hash = self.hasher.hash_one(k.as_slice());
+            let Some((_, ki)) = self.map.find_mut(hash, |(x, _)| **x == *k.as_slice()) else { continue };
             let was_live = ki.is_live();
             let keep = f(k, ki);
             count_change(&mut self.live, was_live, keep && ki.is_live());
             if !keep {
-                self.map.remove(k.as_slice());
+                if let Ok(e) = self.map.find_entry(hash, |(x, _)| **x == *k.as_slice()) {
+                    e.remove();
+                }
                 self.order.remove(k);
             }
         }
         next
     }
+}
+
+const SLOT: usize = std::mem::size_of::<Slot>();
+
+/// The address of the bucket where a probe for `hash` starts, from the bucket `a` (hashbrown
+/// starts at `hash & (buckets - 1)` and keeps bucket `i` at `SLOT` bytes below bucket `i - 1`).
+#[inline]
+fn home_addr(a: Anchor, hash: u64) -> usize {
+    let home = hash as usize & (a.buckets - 1);
+    a.addr.wrapping_add(a.index.wrapping_sub(home).wrapping_mul(SLOT))
 }
 
 /// Follows one key going from live (or not) to live (or not) in the count of live keys.
@@ -443,6 +504,34 @@ mod tests {
             }
         }
         assert!(doublings >= 12, "{doublings} doublings");
+    }
+
+    /// The address `prefetch_home` asks for is the bucket where a key's probe starts: checked
+    /// through the anchor for every key's actual bucket (the layout the hint assumes), and most
+    /// keys lie in their first or second bucket (what makes the hint worth asking for).
+    #[test]
+    fn home_prefetch_names_the_bucket() {
+        let mut index = Index::new();
+        let n = 50_000u64;
+        let mut near = 0;
+        for i in 0..n {
+            index.change(format!("key{i:08}").as_bytes(), |ki| ki.put(r(i as i64 + 2)));
+        }
+        let a = index.anchor.expect("an anchor once a key is in");
+        assert_eq!(a.buckets, index.map.num_buckets());
+        for i in 0..n {
+            let key = format!("key{i:08}");
+            let hash = index.hasher.hash_one(key.as_bytes());
+            let at = index.map.find_bucket_index(hash, |(k, _)| **k == *key.as_bytes()).unwrap();
+            let actual = std::ptr::from_ref(index.map.get_bucket(at).unwrap()) as usize;
+            assert_eq!(a.addr.wrapping_add(a.index.wrapping_sub(at).wrapping_mul(SLOT)), actual, "bucket {at}");
+            let home = hash as usize & (a.buckets - 1);
+            if at == home || at == (home + 1) & (a.buckets - 1) {
+                near += 1;
+                assert!(home_addr(a, hash).wrapping_sub(SLOT) <= actual && actual <= home_addr(a, hash));
+            }
+        }
+        assert!(near * 2 > n, "{near} of {n} keys in their first two buckets");
     }
 
     fn r(main: i64) -> Revision {
