@@ -82,42 +82,70 @@ pub(crate) unsafe fn discard(map: &MmapRaw, off: usize, len: usize) -> bool {
     }
 }
 
-/// Has the kernel drop the page cache of `len` bytes at `off` of `file` and read them again
-/// through `map`, in huge pages where it can (DESIGN.md §2.3): the map's page-table entries of
-/// the range are removed (`MADV_DONTNEED`), its clean pages dropped from the page cache
-/// (`POSIX_FADV_DONTNEED`) and the range faulted in again (`MADV_POPULATE_READ`), which on a
-/// map advised `MADV_HUGEPAGE` reads a whole huge page at a time. False if the kernel refused
-/// the last step (the range is then read again page by page at its next touch), and on other
-/// platforms.
+/// Advises `map` `MADV_HUGEPAGE`: the kernel then reads the file through it a huge page at a
+/// time, in 2 MiB pages where the file system allows. False if refused, and on other platforms.
+pub(crate) fn advise_huge(map: &Mmap) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        map.advise(memmap2::Advice::HugePage).is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = map;
+        false
+    }
+}
+
+/// Has the kernel read `len` bytes at `off` of `file` again, in huge pages where it can
+/// (DESIGN.md §2.3): the readers' map `readers` loses its page-table entries for the range
+/// (`MADV_DONTNEED`), the range's clean pages leave the page cache (`POSIX_FADV_DONTNEED`), it
+/// is faulted in again through `through` (a map advised with [`advise_huge`];
+/// `MADV_POPULATE_READ`) and then mapped again in `readers`. False if the kernel refused the
+/// read (the range is then read again at its next touch), and on other platforms.
 ///
-/// Every byte read through the map stays what it was: the kernel drops only clean pages, whose
-/// bytes are the file's, and never one that is dirty, under write-back or mapped elsewhere.
+/// Every byte read through `readers` stays what it was: the kernel drops only clean pages,
+/// whose bytes are the file's, and never one that is dirty, under write-back or mapped
+/// elsewhere.
 ///
 /// # Safety
 ///
-/// `map` must be a read-only shared map of `file` from its first byte, and `off + len` must
-/// not pass the map's end nor the file's.
-pub(crate) unsafe fn reread_huge(map: &Mmap, file: &std::fs::File, off: usize, len: usize) -> bool {
-    debug_assert!(off.checked_add(len).is_some_and(|end| end <= map.len()), "reread past the map's end");
+/// `readers` and `through` must be read-only shared maps of `file` from its first byte, and
+/// `off + len` must pass neither map's end nor the file's.
+pub(crate) unsafe fn reread_huge(readers: &Mmap, through: &Mmap, file: &std::fs::File, off: usize, len: usize) -> bool {
+    debug_assert!(off.checked_add(len).is_some_and(|end| end <= readers.len().min(through.len())));
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: on a shared map of a file, `MADV_DONTNEED` only removes the range's
         // page-table entries (the caller promises such a map and a range inside it); a later
         // touch maps the page cache's page again.
-        if unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) }.is_err() {
+        if unsafe { readers.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) }.is_err() {
             return false;
         }
         let (Ok(at), Ok(n)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else { return false };
         // SAFETY: a plain system call on an open descriptor; it changes no memory of ours.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), at, n, libc::POSIX_FADV_DONTNEED) };
-        map.advise_range(memmap2::Advice::PopulateRead, off, len).is_ok()
+        let read = through.advise_range(memmap2::Advice::PopulateRead, off, len).is_ok();
+        read && readers.advise_range(memmap2::Advice::PopulateRead, off, len).is_ok()
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (map, file, off, len);
+        let _ = (readers, through, file, off, len);
         false
     }
+}
+
+/// A field of the map that starts at `addr` in `/proc/self/smaps`, in KiB (`"Rss:"`,
+/// `"FilePmdMapped:"`, the huge pages of a file it maps); None if unknown. Reading smaps walks
+/// every map of the process: for a rare check only.
+pub(crate) fn smaps_kib(addr: usize, field: &str) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    // A map's lines start with its address range; its fields follow, up to the next map's.
+    let start = |l: &str| l.split('-').next().and_then(|a| usize::from_str_radix(a, 16).ok());
+    let mut lines = smaps.lines().skip_while(|l| start(l) != Some(addr));
+    lines.next()?;
+    let line = lines.take_while(|l| start(l).is_none()).find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Faults in `len` bytes at `off` of `map` (cut at the map's end).

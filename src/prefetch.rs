@@ -23,7 +23,7 @@ pub(crate) fn prefetch_all(bytes: &[u8]) {
 pub(crate) fn prefetch_range(start: usize, len: usize) {
     const LINE: usize = 64;
     let first = start & !(LINE - 1);
-    for i in 0..(start % LINE + len).div_ceil(LINE) {
+    for i in 0..(start % LINE).saturating_add(len).div_ceil(LINE) {
         line(first.wrapping_add(i * LINE) as *const u8);
     }
 }

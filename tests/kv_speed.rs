@@ -59,7 +59,7 @@ fn cas_speed(store: &Store) -> (f64, u64) {
 }
 
 /// Speeds, for the record: `cargo test --release --test kv_speed -- --ignored --exact speed
-/// --nocapture` (`KV_SPEED_KEYS`, default 1,000,000). 16-byte keys, 100-byte values, default
+/// --nocapture` (`KV_SPEED_KEYS`, default 1,000,000). 13-byte keys, 100-byte values, default
 /// `Config` (group commit every 100 ms or 10,000 writes).
 #[test]
 #[ignore = "measurement: run in release with --nocapture"]

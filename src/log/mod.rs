@@ -1,6 +1,7 @@
 //! The append-only log: CRC-framed transactions in segment files, the manifest that lists the
 //! segments, the writer that appends, and the recovery that replays.
 
+pub mod background;
 pub mod format;
 pub mod manifest;
 pub mod prefault;

@@ -38,12 +38,11 @@
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, RwLock};
 
-use crossbeam_channel::Sender;
 use memmap2::MmapRaw;
 
+use super::background::Background;
 use crate::populate::{self, Populated};
 
 /// How far ahead of the writer's end pages are faulted in: a request is made once the end
@@ -68,10 +67,9 @@ struct Request {
 }
 
 /// The thread that faults in pages ahead of one log writer. Started at the first request;
-/// stopped (and joined) when dropped.
+/// stopped (and joined) when dropped, after what is queued (two requests of 512 KiB at most).
 pub struct Prefaulter {
-    /// The thread and its queue, once started; `None` if it could not start.
-    worker: OnceLock<Option<Worker>>,
+    worker: Background<Request>,
     /// The writer's: raised when a write or an fdatasync of the log failed.
     failed: Arc<AtomicBool>,
     /// The writer's sync gate (see `WriterConfig::sync_gate`).
@@ -81,17 +79,12 @@ pub struct Prefaulter {
     requested: AtomicU64,
 }
 
-struct Worker {
-    requests: Sender<Request>,
-    thread: JoinHandle<()>,
-}
-
 impl Prefaulter {
     /// A prefaulter for the writer whose failure flag and sync gate these are (see
     /// `WriterConfig`).
     pub fn new(failed: Arc<AtomicBool>, sync_gate: Arc<RwLock<()>>) -> Prefaulter {
         Prefaulter {
-            worker: OnceLock::new(),
+            worker: Background::default(),
             failed,
             sync_gate,
             #[cfg(test)]
@@ -115,8 +108,12 @@ impl Prefaulter {
             return false;
         }
         let (Ok(off_us), Ok(len_us)) = (usize::try_from(off), usize::try_from(len)) else { return false };
-        let Some(worker) = self.worker.get_or_init(|| self.start()) else { return false };
-        let taken = worker.requests.try_send(Request { map: map.clone(), off: off_us, len: len_us }).is_ok();
+        let request = Request { map: map.clone(), off: off_us, len: len_us };
+        // Two requests: one being served, the next waiting.
+        let taken = self.worker.request(request, "logtree-prefault", 2, || {
+            let (failed, gate) = (self.failed.clone(), self.sync_gate.clone());
+            move |r: Request| serve(&r, &failed, &gate).is_some()
+        });
         #[cfg(test)]
         if taken {
             self.requested.fetch_add(len, Ordering::Relaxed);
@@ -129,34 +126,6 @@ impl Prefaulter {
     pub fn requested(&self) -> u64 {
         self.requested.load(Ordering::Relaxed)
     }
-
-    fn start(&self) -> Option<Worker> {
-        // Two requests (a bounded queue): one being served, the next waiting.
-        let (requests, rx) = crossbeam_channel::bounded::<Request>(2);
-        let (failed, gate) = (self.failed.clone(), self.sync_gate.clone());
-        let thread = std::thread::Builder::new()
-            .name("logtree-prefault".into())
-            .spawn(move || {
-                for r in rx {
-                    if serve(&r, &failed, &gate).is_none() {
-                        break;
-                    }
-                }
-            })
-            .ok()?;
-        Some(Worker { requests, thread })
-    }
-}
-
-impl Drop for Prefaulter {
-    fn drop(&mut self) {
-        if let Some(Some(Worker { requests, thread })) = self.worker.take() {
-            // Closes the queue: the thread ends once it has served what is queued (two
-            // requests of 512 KiB at most).
-            drop(requests);
-            let _ = thread.join();
-        }
-    }
 }
 
 /// Faults `r` in, a chunk at a time, each under the sync gate after checking that nothing has
@@ -165,7 +134,10 @@ impl Drop for Prefaulter {
 fn serve(r: &Request, failed: &AtomicBool, gate: &RwLock<()>) -> Option<usize> {
     let end = r.off.saturating_add(r.len).min(r.map.len());
     let mut at = r.off;
-    while at < end {
+    // Only this request holds the map: the segment was sealed meanwhile, and its pages are
+    // the settler's to read again (`settle.rs`), clean; faulting them in writable would dirty
+    // them.
+    while at < end && Arc::strong_count(&r.map) > 1 {
         let Ok(_no_sync) = gate.try_read() else { break }; // a sync holds or wants it
         if failed.load(Ordering::SeqCst) {
             return None;
@@ -193,7 +165,8 @@ mod tests {
 
     /// A request is served in full while nothing failed and no sync holds the gate, without
     /// changing a byte; stopped by a failure (the thread ends); dropped while a sync holds the
-    /// gate (the thread goes on).
+    /// gate (the thread goes on), past the file's end, and once the segment has let go of the
+    /// map (sealed).
     #[test]
     fn served_only_under_the_gate_and_never_after_a_failure() {
         if !populate::supported() {
@@ -201,6 +174,7 @@ mod tests {
         }
         let len = 3 * CHUNK + 4096;
         let (file, r) = request(len);
+        let segment_holds = r.map.clone();
         let (failed, gate) = (AtomicBool::new(false), RwLock::new(()));
         assert_eq!(serve(&r, &failed, &gate), Some(len), "served in full");
         assert!(std::fs::read(file.path()).unwrap().iter().all(|&b| b == 0), "no byte changed");
@@ -216,5 +190,11 @@ mod tests {
         failed.store(false, Ordering::SeqCst);
         file.as_file().set_len(4096).unwrap();
         assert_eq!(serve(&r, &failed, &gate), Some(0), "past the end: nothing");
+
+        // Sealed meanwhile (the segment no longer holds the map): nothing.
+        file.as_file().set_len(len as u64).unwrap();
+        assert_eq!(serve(&r, &failed, &gate), Some(len), "back in the file");
+        drop(segment_holds);
+        assert_eq!(serve(&r, &failed, &gate), Some(0), "only the request holds the map: nothing");
     }
 }

@@ -27,7 +27,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use memmap2::{Mmap, MmapOptions, MmapRaw};
@@ -78,6 +78,13 @@ pub const RESERVE_STEP: u64 = 2 << 20;
 /// is nothing beside their copy, while copying through the map takes a page fault per 4 KiB.
 const MAP_COPY_MAX: usize = 16 << 10;
 
+/// Whether settling made huge pages of a segment's file in this process (`Segment::settle`):
+/// not yet known, yes, or no (then segments are no longer settled).
+static HUGE_FILE_PAGES: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
 /// The writer's side of a segment.
 struct Appends {
     /// Bytes of the file that exist (its length): appends through the map stay below this.
@@ -101,7 +108,8 @@ struct Appends {
     /// Whether the file was extended by a reservation, which `seal` gives back. (Never true
     /// for a segment opened read-only, whose file must not change.)
     trim: bool,
-    /// Set by `seal`: nothing is appended any more.
+    /// Set by `seal`, cleared by an append: nothing has been appended since the segment was
+    /// sealed (see `settle`).
     sealed: bool,
 }
 
@@ -251,6 +259,8 @@ impl Segment {
             return Err(Error::corruption(&self.path, off, "append beyond the segment's capacity"));
         }
         let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+        // Appended to again (after a roll-over that failed once the seal was done).
+        appends.sealed = false;
         if !self.copy_into_map(&mut appends, buf, off, prefaulter)? {
             self.file.write_all_at(buf, off).map_err(|e| Error::io("write segment", Some(self.path.clone()), e))?;
             appends.reserved = appends.reserved.max(end);
@@ -359,33 +369,50 @@ impl Segment {
         self.give_back(&mut appends)
     }
 
-    /// Has the kernel read this sealed segment again in 2 MiB pages, a huge page at a time,
-    /// through the readers' map (`populate::reread_huge`), until `stop` is raised or the segment
-    /// leaves the log; returns how many bytes. Why: a random read of a value misses the TLB as
-    /// well as the cache, and on a 4 KiB page the walk costs as much again as the miss (DESIGN.md
-    /// §2.3). The pages that appends made are small, and the kernel does not merge a file's pages
-    /// into huge ones.
+    /// Has the kernel read this segment again in 2 MiB pages, a huge page at a time, until
+    /// `stop` is raised or the segment leaves the log; returns how many bytes. Why: a random
+    /// read of a value misses the TLB as well as the cache, and on a 4 KiB page the walk costs
+    /// nearly as much again as the miss (DESIGN.md §2.3). The pages appends make are small,
+    /// and the kernel does not merge a file's pages into huge ones.
     ///
-    /// Only a sealed segment of a backend that syncs: its bytes never change again and its
-    /// pages are clean, so they can be dropped and read back. A huge page that appends went on
-    /// dirtying would be written back whole at every sync (2 MiB for a 200-byte commit). Only
-    /// the whole huge pages of a map that starts on one; the rest stays as it is.
+    /// Only once sealed (nothing appended since `seal`) in a backend that syncs: its bytes
+    /// never change again and its pages are clean, so they can be dropped and read back. A
+    /// huge page that appends went on dirtying would be written back whole at every sync (2 MiB
+    /// for a 200-byte commit). The pages are read through a second map advised `MADV_HUGEPAGE`,
+    /// made for the purpose, so that the readers' map keeps the kernel's usual read-ahead when
+    /// pages it needs are not in memory; it maps the huge pages as it finds them. Only whole
+    /// huge pages, of maps that start on one; and not at all once the kernel has shown that it
+    /// does not make huge pages of this file system's files (the first settled segment of the
+    /// process tells).
     pub fn settle(&self, stop: &AtomicBool) -> u64 {
-        let appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
-        let settles = self.sync && appends.sealed && (self.map.as_ptr() as usize).is_multiple_of(HUGE_PAGE);
-        drop(appends);
+        let sealed = self.appends.lock().unwrap_or_else(|e| e.into_inner()).sealed;
         let end = (self.len() as usize).min(self.map.len()) / HUGE_PAGE * HUGE_PAGE;
-        if !settles || end == 0 || self.map.advise(memmap2::Advice::HugePage).is_err() {
+        let aligned = |p: *const u8| (p as usize).is_multiple_of(HUGE_PAGE);
+        if !self.sync || !sealed || end == 0 || !aligned(self.map.as_ptr()) || !populate::supported() {
+            return 0;
+        }
+        if stop.load(Ordering::Relaxed) || HUGE_FILE_PAGES.load(Ordering::Relaxed) == NO {
+            return 0;
+        }
+        // SAFETY: as for the readers' map (`map_file`): read-only and shared, of bytes that no
+        // longer change (the segment is sealed), within the file (`end <= len`). Nothing is read
+        // through it: it only makes the kernel read the file.
+        let Ok(through) = (unsafe { MmapOptions::new().len(end).map(self.file.as_file()) }) else { return 0 };
+        if !aligned(through.as_ptr()) || !populate::advise_huge(&through) {
             return 0;
         }
         let mut at = 0;
         while at < end && !stop.load(Ordering::Relaxed) && !self.obsolete.load(Ordering::Acquire) {
-            // SAFETY: `map` is the read-only shared map of this segment's file from its first
-            // byte, and `at + HUGE_PAGE <= len`, inside the map and the file.
-            if !unsafe { populate::reread_huge(&self.map, self.file.as_file(), at, HUGE_PAGE) } {
+            // SAFETY: both maps are read-only shared maps of this segment's file from its first
+            // byte, and `at + HUGE_PAGE <= end`, inside both and inside the file.
+            if !unsafe { populate::reread_huge(&self.map, &through, self.file.as_file(), at, HUGE_PAGE) } {
                 break;
             }
             at += HUGE_PAGE;
+        }
+        if at > 0 && HUGE_FILE_PAGES.load(Ordering::Relaxed) == UNKNOWN {
+            let huge = populate::smaps_kib(self.map.as_ptr() as usize, "FilePmdMapped:").is_some_and(|kib| kib > 0);
+            HUGE_FILE_PAGES.store(if huge { YES } else { NO }, Ordering::Relaxed);
         }
         at as u64
     }
@@ -550,7 +577,8 @@ mod tests {
     }
 
     /// Settling reads a sealed segment again in huge pages without changing a byte; it leaves a
-    /// segment that is still appended to (or not synced) alone, and stops when asked.
+    /// segment that was appended to since its seal (or does not sync) alone, and stops when
+    /// asked.
     #[test]
     #[cfg(target_os = "linux")]
     fn settling_a_sealed_segment_keeps_every_byte() {
@@ -558,24 +586,28 @@ mod tests {
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
         let seg = Segment::create(dir.path(), &vfs, 1, 8 << 20, true).unwrap();
         let mut expect = seg.written().to_vec();
-        for i in 0..1600u32 {
-            let buf: Vec<u8> = (0..4000u32).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect();
-            seg.append(&buf, seg.len(), None).unwrap();
-            expect.extend_from_slice(&buf);
-        }
+        let mut append = |seg: &Segment, n: u32| {
+            for i in 0..n {
+                let buf: Vec<u8> = (0..4000u32).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect();
+                seg.append(&buf, seg.len(), None).unwrap();
+                expect.extend_from_slice(&buf);
+            }
+        };
+        append(&seg, 1000);
         let go = AtomicBool::new(false);
         assert_eq!(seg.settle(&go), 0, "not sealed: left alone");
         seg.seal().unwrap();
+        append(&seg, 600); // a roll-over that failed after the seal
         seg.sync().unwrap();
-        let settled = seg.settle(&AtomicBool::new(true));
-        assert_eq!(settled, 0, "stopped before the first huge page");
-        let aligned = (seg.map.as_ptr() as usize).is_multiple_of(HUGE_PAGE);
+        assert_eq!(seg.settle(&go), 0, "appended to since the seal: left alone");
+        seg.seal().unwrap();
+        assert_eq!(seg.settle(&AtomicBool::new(true)), 0, "stopped before the first huge page");
         let settled = seg.settle(&go);
-        if populate::supported() && aligned {
+        if populate::supported() && (seg.map.as_ptr() as usize).is_multiple_of(HUGE_PAGE) {
             assert_eq!(settled, 3 * HUGE_PAGE as u64, "the whole huge pages below the end ({} bytes)", seg.len());
             if huge_file_pages_expected(&seg.path) {
-                let kib = smaps_field(seg.map.as_ptr() as usize, "FilePmdMapped:");
-                assert!(kib >= 2048, "mapped in huge pages: {kib} KiB");
+                let kib = populate::smaps_kib(seg.map.as_ptr() as usize, "FilePmdMapped:").unwrap();
+                assert!(kib >= 2048, "the readers' map maps huge pages: {kib} KiB");
             }
         }
         assert_eq!(seg.written(), &expect[..], "every byte, read through the map again");
@@ -587,38 +619,35 @@ mod tests {
         assert_eq!(unsynced.settle(&go), 0, "a backend that does not sync: left alone");
     }
 
-    /// Whether the kernel maps the page cache of `path` in huge pages once it holds them: a
-    /// file system whose files take large folios (ext4, XFS) and transparent huge pages not
-    /// turned off.
+    /// Whether the kernel makes huge pages of the files of `path`'s file system when read
+    /// through a map advised `MADV_HUGEPAGE`: transparent huge pages not turned off, and XFS
+    /// (large folios since Linux 5.18) or ext4 (since 6.16).
     #[cfg(target_os = "linux")]
     fn huge_file_pages_expected(path: &Path) -> bool {
         const EXT4: i64 = 0xEF53;
         const XFS: i64 = 0x5846_5342;
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+        let kernel = (v.next().unwrap_or(0), v.next().unwrap_or(0));
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: `statfs` is plain data, for which all zero bytes are a valid value.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: `c` is a NUL-terminated path and `st` a statfs for the call to fill in.
-        let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
-        ok && [EXT4, XFS].contains(&(st.f_type as i64)) && !thp.contains("[never]")
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || thp.contains("[never]") {
+            return false;
+        }
+        match st.f_type as i64 {
+            EXT4 => kernel >= (6, 16),
+            XFS => kernel >= (5, 18),
+            _ => false,
+        }
     }
 
-    /// Resident KiB of the mapping that starts at `addr`, from `/proc/self/smaps`.
+    /// Resident KiB of the mapping that starts at `addr`.
     #[cfg(target_os = "linux")]
     fn mapped_kib(addr: usize) -> u64 {
-        smaps_field(addr, "Rss:")
-    }
-
-    /// A field (in KiB) of the mapping that starts at `addr`, from `/proc/self/smaps`.
-    #[cfg(target_os = "linux")]
-    fn smaps_field(addr: usize, field: &str) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut lines = smaps
-            .lines()
-            .skip_while(|l| l.split('-').next().and_then(|a| usize::from_str_radix(a, 16).ok()) != Some(addr));
-        assert!(lines.next().is_some(), "no mapping at {addr:#x}");
-        let line = lines.find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("a {field} line"));
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        populate::smaps_kib(addr, "Rss:").expect("the map's Rss")
     }
 
     fn mapped_appends(prefaulter: Option<&Prefaulter>) {

@@ -10,57 +10,38 @@
 //! the disk (64 MiB in about 140 ms on that VM), away from the writer and the readers; a reader
 //! that touches a huge page while it is being read waits for that read.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
-
+use super::background::Background;
 use super::segment::Segment;
 
 /// The thread that settles the segments one log writer seals. Started at the first request;
 /// stopped (within one huge page's read) and joined when dropped.
 #[derive(Default)]
 pub struct Settler {
-    worker: OnceLock<Option<Worker>>,
+    worker: Background<Arc<Segment>>,
     stop: Arc<AtomicBool>,
 }
 
-struct Worker {
-    requests: Sender<Arc<Segment>>,
-    thread: JoinHandle<()>,
-}
-
 impl Settler {
-    /// Asks for `segment` (sealed) to be settled. False if the request was not taken: the
-    /// queue is full (the thread is behind by several segments), or the thread could not
-    /// start; the segment then stays in small pages, which costs only speed.
-    pub fn request(&self, segment: &Arc<Segment>) -> bool {
-        let Some(worker) = self.worker.get_or_init(|| self.start()) else { return false };
-        worker.requests.try_send(segment.clone()).is_ok()
-    }
-
-    fn start(&self) -> Option<Worker> {
-        let (requests, rx) = crossbeam_channel::bounded::<Arc<Segment>>(4);
-        let stop = self.stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("logtree-settle".into())
-            .spawn(move || {
-                for segment in rx {
-                    segment.settle(&stop);
-                }
-            })
-            .ok()?;
-        Some(Worker { requests, thread })
+    /// Asks for `segment` (sealed) to be settled. Not taken if the queue is full (the thread
+    /// is behind by four segments) or the thread could not start: the segment then stays in
+    /// small pages, which costs only speed.
+    pub fn request(&self, segment: &Arc<Segment>) {
+        self.worker.request(segment.clone(), "logtree-settle", 4, || {
+            let stop = self.stop.clone();
+            move |segment: Arc<Segment>| {
+                segment.settle(&stop);
+                true
+            }
+        });
     }
 }
 
 impl Drop for Settler {
     fn drop(&mut self) {
-        if let Some(Some(Worker { requests, thread })) = self.worker.take() {
-            self.stop.store(true, Ordering::Relaxed);
-            drop(requests);
-            let _ = thread.join();
-        }
+        // Cuts the segment being settled short; `worker` then joins the thread.
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -236,7 +236,7 @@ impl LogWriter {
         // log's yet (a failure only fails the defrag, and its files are removed), and holding it
         // exclusively would stop the live writer and the committer for its whole sync.
         let gate = &self.cfg.sync_gate;
-        let (_exclusive, _shared) = if self.cfg.in_manifest {
+        let (exclusive, shared) = if self.cfg.in_manifest {
             (Some(gate.write().unwrap_or_else(|e| e.into_inner())), None)
         } else {
             (None, Some(gate.read().unwrap_or_else(|e| e.into_inner())))
@@ -264,7 +264,8 @@ impl LogWriter {
             self.segments = old;
             return Err(e);
         }
-        if self.cfg.in_manifest {
+        drop((exclusive, shared));
+        if self.cfg.in_manifest && self.cfg.sync {
             self.settler.request(old.last().expect("a log has at least one segment"));
         }
         Ok(())
