@@ -8,6 +8,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 
 pub struct Background<T> {
+    /// The thread's name and its queue's length.
+    name: &'static str,
+    capacity: usize,
     /// The thread and its queue, once started; `None` if it could not start.
     worker: OnceLock<Option<Worker<T>>>,
 }
@@ -17,26 +20,25 @@ struct Worker<T> {
     thread: JoinHandle<()>,
 }
 
-impl<T> Default for Background<T> {
-    fn default() -> Self {
-        Background { worker: OnceLock::new() }
-    }
-}
-
 impl<T: Send + 'static> Background<T> {
-    /// Queues `request` without waiting. The first call starts the thread `name`, with a queue
-    /// of `capacity` requests, which hands each one to the function `serve` makes, until that
-    /// returns false. False if the request was not taken: the queue is full, or the thread
-    /// could not start or has stopped.
-    pub fn request<F>(&self, request: T, name: &str, capacity: usize, serve: impl FnOnce() -> F) -> bool
+    /// A thread named `name` with a queue of `capacity` requests, not started yet.
+    pub fn new(name: &'static str, capacity: usize) -> Self {
+        Background { name, capacity, worker: OnceLock::new() }
+    }
+
+    /// Queues `request` without waiting. The first call starts the thread, which hands each
+    /// request to the function `serve` makes (called that once), until that returns false.
+    /// False if the request was not taken: the queue is full, or the thread could not start
+    /// or has stopped.
+    pub fn request<F>(&self, request: T, serve: impl FnOnce() -> F) -> bool
     where
         F: FnMut(T) -> bool + Send + 'static,
     {
         let start = || {
-            let (requests, rx) = crossbeam_channel::bounded::<T>(capacity);
+            let (requests, rx) = crossbeam_channel::bounded::<T>(self.capacity);
             let mut serve = serve();
             let thread = std::thread::Builder::new()
-                .name(name.into())
+                .name(self.name.into())
                 .spawn(move || {
                     for r in rx {
                         if !serve(r) {

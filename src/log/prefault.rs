@@ -24,7 +24,10 @@
 //!   space the writer reserved, where the file exists. Past the file's end (the segment was
 //!   sealed and its reserve given back meanwhile) the kernel answers `EFAULT` instead of raising
 //!   `SIGBUS`, and the chunk is dropped.
-//! - The request holds the map (`Arc`), so it stays mapped until the thread is done with it.
+//! - The request holds the map weakly: while a chunk is faulted in the thread holds it, so it
+//!   stays mapped; once the segment has let go of it (sealed, or dropped), the rest of the
+//!   request is dropped, so a sealed segment's clean pages are not dirtied again (the settler
+//!   reads them again, `settle.rs`).
 //!
 //! The pages it dirties are zeros beyond the log's end: an fdatasync writes them, and recovery
 //! cuts a zero tail off as before. A sync also unmaps the pages not yet written to (see
@@ -38,7 +41,7 @@
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use memmap2::MmapRaw;
 
@@ -59,9 +62,10 @@ const ALIGN: u64 = 64 << 10;
 /// long (16 pages, some tens of microseconds).
 const CHUNK: usize = 64 << 10;
 
-/// A range of a writable segment map to fault in.
+/// A range of a writable segment map to fault in. The map is held weakly: once the segment
+/// has let go of it (sealed), the rest of the request is dropped.
 struct Request {
-    map: Arc<MmapRaw>,
+    map: Weak<MmapRaw>,
     off: usize,
     len: usize,
 }
@@ -84,7 +88,8 @@ impl Prefaulter {
     /// `WriterConfig`).
     pub fn new(failed: Arc<AtomicBool>, sync_gate: Arc<RwLock<()>>) -> Prefaulter {
         Prefaulter {
-            worker: Background::default(),
+            // Two requests: one being served, the next waiting.
+            worker: Background::new("logtree-prefault", 2),
             failed,
             sync_gate,
             #[cfg(test)]
@@ -108,9 +113,8 @@ impl Prefaulter {
             return false;
         }
         let (Ok(off_us), Ok(len_us)) = (usize::try_from(off), usize::try_from(len)) else { return false };
-        let request = Request { map: map.clone(), off: off_us, len: len_us };
-        // Two requests: one being served, the next waiting.
-        let taken = self.worker.request(request, "logtree-prefault", 2, || {
+        let request = Request { map: Arc::downgrade(map), off: off_us, len: len_us };
+        let taken = self.worker.request(request, || {
             let (failed, gate) = (self.failed.clone(), self.sync_gate.clone());
             move |r: Request| serve(&r, &failed, &gate).is_some()
         });
@@ -132,18 +136,21 @@ impl Prefaulter {
 /// failed (see the module documentation); returns how many bytes. None when the thread should
 /// stop: the log failed, or the kernel does not know the advice.
 fn serve(r: &Request, failed: &AtomicBool, gate: &RwLock<()>) -> Option<usize> {
-    let end = r.off.saturating_add(r.len).min(r.map.len());
     let mut at = r.off;
-    // Only this request holds the map: the segment was sealed meanwhile, and its pages are
-    // the settler's to read again (`settle.rs`), clean; faulting them in writable would dirty
-    // them.
-    while at < end && Arc::strong_count(&r.map) > 1 {
+    loop {
+        // Gone: the segment was sealed meanwhile, and its pages are the settler's to read
+        // again (`settle.rs`), clean; faulting them in writable would dirty them.
+        let Some(map) = r.map.upgrade() else { break };
+        let end = r.off.saturating_add(r.len).min(map.len());
+        if at >= end {
+            break;
+        }
         let Ok(_no_sync) = gate.try_read() else { break }; // a sync holds or wants it
         if failed.load(Ordering::SeqCst) {
             return None;
         }
         let len = CHUNK.min(end - at);
-        match populate::populate(&*r.map, at, len) {
+        match populate::populate(&*map, at, len) {
             Populated::Done => at += len,
             Populated::Refused => break,
             Populated::Unsupported => return None,
@@ -156,11 +163,13 @@ fn serve(r: &Request, failed: &AtomicBool, gate: &RwLock<()>) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn request(len: usize) -> (tempfile::NamedTempFile, Request) {
+    /// A request for a new file's map, with the map (which the segment would hold).
+    fn request(len: usize) -> (tempfile::NamedTempFile, Arc<MmapRaw>, Request) {
         let file = tempfile::NamedTempFile::new().unwrap();
         file.as_file().set_len(len as u64).unwrap();
         let map = memmap2::MmapOptions::new().len(len).map_raw(file.as_file()).unwrap();
-        (file, Request { map: Arc::new(map), off: 0, len })
+        let map = Arc::new(map);
+        (file, map.clone(), Request { map: Arc::downgrade(&map), off: 0, len })
     }
 
     /// A request is served in full while nothing failed and no sync holds the gate, without
@@ -173,8 +182,7 @@ mod tests {
             return;
         }
         let len = 3 * CHUNK + 4096;
-        let (file, r) = request(len);
-        let segment_holds = r.map.clone();
+        let (file, segment_holds, r) = request(len);
         let (failed, gate) = (AtomicBool::new(false), RwLock::new(()));
         assert_eq!(serve(&r, &failed, &gate), Some(len), "served in full");
         assert!(std::fs::read(file.path()).unwrap().iter().all(|&b| b == 0), "no byte changed");
@@ -195,6 +203,6 @@ mod tests {
         file.as_file().set_len(len as u64).unwrap();
         assert_eq!(serve(&r, &failed, &gate), Some(len), "back in the file");
         drop(segment_holds);
-        assert_eq!(serve(&r, &failed, &gate), Some(0), "only the request holds the map: nothing");
+        assert_eq!(serve(&r, &failed, &gate), Some(0), "the segment let go of the map: nothing");
     }
 }

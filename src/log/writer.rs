@@ -265,7 +265,7 @@ impl LogWriter {
             return Err(e);
         }
         drop((exclusive, shared));
-        if self.cfg.in_manifest && self.cfg.sync {
+        if self.cfg.in_manifest {
             self.settler.request(old.last().expect("a log has at least one segment"));
         }
         Ok(())

@@ -297,7 +297,18 @@ impl Index {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
-        let hash = self.hasher.hash_one(key);
+        self.get_hashed(key, self.hash(key))
+    }
+
+    /// The hash of `key` in this index, for [`get_hashed`](Self::get_hashed) and
+    /// [`change_hashed`](Self::change_hashed): a put looks its key up, then changes it.
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// [`get`](Self::get), given the key's [`hash`](Self::hash).
+    pub fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&KeyIndex> {
+        debug_assert_eq!(hash, self.hash(key));
         self.prefetch_home(hash);
         self.map.find(hash, |(k, _)| **k == *key).map(|(_, ki)| ki)
     }
@@ -315,14 +326,20 @@ impl Index {
     #[inline]
     fn prefetch_home(&self, hash: u64) {
         if let Some(a) = self.anchor {
-            crate::prefetch::prefetch_range(home_addr(a, hash).wrapping_sub(SLOT), 2 * SLOT);
+            let (start, len) = home_range(a, hash);
+            crate::prefetch::prefetch_range(start, len);
         }
     }
 
     /// Changes the history of `key` (created empty if the key is new) with `f`. The only way
     /// to change one, so that the count of live keys follows.
     pub fn change<R>(&mut self, key: &[u8], f: impl FnOnce(&mut KeyIndex) -> R) -> R {
-        let hash = self.hasher.hash_one(key);
+        self.change_hashed(key, self.hash(key), f)
+    }
+
+    /// [`change`](Self::change), given the key's [`hash`](Self::hash).
+    pub fn change_hashed<R>(&mut self, key: &[u8], hash: u64, f: impl FnOnce(&mut KeyIndex) -> R) -> R {
+        debug_assert_eq!(hash, self.hash(key));
         self.prefetch_home(hash);
         let (len, size) = (self.map.len(), self.map.allocation_size());
         let hasher = &self.hasher;
@@ -414,12 +431,14 @@ impl Index {
 
 const SLOT: usize = std::mem::size_of::<Slot>();
 
-/// The address of the bucket where a probe for `hash` starts, from the bucket `a` (hashbrown
-/// starts at `hash & (buckets - 1)` and keeps bucket `i` at `SLOT` bytes below bucket `i - 1`).
+/// The memory of the two buckets where a probe for `hash` starts (its start, its length), from
+/// the bucket `a`: hashbrown starts at `hash & (buckets - 1)` and keeps bucket `i` `SLOT` bytes
+/// below bucket `i - 1`, so the second bucket lies just below the first.
 #[inline]
-fn home_addr(a: Anchor, hash: u64) -> usize {
+fn home_range(a: Anchor, hash: u64) -> (usize, usize) {
     let home = hash as usize & (a.buckets - 1);
-    a.addr.wrapping_add(a.index.wrapping_sub(home).wrapping_mul(SLOT))
+    let first = a.addr.wrapping_add(a.index.wrapping_sub(home).wrapping_mul(SLOT));
+    (first.wrapping_sub(SLOT), 2 * SLOT)
 }
 
 /// Follows one key going from live (or not) to live (or not) in the count of live keys.
@@ -509,7 +528,8 @@ mod tests {
             // (A probe from the last bucket goes on at bucket 0, which the hint does not reach.)
             if at == home || at == home + 1 {
                 near += 1;
-                assert!(home_addr(a, hash).wrapping_sub(SLOT) <= actual && actual <= home_addr(a, hash));
+                let (start, len) = home_range(a, hash);
+                assert!(start <= actual && actual + SLOT <= start + len, "bucket {at} lies in the hint");
             }
         }
         assert!(near * 2 > n, "{near} of {n} keys in their first two buckets");
@@ -526,9 +546,13 @@ mod tests {
             i += 1;
         }
         let before = index.map.num_buckets();
-        index.change(&0u64.to_be_bytes(), |ki| ki.put(r(i as i64 + 2)));
+        let key = 0u64.to_be_bytes();
+        index.change(&key, |ki| ki.put(r(i as i64 + 2)));
         assert!(index.map.num_buckets() > before, "the update grew the table");
-        assert_eq!(index.anchor.map(|a| a.buckets), Some(index.map.num_buckets()));
+        let a = index.anchor.expect("an anchor");
+        assert_eq!(a.buckets, index.map.num_buckets());
+        let at = index.map.find_bucket_index(index.hash(&key), |(k, _)| **k == key).unwrap();
+        assert_eq!((a.index, a.addr), (at, std::ptr::from_ref(index.map.get_bucket(at).unwrap()) as usize));
     }
 
     fn r(main: i64) -> Revision {

@@ -426,7 +426,9 @@ impl KvStore {
                 let read_later = i + 1 < ops.len();
                 match *op {
                     OpRef::Put { key, value, lease } => {
-                        let ki = st.key_index(&overlay, key);
+                        // Hashed once for the lookup here and the change once the txn is done.
+                        let hash = st.index.hash(key);
+                        let ki = overlay.get(key).or_else(|| st.index.get_hashed(key, hash));
                         let found = ki.and_then(|ki| ki.get(at));
                         let r = Revision { main: rev, sub };
                         let create_revision = found.map_or(rev, |f| f.created.main);
@@ -446,7 +448,7 @@ impl KvStore {
                         if read_later {
                             st.overlay_entry(&mut overlay, key).put_at(r, at);
                         } else {
-                            trailing.push(Trailing::Put(key, r, at));
+                            trailing.push(Trailing::Put(key, hash, r, at));
                         }
                         responses.push(OpResponse::Put { revision: rev });
                         sub += 1;
@@ -499,7 +501,7 @@ impl KvStore {
             }
             for change in trailing {
                 match change {
-                    Trailing::Put(k, r, at) => st.index.change(k, |ki| ki.put_at(r, at)),
+                    Trailing::Put(k, hash, r, at) => st.index.change_hashed(k, hash, |ki| ki.put_at(r, at)),
                     Trailing::Delete(k, r) => {
                         st.index.change(&k, |ki| ki.tombstone(r));
                     }
@@ -662,9 +664,10 @@ impl std::fmt::Debug for KvStore {
 }
 
 /// A change of a txn's last op, applied to the key index in place once the txn's `BatchTx`
-/// has ended: a put (key, revision, where its value was written) or a deletion.
+/// has ended: a put or a deletion.
 enum Trailing<'a> {
-    Put(&'a [u8], Revision, crate::index::ValueRef),
+    /// The key, its hash in the key index (`Index::hash`), the revision, the value's place.
+    Put(&'a [u8], u64, Revision, crate::index::ValueRef),
     Delete(Vec<u8>, Revision),
 }
 
