@@ -22,9 +22,12 @@ pub(crate) fn prefetch_all(bytes: &[u8]) {
 #[inline]
 pub(crate) fn prefetch_range(start: usize, len: usize) {
     const LINE: usize = 64;
-    let first = start & !(LINE - 1);
-    for i in 0..(start % LINE).saturating_add(len).div_ceil(LINE) {
-        line(first.wrapping_add(i * LINE) as *const u8);
+    let end = start.saturating_add(len);
+    let mut at = start & !(LINE - 1);
+    while at < end {
+        line(at as *const u8);
+        let Some(next) = at.checked_add(LINE) else { break };
+        at = next;
     }
 }
 
