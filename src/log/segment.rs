@@ -546,7 +546,7 @@ mod tests {
             expect.extend_from_slice(&buf);
         }
         let map = seg.appends.lock().unwrap().map.clone().expect("appends went through the map");
-        let resident = || mapped_kib(map.as_ptr() as usize);
+        let resident = || populate::smaps_kib(map.as_ptr() as usize, "Rss:").expect("the map's Rss");
         let before = resident();
         assert!(before >= 900, "the written megabyte is mapped before the sync: {before} KiB");
         seg.sync().unwrap();
@@ -620,12 +620,6 @@ mod tests {
             XFS => kernel >= (5, 18),
             _ => false,
         }
-    }
-
-    /// Resident KiB of the mapping that starts at `addr`.
-    #[cfg(target_os = "linux")]
-    fn mapped_kib(addr: usize) -> u64 {
-        populate::smaps_kib(addr, "Rss:").expect("the map's Rss")
     }
 
     fn mapped_appends(prefaulter: Option<&Prefaulter>) {

@@ -414,7 +414,7 @@ impl Index {
             self.order.range(from, None).take(budget.saturating_add(1)).map(|(k, _)| k.to_vec()).collect();
         let next = if keys.len() > budget { keys.pop() } else { None };
         for k in &keys {
-            let hash = self.hasher.hash_one(k.as_slice());
+            let hash = self.hash(k);
             let Ok(mut entry) = self.map.find_entry(hash, |(x, _)| **x == *k.as_slice()) else { continue };
             let ki = &mut entry.get_mut().1;
             let was_live = ki.is_live();
@@ -520,7 +520,7 @@ mod tests {
         assert_eq!(a.buckets, index.map.num_buckets());
         for i in 0..n {
             let key = format!("key{i:08}");
-            let hash = index.hasher.hash_one(key.as_bytes());
+            let hash = index.hash(key.as_bytes());
             let at = index.map.find_bucket_index(hash, |(k, _)| **k == *key.as_bytes()).unwrap();
             let actual = std::ptr::from_ref(index.map.get_bucket(at).unwrap()) as usize;
             assert_eq!(a.addr.wrapping_add(a.index.wrapping_sub(at).wrapping_mul(SLOT)), actual, "bucket {at}");

@@ -428,7 +428,7 @@ impl KvStore {
                     OpRef::Put { key, value, lease } => {
                         // Hashed once for the lookup here and the change once the txn is done.
                         let hash = st.index.hash(key);
-                        let ki = overlay.get(key).or_else(|| st.index.get_hashed(key, hash));
+                        let ki = st.key_index(&overlay, key, hash);
                         let found = ki.and_then(|ki| ki.get(at));
                         let r = Revision { main: rev, sub };
                         let create_revision = found.map_or(rev, |f| f.created.main);
@@ -770,8 +770,15 @@ impl State {
         Ok(())
     }
 
-    fn key_index<'a>(&'a self, overlay: &'a BTreeMap<Vec<u8>, KeyIndex>, key: &[u8]) -> Option<&'a KeyIndex> {
-        overlay.get(key).or_else(|| self.index.get(key))
+    /// The history of `key`, whose `hash` is `self.index.hash(key)`: as the txn changed it so
+    /// far, else as the index has it.
+    fn key_index<'a>(
+        &'a self,
+        overlay: &'a BTreeMap<Vec<u8>, KeyIndex>,
+        key: &[u8],
+        hash: u64,
+    ) -> Option<&'a KeyIndex> {
+        overlay.get(key).or_else(|| self.index.get_hashed(key, hash))
     }
 
     fn overlay_entry<'a>(&self, overlay: &'a mut BTreeMap<Vec<u8>, KeyIndex>, key: &[u8]) -> &'a mut KeyIndex {
@@ -786,7 +793,7 @@ impl State {
         key: &[u8],
         at: i64,
     ) -> Result<Option<KeyValue>> {
-        let Some(ki) = self.key_index(overlay, key) else { return Ok(None) };
+        let Some(ki) = self.key_index(overlay, key, self.index.hash(key)) else { return Ok(None) };
         match ki.get(at) {
             Some(found) => src.kv_hinted(found.modified, ki.value_of(&found)).map(Some),
             None => Ok(None),
@@ -842,7 +849,7 @@ impl State {
         }
         if end.is_empty() {
             // One key: a lookup, not a merge of two range iterators.
-            let ki = self.key_index(overlay, key);
+            let ki = self.key_index(overlay, key, self.index.hash(key));
             if let Some((ki, found)) = ki.and_then(|ki| Some((ki, ki.get(at)?))) {
                 result.count = 1;
                 if !opts.count_only {
