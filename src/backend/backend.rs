@@ -427,13 +427,17 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 /// Long runs of puts and deletes are applied in key order (operations on the same key keep
 /// their order, so the last one wins): inserting in order touches each leaf once while it is in
 /// cache, where the log's order — often random — would miss the cache on almost every insert.
-/// The sort compares an 8-byte prefix of each key held in the sort entry, so that it rarely
-/// reads the keys themselves (scattered over the log's maps). Bucket creations and deletions
-/// split the runs, since they change what the key operations mean.
+/// Bucket creations and deletions split the runs, since they change what the key operations
+/// mean.
+///
+/// The sort orders one integer per operation (see [`SortKey`]), so that it rarely reads the
+/// keys themselves (scattered over the log's maps) and compares without a call: only
+/// operations whose keys share their bucket and first 8 bytes are then put in order by their
+/// whole keys.
 pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
     const SORT_FROM: usize = 64;
     const PREFETCH_AHEAD: usize = 16;
-    let mut order: Vec<(u32, u64, u32)> = Vec::new();
+    let mut order: Vec<SortKey> = Vec::new();
     let mut run_start = 0;
     for (i, op) in ops.iter().enumerate() {
         let is_bucket_op = matches!(op, Op::CreateBucket { .. } | Op::DeleteBucket { .. });
@@ -445,40 +449,32 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
             order.clear();
             order.extend(run.iter().enumerate().map(|(j, op)| {
                 let (bucket, key) = key_of(op);
-                let mut prefix = [0u8; 8];
-                let n = key.len().min(8);
-                prefix[..n].copy_from_slice(&key[..n]);
-                (bucket, u64::from_be_bytes(prefix), j as u32)
+                SortKey::new(bucket, key, j)
             }));
-            order.sort_unstable_by(|a, b| {
-                (a.0, a.1)
-                    .cmp(&(b.0, b.1))
-                    .then_with(|| key_of(&run[a.2 as usize]).1.cmp(key_of(&run[b.2 as usize]).1))
-                    .then(a.2.cmp(&b.2))
-            });
+            sort_by_key_then_position(&mut order, run);
             // In key order both the operations and their keys are read from all over memory:
             // fetch them ahead, in two stages (an operation's key can only be found once the
             // operation is in cache), so that the misses overlap the work.
             let fetch_ahead = |n: usize| {
-                if let Some(&(_, _, ahead)) = order.get(n + 2 * PREFETCH_AHEAD) {
-                    prefetch(std::slice::from_ref(&run[ahead as usize]));
+                if let Some(ahead) = order.get(n + 2 * PREFETCH_AHEAD) {
+                    prefetch(std::slice::from_ref(&run[ahead.position()]));
                 }
-                if let Some(&(_, _, ahead)) = order.get(n + PREFETCH_AHEAD) {
-                    prefetch(key_of(&run[ahead as usize]).1);
+                if let Some(ahead) = order.get(n + PREFETCH_AHEAD) {
+                    prefetch(key_of(&run[ahead.position()]).1);
                 }
             };
             let mut cursor = BucketCursor::default();
             let mut n = 0;
             while n < order.len() {
-                let id = order[n].0;
-                let end = n + order[n..].partition_point(|o| o.0 == id);
+                let id = order[n].bucket();
+                let end = n + order[n..].partition_point(|o| o.bucket() == id);
                 if load_empty_bucket(catalog, run, &order[n..end], |i| fetch_ahead(n + i))? {
                     n = end;
                     continue;
                 }
-                for (m, &(_, _, j)) in order[n..end].iter().enumerate() {
+                for (m, o) in order[n..end].iter().enumerate() {
                     fetch_ahead(n + m);
-                    cursor.apply(catalog, &run[j as usize])?;
+                    cursor.apply(catalog, &run[o.position()])?;
                 }
                 n = end;
             }
@@ -496,6 +492,57 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
     Ok(())
 }
 
+/// One operation of a run, as the integer that orders it: its bucket's id (32 bits), the
+/// first 8 bytes of its key, zero-padded (64 bits, big-endian, so that integers order as
+/// the bytes do), and its position in the run (32 bits; runs are capped far below 2³²).
+/// Sorting these integers orders the operations by bucket and key prefix, and operations
+/// with equal prefixes by position; [`sort_by_key_then_position`] then orders those by key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey(u128);
+
+impl SortKey {
+    fn new(bucket: u32, key: &[u8], position: usize) -> SortKey {
+        let prefix = match key.first_chunk::<8>() {
+            Some(first) => u64::from_be_bytes(*first),
+            None => {
+                let mut padded = [0u8; 8];
+                padded[..key.len()].copy_from_slice(key);
+                u64::from_be_bytes(padded)
+            }
+        };
+        SortKey((u128::from(bucket) << 96) | (u128::from(prefix) << 32) | position as u128)
+    }
+
+    fn bucket(self) -> u32 {
+        (self.0 >> 96) as u32
+    }
+
+    /// The bucket and key prefix: equal for two operations whose keys may be equal.
+    fn bucket_and_prefix(self) -> u128 {
+        self.0 >> 32
+    }
+
+    fn position(self) -> usize {
+        self.0 as u32 as usize
+    }
+}
+
+/// Sorts `order` by bucket, then key, then position in `run` (so a key's operations keep
+/// their order). Keys with a common 8-byte prefix are compared whole, and only they.
+fn sort_by_key_then_position(order: &mut [SortKey], run: &[Op<'_>]) {
+    order.sort_unstable();
+    let mut start = 0;
+    while start < order.len() {
+        let prefix = order[start].bucket_and_prefix();
+        let len = order[start..].iter().take_while(|o| o.bucket_and_prefix() == prefix).count();
+        if len > 1 {
+            // Already in position order, which a stable sort by key keeps for equal keys.
+            order[start..start + len].sort_by(|a, b| key_of(&run[a.position()]).1.cmp(key_of(&run[b.position()]).1));
+        }
+        start += len;
+    }
+}
+
 /// If the bucket of `group` — one bucket's operations of a run, in key order, a key's
 /// operations in log order — has no keys yet, gives it the keys those operations leave in one
 /// bottom-up build of its tree (`BTree::from_sorted`) instead of inserting them one by one;
@@ -505,29 +552,30 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
 fn load_empty_bucket(
     catalog: &mut Catalog,
     run: &[Op<'_>],
-    group: &[(u32, u64, u32)],
+    group: &[SortKey],
     fetch_ahead: impl Fn(usize),
 ) -> std::result::Result<bool, DecodeStop> {
-    let Some(&(id, _, _)) = group.first() else { return Ok(false) };
-    let index = catalog.index_of_id(id).ok_or(DecodeStop::Rejected("names an unknown bucket"))?;
+    let Some(&first) = group.first() else { return Ok(false) };
+    let index = catalog.index_of_id(first.bucket()).ok_or(DecodeStop::Rejected("names an unknown bucket"))?;
     if !catalog.at_mut(index).tree.is_empty() {
         return Ok(false);
     }
     let mut entries: Vec<(&[u8], ValueRef)> = Vec::with_capacity(group.len());
-    let mut pending: Option<&Op<'_>> = None;
-    for (i, &(_, _, j)) in group.iter().enumerate() {
+    let mut pending: Option<(SortKey, &Op<'_>)> = None;
+    for (i, &o) in group.iter().enumerate() {
         fetch_ahead(i);
-        let op = &run[j as usize];
+        let op = &run[o.position()];
         // Of a key's operations only the last counts: a put leaves the key, a delete none.
-        if let Some(prev) = pending
-            && key_of(prev).1 != key_of(op).1
+        // Keys whose prefixes differ differ: they are compared whole only if not.
+        if let Some((prev_order, prev)) = pending
+            && (prev_order.bucket_and_prefix() != o.bucket_and_prefix() || key_of(prev).1 != key_of(op).1)
             && let Op::Put { key, value, .. } = *prev
         {
             entries.push((key, value));
         }
-        pending = Some(op);
+        pending = Some((o, op));
     }
-    if let Some(&Op::Put { key, value, .. }) = pending {
+    if let Some((_, &Op::Put { key, value, .. })) = pending {
         entries.push((key, value));
     }
     Ok(catalog.at_mut(index).load_sorted(&entries))
@@ -587,4 +635,61 @@ fn apply_bucket_op(catalog: &mut Catalog, op: &Op<'_>) -> std::result::Result<()
         Op::Put { .. } | Op::Delete { .. } => unreachable!("not a bucket operation"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Replay leaves what applying the operations one by one in log order leaves, for runs
+    /// long enough to be sorted (into empty buckets and into full ones), with keys that share
+    /// their first 8 bytes, keys shorter than 8 bytes that differ only by trailing zeros, and
+    /// many operations on the same key (the last one wins).
+    #[test]
+    fn replay_in_key_order_matches_log_order() {
+        let mut keys: Vec<Vec<u8>> =
+            vec![b"a".to_vec(), b"a\0".to_vec(), b"a\0\0".to_vec(), b"ab".to_vec(), vec![0], vec![0xff; 8]];
+        for i in 0..40u8 {
+            keys.push([b"commonpr".as_slice(), &[i % 7, i]].concat());
+            keys.push([b"commonpr".as_slice(), &[i % 3]].concat());
+            keys.push(vec![i, 0, 0, 0, 0, 0, 0, 0, 1]);
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut model: BTreeMap<(u32, Vec<u8>), ValueRef> = BTreeMap::new();
+        let mut catalog = Catalog::default();
+        let names: [&[u8]; 2] = [b"one", b"two"];
+        let create: Vec<Op<'_>> =
+            names.iter().enumerate().map(|(i, &name)| Op::CreateBucket { bucket: i as u32 + 1, name }).collect();
+        replay(&mut catalog, &create).expect("create buckets");
+        let mut off = 0u32;
+        for round in 0..3 {
+            let mut ops = Vec::new();
+            for _ in 0..2000 {
+                let bucket = 1 + next(2) as u32;
+                let key = keys[next(keys.len())].as_slice();
+                // Mostly puts in the first round, which loads the empty buckets.
+                if next(10) < if round == 0 { 8 } else { 4 } {
+                    off += 1;
+                    let value = ValueRef { seg: 0, off, len: 1 };
+                    ops.push(Op::Put { bucket, key, value });
+                    model.insert((bucket, key.to_vec()), value);
+                } else {
+                    ops.push(Op::Delete { bucket, key });
+                    model.remove(&(bucket, key.to_vec()));
+                }
+            }
+            replay(&mut catalog, &ops).expect("replay");
+            let got: BTreeMap<(u32, Vec<u8>), ValueRef> =
+                catalog.iter().flat_map(|b| b.tree.iter().map(move |(k, v)| ((b.id, k.to_vec()), v))).collect();
+            assert_eq!(got, model, "after round {round}");
+        }
+    }
 }
