@@ -84,7 +84,32 @@ pub(crate) struct Segment {
     /// The storage. Only the writer locks it, to append; watchers read published bytes through
     /// their slots' pointers, never through this.
     blocks: Mutex<Vec<Vec<u8>>>,
+    /// Where the slots and the standard-sized blocks go when the segment is dropped, for the
+    /// segments after it.
+    spare: Arc<Mutex<Spare>>,
 }
+
+/// The storage of dropped segments, kept for new ones (up to [`SPARE_BLOCKS`] blocks and
+/// [`SPARE_SLOTS`] slot arrays).
+///
+/// Why: the feed's storage turns over at the writer's speed (tens of megabytes a second with
+/// 100 watchers), and a segment is usually dropped by a watcher's thread, the last to leave
+/// it. Freed there, its memory went back to that thread's allocator while the writer asked its
+/// own for fresh pages, which the kernel had to zero first (on this project's VM, whole 2 MiB
+/// pages): zeroing was as much of the watched writer's time as appending. Reused, the blocks
+/// are already mapped, and their stale bytes are never read (a slot is published only after
+/// its bytes are copied in).
+#[derive(Default)]
+pub(crate) struct Spare {
+    blocks: Vec<Vec<u8>>,
+    slots: Vec<Box<[Slot]>>,
+}
+
+/// Blocks kept for reuse at most (4 MiB): more than the writer fills between two segments'
+/// drops.
+const SPARE_BLOCKS: usize = 64;
+/// Slot arrays kept for reuse at most.
+const SPARE_SLOTS: usize = 4;
 
 /// The place of one revision's events: set once by the writer before it is published.
 #[derive(Default)]
@@ -94,13 +119,17 @@ struct Slot {
 }
 
 impl Segment {
-    fn new(first_rev: i64) -> Segment {
+    fn new(first_rev: i64, spare: &Arc<Mutex<Spare>>) -> Segment {
+        // A reused slot array holds the places of another segment's revisions, but a slot is
+        // read only once it is published, and it is written before that.
+        let slots = lock(spare).slots.pop().unwrap_or_else(|| (0..SEGMENT_REVS).map(|_| Slot::default()).collect());
         Segment {
             first_rev,
             end_rev: AtomicI64::new(i64::MAX),
             published: Padded(AtomicUsize::new(0)),
-            slots: (0..SEGMENT_REVS).map(|_| Slot::default()).collect(),
+            slots,
             blocks: Mutex::new(Vec::new()),
+            spare: spare.clone(),
         }
     }
 
@@ -160,7 +189,8 @@ impl Segment {
         let mut blocks = lock(&self.blocks);
         let need = events.len();
         if blocks.last().is_none_or(|b| b.capacity() - b.len() < need) {
-            blocks.push(Vec::with_capacity(need.max(BLOCK_BYTES)));
+            let reused = if need <= BLOCK_BYTES { lock(&self.spare).blocks.pop() } else { None };
+            blocks.push(reused.unwrap_or_else(|| Vec::with_capacity(need.max(BLOCK_BYTES))));
         }
         let block = blocks.last_mut().expect("just ensured");
         let start = block.len();
@@ -173,6 +203,24 @@ impl Segment {
         self.slots[i].ptr.store(ptr, Ordering::Relaxed);
         self.slots[i].len.store(need, Ordering::Relaxed);
         self.published.store(i + 1, Ordering::Release);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let slots = std::mem::take(&mut self.slots);
+        let mut spare = lock(&self.spare);
+        if spare.slots.len() < SPARE_SLOTS {
+            spare.slots.push(slots);
+        }
+        for mut block in blocks.into_iter().filter(|b| b.capacity() == BLOCK_BYTES) {
+            if spare.blocks.len() >= SPARE_BLOCKS {
+                break;
+            }
+            block.clear();
+            spare.blocks.push(block);
+        }
     }
 }
 
@@ -224,6 +272,8 @@ pub(crate) struct Hub {
     /// the scheduling took more of a 2-core machine than their reading did.
     sleepers: Padded<Mutex<Vec<Arc<Sleeper>>>>,
     closed: AtomicBool,
+    /// Storage for new segments (see [`Spare`]).
+    spare: Arc<Mutex<Spare>>,
 }
 
 /// A parked watcher's thread.
@@ -263,6 +313,7 @@ impl Hub {
             waiting: Padded(AtomicUsize::new(0)),
             sleepers: Padded(Mutex::new(Vec::new())),
             closed: AtomicBool::new(false),
+            spare: Arc::default(),
         }
     }
 
@@ -394,7 +445,7 @@ impl FeedGuard<'_> {
         let feed = &mut *self.feed;
         feed.with_prev &= with_prev;
         if !feed.segments.back().is_some_and(|(s, _)| s.covers(rev)) {
-            feed.segments.push_back((Arc::new(Segment::new(rev)), 0));
+            feed.segments.push_back((Arc::new(Segment::new(rev, &self.hub.spare)), 0));
         }
         let len = events.buf.len();
         let (seg, seg_bytes) = feed.segments.back_mut().expect("just ensured");
@@ -673,7 +724,7 @@ mod tests {
     /// before it is pushed, and earlier revisions stay intact while later ones are written.
     #[test]
     fn segment_blocks_return_every_revision_intact() {
-        let seg = Segment::new(100);
+        let seg = Segment::new(100, &Arc::default());
         let sizes = [0, 1, 1000, BLOCK_BYTES - 1001, 1, BLOCK_BYTES, 3 * BLOCK_BYTES + 7, 5, BLOCK_BYTES - 5, 64];
         let body = |i: usize, len: usize| (0..len).map(|j| (i * 31 + j * 7) as u8).collect::<Vec<u8>>();
         let mut held = Vec::new();
@@ -688,6 +739,53 @@ mod tests {
             }
         }
         assert_eq!(seg.get(100 + sizes.len() as i64), None);
+    }
+
+    /// A dropped segment's slots and standard blocks go to the spare storage, up to its bounds,
+    /// and the next segments take them: a reused slot array shows nothing before it is pushed
+    /// (its stale places are never read), and reused blocks give back the new bytes.
+    #[test]
+    fn dropped_segments_lend_their_storage_to_the_next() {
+        let spare: Arc<Mutex<Spare>> = Arc::default();
+        let body = |rev: i64, len: usize| (0..len).map(|j| (rev as usize * 13 + j) as u8).collect::<Vec<u8>>();
+        // Three standard blocks and one of its own for an oversized revision.
+        let old = Segment::new(1, &spare);
+        for rev in 1..=3 {
+            old.push(rev, &body(rev, BLOCK_BYTES - 10));
+        }
+        old.push(4, &body(4, 2 * BLOCK_BYTES));
+        let old_slots = old.slots.as_ptr();
+        drop(old);
+        {
+            let s = lock(&spare);
+            assert_eq!((s.slots.len(), s.blocks.len()), (1, 3), "the oversized block is freed");
+            assert!(s.blocks.iter().all(|b| b.is_empty() && b.capacity() == BLOCK_BYTES));
+        }
+        let new = Segment::new(1000, &spare);
+        assert_eq!(new.slots.as_ptr(), old_slots, "the slot array is reused");
+        for rev in 1000..1000 + SEGMENT_REVS as i64 {
+            assert_eq!(new.get(rev), None, "revision {rev} before it is pushed");
+        }
+        for rev in 1000..1004 {
+            new.push(rev, &body(rev, BLOCK_BYTES / 2 + 1));
+        }
+        assert!(lock(&spare).blocks.is_empty(), "every spare block taken before a new one is made");
+        for rev in 1000..1004 {
+            assert_eq!(new.get(rev), Some(body(rev, BLOCK_BYTES / 2 + 1).as_slice()));
+        }
+        // Bounded: many dropped segments keep at most the spare limits.
+        drop(new);
+        let many: Vec<Segment> = (0..(SPARE_SLOTS + SPARE_BLOCKS) as i64)
+            .map(|first| {
+                let seg = Segment::new(first * 10_000, &spare);
+                seg.push(first * 10_000, &body(first, BLOCK_BYTES));
+                seg.push(first * 10_000 + 1, &body(first, 1));
+                seg
+            })
+            .collect();
+        drop(many);
+        let s = lock(&spare);
+        assert_eq!((s.slots.len(), s.blocks.len()), (SPARE_SLOTS, SPARE_BLOCKS));
     }
 
     /// The shortcuts of `in_range` for open-ended ranges agree with the comparison they skip.

@@ -9,8 +9,8 @@
 //! interval and limit) makes it durable — etcd's default batching.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -481,8 +481,11 @@ struct Received {
 
 /// The body of a receiving thread (a stream): serves its watchers in turn until each has
 /// every revision up to `last` (known once the writer stops), or `abort` is set, or the drain
-/// limit passes.
+/// limit passes. It sets itself up (its histograms, its allocator's first pages) before it
+/// meets the others at `ready`, so that the writer's clock, started there, times the watchers
+/// receiving rather than a hundred threads starting.
 fn receive(
+    ready: &Barrier,
     ws: &[Watcher],
     prev_kv: bool,
     first: i64,
@@ -502,6 +505,7 @@ fn receive(
             done: None,
         });
     }
+    ready.wait();
     let mut deadline = None;
     loop {
         let end = last.load(Ordering::Acquire);
@@ -597,15 +601,17 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let watched = m.putter(0x5eed_0105, 6, Some(&stamps));
     let label = format!("mvcc-watch ({})", c.args.watchers);
 
+    let per_stream = watchers.len().div_ceil(c.args.watch_streams() as usize);
+    let ready = Barrier::new(watchers.chunks(per_stream).len() + 1);
     let (timed, writer_end, received) = thread::scope(|s| {
-        let per_stream = watchers.len().div_ceil(c.args.watch_streams() as usize);
         let handles: Vec<_> = watchers
             .chunks(per_stream)
             .map(|ws| {
-                let (last, abort, stamps) = (&last, &abort, &stamps);
-                s.spawn(move || receive(ws, prev_kv, first, last, abort, stamps))
+                let (ready, last, abort, stamps) = (&ready, &last, &abort, &stamps);
+                s.spawn(move || receive(ready, ws, prev_kv, first, last, abort, stamps))
             })
             .collect();
+        ready.wait();
         let timed = c.run_timed(&label, &[Role { threads: 1, body: &watched }]);
         let writer_end = Instant::now();
         if timed.is_err() {
