@@ -436,7 +436,6 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 /// whole keys.
 pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
     const SORT_FROM: usize = 64;
-    const PREFETCH_AHEAD: usize = 16;
     let mut order: Vec<SortKey> = Vec::new();
     let mut run_start = 0;
     for (i, op) in ops.iter().enumerate() {
@@ -452,29 +451,18 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
                 SortKey::new(bucket, key, j)
             }));
             sort_by_key_then_position(&mut order, run);
-            // In key order both the operations and their keys are read from all over memory:
-            // fetch them ahead, in two stages (an operation's key can only be found once the
-            // operation is in cache), so that the misses overlap the work.
-            let fetch_ahead = |n: usize| {
-                if let Some(ahead) = order.get(n + 2 * PREFETCH_AHEAD) {
-                    prefetch(std::slice::from_ref(&run[ahead.position()]));
-                }
-                if let Some(ahead) = order.get(n + PREFETCH_AHEAD) {
-                    prefetch(key_of(&run[ahead.position()]).1);
-                }
-            };
             let mut cursor = BucketCursor::default();
             let mut n = 0;
             while n < order.len() {
                 let id = order[n].bucket();
                 let end = n + order[n..].partition_point(|o| o.bucket() == id);
-                if load_empty_bucket(catalog, run, &order[n..end], |i| fetch_ahead(n + i))? {
+                if load_empty_bucket(catalog, run, &order[n..end])? {
                     n = end;
                     continue;
                 }
-                for (m, o) in order[n..end].iter().enumerate() {
-                    fetch_ahead(n + m);
-                    cursor.apply(catalog, &run[o.position()])?;
+                for m in n..end {
+                    fetch_ahead(run, &order, m);
+                    cursor.apply(catalog, &run[order[m].position()])?;
                 }
                 n = end;
             }
@@ -543,32 +531,79 @@ fn sort_by_key_then_position(order: &mut [SortKey], run: &[Op<'_>]) {
     }
 }
 
+/// In key order both the operations and their keys are read from all over memory: fetches
+/// those of `order[n]`'s successors ahead, in two stages (an operation's key can only be found
+/// once the operation is in cache), so that the misses overlap the work.
+fn fetch_ahead(run: &[Op<'_>], order: &[SortKey], n: usize) {
+    const AHEAD: usize = 16;
+    if let Some(ahead) = order.get(n + 2 * AHEAD) {
+        prefetch(std::slice::from_ref(&run[ahead.position()]));
+    }
+    if let Some(ahead) = order.get(n + AHEAD) {
+        prefetch(key_of(&run[ahead.position()]).1);
+    }
+}
+
 /// If the bucket of `group` — one bucket's operations of a run, in key order, a key's
 /// operations in log order — has no keys yet, gives it the keys those operations leave in one
 /// bottom-up build of its tree (`BTree::from_sorted`) instead of inserting them one by one;
 /// returns whether it did. This is the common case at open: every bucket starts empty and the
 /// first run holds up to a million operations (measured on a 1M-key log: open, median of nine,
-/// ~0.79 → ~0.52 s; DESIGN.md §6).
+/// ~0.79 → ~0.52 s; DESIGN.md §6). A large group's two halves are gone through on two threads,
+/// as its tree is built (an open has nothing else for the second core to do).
 fn load_empty_bucket(
     catalog: &mut Catalog,
     run: &[Op<'_>],
     group: &[SortKey],
-    fetch_ahead: impl Fn(usize),
 ) -> std::result::Result<bool, DecodeStop> {
     let Some(&first) = group.first() else { return Ok(false) };
     let index = catalog.index_of_id(first.bucket()).ok_or(DecodeStop::Rejected("names an unknown bucket"))?;
     if !catalog.at_mut(index).tree.is_empty() {
         return Ok(false);
     }
-    let mut entries: Vec<(&[u8], ValueRef)> = Vec::with_capacity(group.len());
-    let mut pending: Option<(SortKey, &Op<'_>)> = None;
+    let entries = if group.len() >= crate::index::BUILD_SPLIT_FROM {
+        // Split between two keys: a key's operations must stay together.
+        let mut mid = group.len() / 2;
+        while mid < group.len() && same_key(run, group[mid - 1], group[mid]) {
+            mid += 1;
+        }
+        let (low, high) = group.split_at(mid);
+        std::thread::scope(|s| {
+            // If no thread can be started, this one goes through both halves.
+            let other = std::thread::Builder::new()
+                .name("logtree-replay".into())
+                .spawn_scoped(s, || surviving_puts(run, high))
+                .ok();
+            let mut entries = surviving_puts(run, low);
+            match other.map(|h| h.join()) {
+                Some(Ok(more)) => entries.extend(more),
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => entries.extend(surviving_puts(run, high)),
+            }
+            entries
+        })
+    } else {
+        surviving_puts(run, group)
+    };
+    Ok(catalog.at_mut(index).load_sorted(&entries))
+}
+
+/// Whether two operations of a run, of one bucket, have the same key. Keys whose first 8
+/// bytes differ differ: they are compared whole only if not.
+fn same_key(run: &[Op<'_>], a: SortKey, b: SortKey) -> bool {
+    a.bucket_and_prefix() == b.bucket_and_prefix() && key_of(&run[a.position()]).1 == key_of(&run[b.position()]).1
+}
+
+/// The keys `group`'s operations leave and their values, in key order: of a key's operations
+/// (adjacent, in log order) only the last counts; a put leaves the key, a delete none.
+fn surviving_puts<'r>(run: &[Op<'r>], group: &[SortKey]) -> Vec<(&'r [u8], ValueRef)> {
+    let mut entries = Vec::with_capacity(group.len());
+    let mut pending: Option<(SortKey, &Op<'r>)> = None;
     for (i, &o) in group.iter().enumerate() {
-        fetch_ahead(i);
+        fetch_ahead(run, group, i);
         let op = &run[o.position()];
-        // Of a key's operations only the last counts: a put leaves the key, a delete none.
-        // Keys whose prefixes differ differ: they are compared whole only if not.
         if let Some((prev_order, prev)) = pending
-            && (prev_order.bucket_and_prefix() != o.bucket_and_prefix() || key_of(prev).1 != key_of(op).1)
+            && !same_key(run, prev_order, o)
             && let Op::Put { key, value, .. } = *prev
         {
             entries.push((key, value));
@@ -578,7 +613,7 @@ fn load_empty_bucket(
     if let Some((_, &Op::Put { key, value, .. })) = pending {
         entries.push((key, value));
     }
-    Ok(catalog.at_mut(index).load_sorted(&entries))
+    entries
 }
 
 fn key_of<'a>(op: &Op<'a>) -> (u32, &'a [u8]) {
@@ -612,7 +647,9 @@ impl BucketCursor {
                 bucket.put(key, value);
             }
             Op::Delete { key, .. } => {
-                bucket.delete(key);
+                // The log holds a delete only of a key that was there when it was written, and
+                // replay applies a key's operations in their order.
+                bucket.delete_expected(key);
             }
             Op::CreateBucket { .. } | Op::DeleteBucket { .. } => unreachable!("runs hold key operations only"),
         }
@@ -670,9 +707,11 @@ mod tests {
             names.iter().enumerate().map(|(i, &name)| Op::CreateBucket { bucket: i as u32 + 1, name }).collect();
         replay(&mut catalog, &create).expect("create buckets");
         let mut off = 0u32;
-        for round in 0..3 {
+        // The first round loads the empty buckets, the large one on two threads (split inside
+        // a run of one key's operations: each key has hundreds); the others insert and delete.
+        for (round, len) in [crate::index::BUILD_SPLIT_FROM * 3, 2000, 2000].into_iter().enumerate() {
             let mut ops = Vec::new();
-            for _ in 0..2000 {
+            for _ in 0..len {
                 let bucket = 1 + next(2) as u32;
                 let key = keys[next(keys.len())].as_slice();
                 // Mostly puts in the first round, which loads the empty buckets.
@@ -687,9 +726,12 @@ mod tests {
                 }
             }
             replay(&mut catalog, &ops).expect("replay");
-            let got: BTreeMap<(u32, Vec<u8>), ValueRef> =
+            // As a list, not a map: a key the tree held twice would show.
+            let got: Vec<((u32, Vec<u8>), ValueRef)> =
                 catalog.iter().flat_map(|b| b.tree.iter().map(move |(k, v)| ((b.id, k.to_vec()), v))).collect();
-            assert_eq!(got, model, "after round {round}");
+            let want: Vec<((u32, Vec<u8>), ValueRef)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            assert_eq!(got, want, "after round {round}");
+            assert_eq!(catalog.iter().map(|b| b.tree.len()).sum::<usize>(), model.len());
         }
     }
 }

@@ -251,7 +251,7 @@ impl<'a> BatchTx<'a> {
         let r = log.as_mut().map_or(Err(Error::ReadOnly), |log| log.delete(b.id, key));
         match r {
             Ok(()) => {
-                b.delete(key);
+                b.delete_expected(key); // found just above
                 self.ops += 1;
                 Ok(())
             }

@@ -54,6 +54,16 @@ impl Bucket {
     /// Removes `key`; returns its value if it was there.
     pub fn delete(&mut self, key: &[u8]) -> Option<ValueRef> {
         let old = self.tree.remove(key);
+        self.account_delete(key, old)
+    }
+
+    /// [`delete`](Self::delete) of a key expected to be there (see [`BTree::remove_expected`]).
+    pub fn delete_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
+        let old = self.tree.remove_expected(key);
+        self.account_delete(key, old)
+    }
+
+    fn account_delete(&mut self, key: &[u8], old: Option<ValueRef>) -> Option<ValueRef> {
         if let Some(o) = old {
             self.live_bytes -= put_len(key.len(), o.len as usize) as u64;
         }

@@ -124,22 +124,41 @@ impl BTree {
     /// A tree of `entries`, which must be in strictly ascending key order, built bottom up
     /// (much faster than inserting them one by one). `None` if a key is longer than 1 KiB:
     /// then insert them instead.
+    ///
+    /// From [`BUILD_SPLIT_FROM`] entries on, the leaves of the second half are built on a
+    /// second thread while this one builds the first half's: the build is most of a large
+    /// bucket's open (and of its defrag), and an open has nothing else for a second core to do.
     pub fn from_sorted(entries: &[(&[u8], ValueRef)]) -> Option<BTree> {
         if entries.iter().any(|(k, _)| k.len() > node::BUILD_MAX_KEY) {
             return None;
         }
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "keys must ascend");
-        // The keys are read from all over the log's memory map (they are in key order, the
-        // log in write order): ask for each a few entries before it is copied, so that the
-        // misses overlap instead of following one another.
-        const AHEAD: usize = 16;
-        let fetched = entries.iter().enumerate().map(|(i, &entry)| {
-            if let Some((key, _)) = entries.get(i + AHEAD) {
-                crate::prefetch::prefetch_all(key);
+        let root = match entries.len() {
+            n if n >= BUILD_SPLIT_FROM => {
+                let (first, second) = entries.split_at(n / 2);
+                let second_leaves = std::thread::scope(|s| {
+                    // If no thread can be started, this one builds both halves.
+                    let other = std::thread::Builder::new()
+                        .name("logtree-build".into())
+                        .spawn_scoped(s, || node::build_leaves(fetched(second)))
+                        .ok();
+                    let (mut nodes, mut seps) = node::build_leaves(fetched(first));
+                    let (more_nodes, more_seps) = match other.map(|h| h.join()) {
+                        Some(Ok(leaves)) => leaves,
+                        Some(Err(panic)) => std::panic::resume_unwind(panic),
+                        None => node::build_leaves(fetched(second)),
+                    };
+                    let (last, next) = (first[first.len() - 1].0, second[0].0);
+                    seps.push(node::shortest_separator(last, next).to_vec());
+                    nodes.extend(more_nodes);
+                    seps.extend(more_seps);
+                    (nodes, seps)
+                });
+                node::build_levels(second_leaves.0, second_leaves.1)
             }
-            entry
-        });
-        Some(BTree { root: node::build(fetched), len: entries.len() })
+            _ => node::build(fetched(entries)),
+        };
+        Some(BTree { root, len: entries.len() })
     }
 
     /// Inserts or overwrites; returns the previous value.
@@ -167,6 +186,14 @@ impl BTree {
         // A miss must not copy nodes shared with snapshots, so look first
         // (read-only) and only then walk the path with `make_mut`.
         self.get(key)?;
+        self.remove_expected(key)
+    }
+
+    /// [`remove`](Self::remove) for a key the caller expects to be there (recovery, replaying
+    /// a delete from the log), without the look first: one descent instead of two. A key that
+    /// is not there is still not removed, but the nodes on its path that the tree shares with
+    /// snapshots are copied for nothing.
+    pub fn remove_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
         let root = self.root.as_mut()?;
         let mut pieces = Vec::new();
         let old = node::remove(root, key, &mut pieces);
@@ -368,3 +395,19 @@ impl<'a> Iterator for Iter<'a> {
 }
 
 impl FusedIterator for Iter<'_> {}
+
+/// Entries from which [`BTree::from_sorted`] builds on two threads.
+pub const BUILD_SPLIT_FROM: usize = 1 << 16;
+
+/// `entries`, each key prefetched a few entries before it is taken. The keys of a sorted build
+/// are read from all over the log's memory map (they are in key order, the log in write order):
+/// asked for ahead, their misses overlap instead of following one another.
+fn fetched<'e, 'k>(entries: &'e [(&'k [u8], ValueRef)]) -> impl Iterator<Item = (&'k [u8], ValueRef)> + 'e {
+    const AHEAD: usize = 16;
+    entries.iter().enumerate().map(move |(i, &entry)| {
+        if let Some((key, _)) = entries.get(i + AHEAD) {
+            crate::prefetch::prefetch_all(key);
+        }
+        entry
+    })
+}

@@ -996,7 +996,15 @@ impl Keys {
 /// Returns the root (`None` for no entries). Recovery uses it to load a bucket's keys when
 /// its tree is empty.
 pub(super) fn build<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>) -> Option<Arc<Node>> {
-    // The level being built: its nodes and the separator before each node but the first.
+    let (nodes, seps) = build_leaves(entries);
+    build_levels(nodes, seps)
+}
+
+/// The leaves of [`build`] over `entries` (ascending keys), and the separator before each
+/// leaf but the first.
+pub(super) fn build_leaves<'k>(
+    entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>,
+) -> (Vec<Arc<Node>>, Vec<Vec<u8>>) {
     let mut nodes: Vec<Arc<Node>> = Vec::new();
     let mut seps: Vec<Vec<u8>> = Vec::new();
     let mut leaf = Leaf::default();
@@ -1018,6 +1026,13 @@ pub(super) fn build<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>)
         leaf.keys.reprefix();
         nodes.push(Arc::new(Node::Leaf(leaf)));
     }
+    (nodes, seps)
+}
+
+/// The inner levels of [`build`] over one level's `nodes` (in key order) and the separator
+/// before each node but the first; returns the root.
+pub(super) fn build_levels(mut nodes: Vec<Arc<Node>>, mut seps: Vec<Vec<u8>>) -> Option<Arc<Node>> {
+    debug_assert_eq!(seps.len() + 1, nodes.len().max(1));
     while nodes.len() > 1 {
         // Group the nodes: a group closes at MAX_CHILDREN children or when one more separator
         // would pass the byte limit; a last group of one borrows a node from the one before.

@@ -819,6 +819,34 @@ fn built_trees_are_valid_and_stay_so_under_changes() {
     }
 }
 
+/// From `BUILD_SPLIT_FROM` entries on, the two halves' leaves are built on two threads and
+/// joined: the tree is valid and exact whichever way the halves' leaves end at the join (a full
+/// leaf, a leaf of one, a node closed by the byte limit).
+#[test]
+fn trees_built_in_two_halves_are_valid() {
+    let mut rng = Rng(78);
+    let split = crate::index::BUILD_SPLIT_FROM;
+    for n in [split, split + 1, split + 2 * 64 + 1, 2 * split + 63] {
+        for key_len in [8usize, 300] {
+            let mut m = Model::new();
+            while m.len() < n {
+                let len = 1 + rng.below(key_len);
+                m.insert(rng.var_bytes(len.min(8), len.saturating_sub(7).max(1)), vr(m.len() as u64));
+            }
+            let entries: Vec<(&[u8], ValueRef)> = m.iter().map(|(k, v)| (k.as_slice(), *v)).collect();
+            let mut t = BTree::from_sorted(&entries).expect("keys of at most 1 KiB");
+            t.check_invariants();
+            assert_same(&t, &m);
+            for step in 0..300u64 {
+                let k = m.keys().nth(rng.below(m.len())).unwrap().clone();
+                remove_or_insert(&mut t, &mut m, k, rng.below(2) == 0, step);
+            }
+            t.check_invariants();
+            assert_same(&t, &m);
+        }
+    }
+}
+
 #[test]
 fn building_declines_keys_over_1_kib() {
     let long = vec![7u8; 1025];
