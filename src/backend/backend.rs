@@ -444,7 +444,9 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
             continue;
         }
         let run = &ops[run_start..if is_bucket_op { i } else { i + 1 }];
-        if run.len() >= SORT_FROM {
+        // A run of 2^32 operations or more (one transaction that large) is replayed as it is:
+        // a `SortKey` has 32 bits for the position.
+        if run.len() >= SORT_FROM && u32::try_from(run.len()).is_ok() {
             order.clear();
             order.extend(run.iter().enumerate().map(|(j, op)| {
                 let (bucket, key) = key_of(op);
@@ -482,7 +484,8 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
 
 /// One operation of a run, as the integer that orders it: its bucket's id (32 bits), the
 /// first 8 bytes of its key, zero-padded (64 bits, big-endian, so that integers order as
-/// the bytes do), and its position in the run (32 bits; runs are capped far below 2³²).
+/// the bytes do), and its position in the run (32 bits: `replay` sorts only runs shorter than
+/// 2³²).
 /// Sorting these integers orders the operations by bucket and key prefix, and operations
 /// with equal prefixes by position; [`sort_by_key_then_position`] then orders those by key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -549,8 +552,8 @@ fn fetch_ahead(run: &[Op<'_>], order: &[SortKey], n: usize) {
 /// bottom-up build of its tree (`BTree::from_sorted`) instead of inserting them one by one;
 /// returns whether it did. This is the common case at open: every bucket starts empty and the
 /// first run holds up to a million operations (measured on a 1M-key log: open, median of nine,
-/// ~0.79 → ~0.52 s; DESIGN.md §6). A large group's two halves are gone through on two threads,
-/// as its tree is built (an open has nothing else for the second core to do).
+/// ~0.79 → ~0.52 s; DESIGN.md §6). A group of `BUILD_SPLIT_FROM` operations or more is gone
+/// through in two halves on two threads (an open has nothing else for the second core to do).
 fn load_empty_bucket(
     catalog: &mut Catalog,
     run: &[Op<'_>],
@@ -568,22 +571,15 @@ fn load_empty_bucket(
             mid += 1;
         }
         let (low, high) = group.split_at(mid);
-        std::thread::scope(|s| {
-            // If no thread can be started, this one goes through both halves.
-            let other = std::thread::Builder::new()
-                .name("logtree-replay".into())
-                .spawn_scoped(s, || surviving_puts(run, high))
-                .ok();
-            let mut entries = surviving_puts(run, low);
-            match other.map(|h| h.join()) {
-                Some(Ok(more)) => entries.extend(more),
-                Some(Err(panic)) => std::panic::resume_unwind(panic),
-                None => entries.extend(surviving_puts(run, high)),
-            }
-            entries
-        })
+        let (mut entries, more) = crate::parallel::join(
+            "logtree-replay",
+            || surviving_puts(run, low, group.len()),
+            || surviving_puts(run, high, high.len()),
+        );
+        entries.extend(more);
+        entries
     } else {
-        surviving_puts(run, group)
+        surviving_puts(run, group, group.len())
     };
     Ok(catalog.at_mut(index).load_sorted(&entries))
 }
@@ -596,8 +592,9 @@ fn same_key(run: &[Op<'_>], a: SortKey, b: SortKey) -> bool {
 
 /// The keys `group`'s operations leave and their values, in key order: of a key's operations
 /// (adjacent, in log order) only the last counts; a put leaves the key, a delete none.
-fn surviving_puts<'r>(run: &[Op<'r>], group: &[SortKey]) -> Vec<(&'r [u8], ValueRef)> {
-    let mut entries = Vec::with_capacity(group.len());
+/// `capacity`: room to make for entries (more if others are to be appended).
+fn surviving_puts<'r>(run: &[Op<'r>], group: &[SortKey], capacity: usize) -> Vec<(&'r [u8], ValueRef)> {
+    let mut entries = Vec::with_capacity(capacity);
     let mut pending: Option<(SortKey, &Op<'r>)> = None;
     for (i, &o) in group.iter().enumerate() {
         fetch_ahead(run, group, i);

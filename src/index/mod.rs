@@ -126,37 +126,30 @@ impl BTree {
     /// then insert them instead.
     ///
     /// From [`BUILD_SPLIT_FROM`] entries on, the leaves of the second half are built on a
-    /// second thread while this one builds the first half's: the build is most of a large
-    /// bucket's open (and of its defrag), and an open has nothing else for a second core to do.
+    /// second thread while this one builds the first half's (`parallel::join`), and joined
+    /// under one separator: the build is most of a large bucket's open, where a second core has
+    /// nothing else to do. A defrag's build takes the second core too, for the tenth of a
+    /// second or so a million keys take. The first half's last leaf may then be underfull, a
+    /// shape ascending inserts would not leave; nothing relies on leaves being full.
     pub fn from_sorted(entries: &[(&[u8], ValueRef)]) -> Option<BTree> {
         if entries.iter().any(|(k, _)| k.len() > node::BUILD_MAX_KEY) {
             return None;
         }
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "keys must ascend");
-        let root = match entries.len() {
-            n if n >= BUILD_SPLIT_FROM => {
-                let (first, second) = entries.split_at(n / 2);
-                let second_leaves = std::thread::scope(|s| {
-                    // If no thread can be started, this one builds both halves.
-                    let other = std::thread::Builder::new()
-                        .name("logtree-build".into())
-                        .spawn_scoped(s, || node::build_leaves(fetched(second)))
-                        .ok();
-                    let (mut nodes, mut seps) = node::build_leaves(fetched(first));
-                    let (more_nodes, more_seps) = match other.map(|h| h.join()) {
-                        Some(Ok(leaves)) => leaves,
-                        Some(Err(panic)) => std::panic::resume_unwind(panic),
-                        None => node::build_leaves(fetched(second)),
-                    };
-                    let (last, next) = (first[first.len() - 1].0, second[0].0);
-                    seps.push(node::shortest_separator(last, next).to_vec());
-                    nodes.extend(more_nodes);
-                    seps.extend(more_seps);
-                    (nodes, seps)
-                });
-                node::build_levels(second_leaves.0, second_leaves.1)
-            }
-            _ => node::build(fetched(entries)),
+        let root = if entries.len() >= BUILD_SPLIT_FROM {
+            let (first, second) = entries.split_at(entries.len() / 2);
+            let ((mut nodes, mut seps), (more_nodes, more_seps)) = crate::parallel::join(
+                "logtree-build",
+                || node::build_leaves(fetched(first)),
+                || node::build_leaves(fetched(second)),
+            );
+            let (last, next) = (first[first.len() - 1].0, second[0].0);
+            seps.push(node::shortest_separator(last, next).to_vec());
+            nodes.extend(more_nodes);
+            seps.extend(more_seps);
+            node::build_levels(nodes, seps)
+        } else {
+            node::build(fetched(entries))
         };
         Some(BTree { root, len: entries.len() })
     }
@@ -189,10 +182,12 @@ impl BTree {
         self.remove_expected(key)
     }
 
-    /// [`remove`](Self::remove) for a key the caller expects to be there (recovery, replaying
-    /// a delete from the log), without the look first: one descent instead of two. A key that
-    /// is not there is still not removed, but the nodes on its path that the tree shares with
-    /// snapshots are copied for nothing.
+    /// [`remove`](Self::remove) for a key the caller expects to be there, without the look
+    /// first: one descent instead of two. Callers: `BatchTx::delete` after its own look, and
+    /// `replay` (an open's recovery, and a small transaction mirrored into the spare catalog),
+    /// replaying deletes the log holds only of keys that were there. A key that is not there is
+    /// still not removed, but the nodes on its path that the tree shares with snapshots are
+    /// copied for nothing.
     pub fn remove_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
         let root = self.root.as_mut()?;
         let mut pieces = Vec::new();
@@ -396,7 +391,8 @@ impl<'a> Iterator for Iter<'a> {
 
 impl FusedIterator for Iter<'_> {}
 
-/// Entries from which [`BTree::from_sorted`] builds on two threads.
+/// Entries from which [`BTree::from_sorted`] builds on two threads, and operations from which
+/// recovery's replay goes through an empty bucket's sorted operations on two threads.
 pub const BUILD_SPLIT_FROM: usize = 1 << 16;
 
 /// `entries`, each key prefetched a few entries before it is taken. The keys of a sorted build

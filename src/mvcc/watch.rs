@@ -9,8 +9,8 @@
 //! `Arc` of the segment it is reading. The writer's cost per revision is therefore the same for
 //! one watcher or a thousand — it used to send each event to each watcher's channel and wake
 //! each watcher, and puts with 100 watchers ran at a sixth of their speed. The hub keeps the
-//! last [`KEPT_SEGMENTS`] segments and at most [`FEED_BYTES`] of events; older ones are freed
-//! when the last watcher reading them moves on.
+//! last [`KEPT_SEGMENTS`] segments and at most [`FEED_BYTES`] of events; older ones go when
+//! the last watcher reading them moves on, their storage to the next segments (see [`Spare`]).
 //!
 //! **History.** A watcher whose next revision is older than the feed's first (it started in the
 //! past, or read so slowly that the feed moved on) reads from the store's `key` bucket instead,
@@ -90,7 +90,8 @@ pub(crate) struct Segment {
 }
 
 /// The storage of dropped segments, kept for new ones (up to [`SPARE_BLOCKS`] blocks and
-/// [`SPARE_SLOTS`] slot arrays).
+/// [`SPARE_SLOTS`] slot arrays: about 4.3 MiB a store keeps once it has been watched, until
+/// it is dropped).
 ///
 /// Why: the feed's storage turns over at the writer's speed (tens of megabytes a second with
 /// 100 watchers), and a segment is usually dropped by a watcher's thread, the last to leave
@@ -122,7 +123,8 @@ impl Segment {
     fn new(first_rev: i64, spare: &Arc<Mutex<Spare>>) -> Segment {
         // A reused slot array holds the places of another segment's revisions, but a slot is
         // read only once it is published, and it is written before that.
-        let slots = lock(spare).slots.pop().unwrap_or_else(|| (0..SEGMENT_REVS).map(|_| Slot::default()).collect());
+        let reused = lock(spare).slots.pop();
+        let slots = reused.unwrap_or_else(|| (0..SEGMENT_REVS).map(|_| Slot::default()).collect());
         Segment {
             first_rev,
             end_rev: AtomicI64::new(i64::MAX),
@@ -174,8 +176,10 @@ impl<'s> Appended<'s> {
         // before this read: `push` copied them into a block's spare capacity, set the block's
         // length past them, and then published. Those bytes are never written again: `push`
         // writes only past a block's length and never grows a block beyond its capacity, so
-        // the block's buffer never moves. The blocks are freed only when the segment is, and
-        // the borrow `'s` keeps it.
+        // the block's buffer never moves. The blocks are freed, or given to a later segment,
+        // only when this segment is dropped, and the borrow `'s` keeps it. A reused slot array
+        // still holds another segment's pointers, but a segment's count starts at 0 and a slot
+        // is read only below it, after `push` has written it.
         Some(unsafe { std::slice::from_raw_parts(ptr, len) })
     }
 }
@@ -208,19 +212,23 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let slots = std::mem::take(&mut self.slots);
-        let mut spare = lock(&self.spare);
-        if spare.slots.len() < SPARE_SLOTS {
-            spare.slots.push(slots);
-        }
-        for mut block in blocks.into_iter().filter(|b| b.capacity() == BLOCK_BYTES) {
-            if spare.blocks.len() >= SPARE_BLOCKS {
-                break;
+        let mut blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
+        blocks.retain(|b| b.capacity() == BLOCK_BYTES);
+        let mut slots = Some(std::mem::take(&mut self.slots));
+        {
+            let mut spare = lock(&self.spare);
+            if spare.slots.len() < SPARE_SLOTS {
+                spare.slots.extend(slots.take());
             }
-            block.clear();
-            spare.blocks.push(block);
+            let room = SPARE_BLOCKS.saturating_sub(spare.blocks.len());
+            spare.blocks.extend(blocks.drain(..room.min(blocks.len())).map(|mut b| {
+                b.clear();
+                b
+            }));
         }
+        // What the spare store has no room for (and larger blocks) is freed after the lock is
+        // let go: the writer takes it for every new block.
+        drop((blocks, slots));
     }
 }
 

@@ -493,19 +493,23 @@ fn receive(
     abort: &AtomicBool,
     stamps: &Stamps,
 ) -> CliResult<Vec<Received>> {
-    let mut rs = Vec::with_capacity(ws.len());
-    for _ in ws {
-        rs.push(Received {
-            delays: Sample::new()?,
-            received: 0,
-            out_of_order: 0,
-            wrong_prev: 0,
-            early: 0,
-            next: first,
-            done: None,
-        });
-    }
+    let rs: CliResult<Vec<Received>> = ws
+        .iter()
+        .map(|_| {
+            Ok(Received {
+                delays: Sample::new()?,
+                received: 0,
+                out_of_order: 0,
+                wrong_prev: 0,
+                early: 0,
+                next: first,
+                done: None,
+            })
+        })
+        .collect();
+    // Reached whatever the set-up gave: the writer and the other threads wait for every one.
     ready.wait();
+    let mut rs = rs?;
     let mut deadline = None;
     loop {
         let end = last.load(Ordering::Acquire);
@@ -602,7 +606,7 @@ fn watch(b: &mut Bench<'_>, m: Mvcc<'_>) -> CliResult<()> {
     let label = format!("mvcc-watch ({})", c.args.watchers);
 
     let per_stream = watchers.len().div_ceil(c.args.watch_streams() as usize);
-    let ready = Barrier::new(watchers.chunks(per_stream).len() + 1);
+    let ready = Barrier::new(watchers.len().div_ceil(per_stream) + 1);
     let (timed, writer_end, received) = thread::scope(|s| {
         let handles: Vec<_> = watchers
             .chunks(per_stream)
