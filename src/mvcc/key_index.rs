@@ -324,7 +324,7 @@ impl Index {
     /// which costs nothing but the hint (`prefetch` never faults), and
     /// `home_prefetch_names_the_bucket` would fail.
     #[inline]
-    fn prefetch_home(&self, hash: u64) {
+    pub fn prefetch_home(&self, hash: u64) {
         if let Some(a) = self.anchor {
             let (start, len) = home_range(a, hash);
             crate::prefetch::prefetch_range(start, len);

@@ -32,7 +32,7 @@ mod kv;
 mod revision;
 mod watch;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -75,6 +75,21 @@ const WAKE_GROUP_GAP: Duration = Duration::from_micros(100);
 /// Groups of waking per wake-up at most, so that waking thousands of watchers still takes only
 /// some 5 ms (the groups grow instead).
 const WAKE_GROUPS_MAX: usize = 50;
+
+/// Entries of the `key` bucket read ahead of the one applied while an open rebuilds the key
+/// index (see `KvStore::open`): enough misses in flight to overlap, few enough that the first
+/// is still in cache when its entry is applied.
+const REBUILD_AHEAD: usize = 8;
+
+/// One entry of the `key` bucket, read and waiting to be applied to the key index.
+struct Restored<'a> {
+    key: &'a [u8],
+    hash: u64,
+    rev: Revision,
+    tombstone: bool,
+    create: i64,
+    version: i64,
+}
 
 /// How many of `waiting` watchers' threads the notifier wakes at a time on `cores` cores: twice
 /// the cores, or more if that would take more than [`WAKE_GROUPS_MAX`] groups.
@@ -205,6 +220,19 @@ impl KvStore {
         let mut index = Index::new();
         let mut last = 0i64;
         let entries = if has_buckets { Some(rtx.scan(KEY_BUCKET, [], None)?) } else { None };
+        // Revisions come in revision order, their keys from all over the index's table: each
+        // is applied `REBUILD_AHEAD` entries after it is read, and its place in the table is
+        // asked for when it is read, so that the table's cache misses overlap.
+        let mut ahead: VecDeque<Restored<'_>> = VecDeque::with_capacity(REBUILD_AHEAD + 1);
+        let apply = |index: &mut Index, r: Restored<'_>| {
+            index.change_hashed(r.key, r.hash, |ki| {
+                if r.tombstone {
+                    ki.tombstone(r.rev);
+                } else {
+                    ki.restore(r.rev, Revision { main: r.create, sub: 0 }, r.version);
+                }
+            });
+        };
         for entry in entries.into_iter().flatten() {
             let (k, v) = entry?;
             let (rev, tombstone) = Revision::from_key(k)?;
@@ -220,14 +248,17 @@ impl KvStore {
                     rev.main, rev.sub
                 )));
             }
-            index.change(key, |ki| {
-                if tombstone {
-                    ki.tombstone(rev);
-                } else {
-                    ki.restore(rev, Revision { main: create, sub: 0 }, version);
-                }
-            });
+            let hash = index.hash(key);
+            index.prefetch_home(hash);
+            ahead.push_back(Restored { key, hash, rev, tombstone, create, version });
+            if ahead.len() > REBUILD_AHEAD {
+                let r = ahead.pop_front().expect("longer than REBUILD_AHEAD");
+                apply(&mut index, r);
+            }
             last = last.max(rev.main);
+        }
+        for r in ahead {
+            apply(&mut index, r);
         }
         drop(rtx);
         // A compaction that a crash interrupted has removed some of its revisions (the lowest
