@@ -552,7 +552,7 @@ fn fetch_ahead(run: &[Op<'_>], order: &[SortKey], n: usize) {
 /// bottom-up build of its tree (`BTree::from_sorted`) instead of inserting them one by one;
 /// returns whether it did. This is the common case at open: every bucket starts empty and the
 /// first run holds up to a million operations (measured on a 1M-key log: open, median of nine,
-/// ~0.79 → ~0.52 s; DESIGN.md §6). A group of `BUILD_SPLIT_FROM` operations or more is gone
+/// ~0.79 → ~0.52 s; DESIGN.md §6). A group of [`REPLAY_SPLIT_FROM`] operations or more is gone
 /// through in two halves on two threads (an open has nothing else for the second core to do).
 fn load_empty_bucket(
     catalog: &mut Catalog,
@@ -564,7 +564,7 @@ fn load_empty_bucket(
     if !catalog.at_mut(index).tree.is_empty() {
         return Ok(false);
     }
-    let entries = if group.len() >= crate::index::BUILD_SPLIT_FROM {
+    let entries = if group.len() >= REPLAY_SPLIT_FROM {
         // Split between two keys: a key's operations must stay together.
         let mut mid = group.len() / 2;
         while mid < group.len() && same_key(run, group[mid - 1], group[mid]) {
@@ -583,6 +583,10 @@ fn load_empty_bucket(
     };
     Ok(catalog.at_mut(index).load_sorted(&entries))
 }
+
+/// Operations of one empty bucket in a run from which `load_empty_bucket` goes through them on
+/// two threads: below it, starting a thread costs more than half the work saves.
+const REPLAY_SPLIT_FROM: usize = 1 << 16;
 
 /// Whether two operations of a run, of one bucket, have the same key. Keys whose first 8
 /// bytes differ differ: they are compared whole only if not.
@@ -706,7 +710,7 @@ mod tests {
         let mut off = 0u32;
         // The first round loads the empty buckets, the large one on two threads (split inside
         // a run of one key's operations: each key has hundreds); the others insert and delete.
-        for (round, len) in [crate::index::BUILD_SPLIT_FROM * 3, 2000, 2000].into_iter().enumerate() {
+        for (round, len) in [REPLAY_SPLIT_FROM * 3, 2000, 2000].into_iter().enumerate() {
             let mut ops = Vec::new();
             for _ in 0..len {
                 let bucket = 1 + next(2) as u32;

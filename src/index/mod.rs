@@ -126,31 +126,16 @@ impl BTree {
     /// then insert them instead.
     ///
     /// From [`BUILD_SPLIT_FROM`] entries on, the leaves of the second half are built on a
-    /// second thread while this one builds the first half's (`parallel::join`), and joined
-    /// under one separator: the build is most of a large bucket's open, where a second core has
-    /// nothing else to do. A defrag's build takes the second core too, for the tenth of a
-    /// second or so a million keys take. The first half's last leaf may then be underfull, a
-    /// shape ascending inserts would not leave; nothing relies on leaves being full.
+    /// second thread while this one builds the first half's (`node::build_sorted`): the build
+    /// is most of a large bucket's open, where a second core has nothing else to do. A
+    /// defrag's build takes the second core too, for the tenth of a second or so a million
+    /// keys take.
     pub fn from_sorted(entries: &[(&[u8], ValueRef)]) -> Option<BTree> {
         if entries.iter().any(|(k, _)| k.len() > node::BUILD_MAX_KEY) {
             return None;
         }
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "keys must ascend");
-        let root = if entries.len() >= BUILD_SPLIT_FROM {
-            let (first, second) = entries.split_at(entries.len() / 2);
-            let ((mut nodes, mut seps), (more_nodes, more_seps)) = crate::parallel::join(
-                "logtree-build",
-                || node::build_leaves(fetched(first)),
-                || node::build_leaves(fetched(second)),
-            );
-            let (last, next) = (first[first.len() - 1].0, second[0].0);
-            seps.push(node::shortest_separator(last, next).to_vec());
-            nodes.extend(more_nodes);
-            seps.extend(more_seps);
-            node::build_levels(nodes, seps)
-        } else {
-            node::build(fetched(entries))
-        };
+        let root = node::build_sorted(entries);
         Some(BTree { root, len: entries.len() })
     }
 
@@ -182,12 +167,9 @@ impl BTree {
         self.remove_expected(key)
     }
 
-    /// [`remove`](Self::remove) for a key the caller expects to be there, without the look
-    /// first: one descent instead of two. Callers: `BatchTx::delete` after its own look, and
-    /// `replay` (an open's recovery, and a small transaction mirrored into the spare catalog),
-    /// replaying deletes the log holds only of keys that were there. A key that is not there is
-    /// still not removed, but the nodes on its path that the tree shares with snapshots are
-    /// copied for nothing.
+    /// [`remove`](Self::remove) for a key the caller knows to be there, without the look
+    /// first: one descent instead of two. A key that is not there is still not removed, but
+    /// the nodes on its path that the tree shares with snapshots are copied for nothing.
     pub fn remove_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
         let root = self.root.as_mut()?;
         let mut pieces = Vec::new();
@@ -391,19 +373,5 @@ impl<'a> Iterator for Iter<'a> {
 
 impl FusedIterator for Iter<'_> {}
 
-/// Entries from which [`BTree::from_sorted`] builds on two threads, and operations from which
-/// recovery's replay goes through an empty bucket's sorted operations on two threads.
-pub const BUILD_SPLIT_FROM: usize = 1 << 16;
-
-/// `entries`, each key prefetched a few entries before it is taken. The keys of a sorted build
-/// are read from all over the log's memory map (they are in key order, the log in write order):
-/// asked for ahead, their misses overlap instead of following one another.
-fn fetched<'e, 'k>(entries: &'e [(&'k [u8], ValueRef)]) -> impl Iterator<Item = (&'k [u8], ValueRef)> + 'e {
-    const AHEAD: usize = 16;
-    entries.iter().enumerate().map(move |(i, &entry)| {
-        if let Some((key, _)) = entries.get(i + AHEAD) {
-            crate::prefetch::prefetch_all(key);
-        }
-        entry
-    })
-}
+/// Entries from which [`BTree::from_sorted`] builds on two threads.
+pub(crate) const BUILD_SPLIT_FROM: usize = 1 << 16;

@@ -90,7 +90,7 @@ pub(crate) struct Segment {
 }
 
 /// The storage of dropped segments, kept for new ones (up to [`SPARE_BLOCKS`] blocks and
-/// [`SPARE_SLOTS`] slot arrays: about 4.3 MiB a store keeps once it has been watched, until
+/// [`SPARE_SLOTS`] slot arrays: about 4.1 MiB a store keeps once it has been watched, until
 /// it is dropped).
 ///
 /// Why: the feed's storage turns over at the writer's speed (tens of megabytes a second with
@@ -101,7 +101,7 @@ pub(crate) struct Segment {
 /// are already mapped, and their stale bytes are never read (a slot is published only after
 /// its bytes are copied in).
 #[derive(Default)]
-pub(crate) struct Spare {
+struct Spare {
     blocks: Vec<Vec<u8>>,
     slots: Vec<Box<[Slot]>>,
 }
@@ -212,23 +212,18 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        let mut blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
-        blocks.retain(|b| b.capacity() == BLOCK_BYTES);
-        let mut slots = Some(std::mem::take(&mut self.slots));
-        {
-            let mut spare = lock(&self.spare);
-            if spare.slots.len() < SPARE_SLOTS {
-                spare.slots.extend(slots.take());
-            }
-            let room = SPARE_BLOCKS.saturating_sub(spare.blocks.len());
-            spare.blocks.extend(blocks.drain(..room.min(blocks.len())).map(|mut b| {
-                b.clear();
-                b
-            }));
+        let mut spare = lock(&self.spare);
+        if spare.slots.len() < SPARE_SLOTS {
+            spare.slots.push(std::mem::take(&mut self.slots));
         }
-        // What the spare store has no room for (and larger blocks) is freed after the lock is
+        let room = SPARE_BLOCKS.saturating_sub(spare.blocks.len());
+        let blocks = self.blocks.get_mut().unwrap_or_else(|e| e.into_inner());
+        spare.blocks.extend(blocks.extract_if(.., |b| b.capacity() == BLOCK_BYTES).take(room).map(|mut b| {
+            b.clear();
+            b
+        }));
+        // What is left (no room, or larger blocks) is freed with the fields, after the lock is
         // let go: the writer takes it for every new block.
-        drop((blocks, slots));
     }
 }
 
