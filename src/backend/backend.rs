@@ -601,7 +601,10 @@ fn surviving_puts<'r>(run: &[Op<'r>], group: &[SortKey], capacity: usize) -> Vec
     let mut entries = Vec::with_capacity(capacity);
     let mut pending: Option<(SortKey, &Op<'r>)> = None;
     for (i, &o) in group.iter().enumerate() {
-        fetch_ahead(run, group, i);
+        // Only the operations: a key is read here only if two share their first 8 bytes.
+        if let Some(ahead) = group.get(i + 16) {
+            prefetch(std::slice::from_ref(&run[ahead.position()]));
+        }
         let op = &run[o.position()];
         if let Some((prev_order, prev)) = pending
             && !same_key(run, prev_order, o)
