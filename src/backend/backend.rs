@@ -447,12 +447,7 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
         // A run of 2^32 operations or more (one transaction that large) is replayed as it is:
         // a `SortKey` has 32 bits for the position.
         if run.len() >= SORT_FROM && u32::try_from(run.len()).is_ok() {
-            order.clear();
-            order.extend(run.iter().enumerate().map(|(j, op)| {
-                let (bucket, key) = key_of(op);
-                SortKey::new(bucket, key, j)
-            }));
-            sort_by_key_then_position(&mut order, run);
+            sorted_order(&mut order, run);
             let mut cursor = BucketCursor::default();
             let mut n = 0;
             while n < order.len() {
@@ -522,6 +517,45 @@ impl SortKey {
 /// their order). Keys with a common 8-byte prefix are compared whole, and only they.
 fn sort_by_key_then_position(order: &mut [SortKey], run: &[Op<'_>]) {
     order.sort_unstable();
+    order_ties_by_key(order, run);
+}
+
+/// Puts `order` (emptied first) in the order of [`sort_by_key_then_position`] for all of
+/// `run`. From [`REPLAY_SPLIT_FROM`] operations on, each half of the run is keyed and sorted
+/// on a thread of its own (`parallel::join`), and the two are merged.
+fn sorted_order(order: &mut Vec<SortKey>, run: &[Op<'_>]) {
+    let keyed = |ops: &[Op<'_>], base: usize| -> Vec<SortKey> {
+        let mut keys: Vec<SortKey> =
+            ops.iter().enumerate().map(|(j, op)| SortKey::new(key_of(op).0, key_of(op).1, base + j)).collect();
+        keys.sort_unstable();
+        keys
+    };
+    order.clear();
+    if run.len() < REPLAY_SPLIT_FROM {
+        order.extend(run.iter().enumerate().map(|(j, op)| SortKey::new(key_of(op).0, key_of(op).1, j)));
+        sort_by_key_then_position(order, run);
+        return;
+    }
+    let mid = run.len() / 2;
+    let (low, high) = crate::parallel::join("logtree-replay", || keyed(&run[..mid], 0), || keyed(&run[mid..], mid));
+    order.reserve(run.len());
+    let (mut a, mut b) = (low.iter().peekable(), high.iter().peekable());
+    while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+        if x <= y {
+            order.push(x);
+            a.next();
+        } else {
+            order.push(y);
+            b.next();
+        }
+    }
+    order.extend(a.chain(b));
+    order_ties_by_key(order, run);
+}
+
+/// Orders by whole key, stably, each run of `order` (sorted) whose operations share their
+/// bucket and first 8 bytes.
+fn order_ties_by_key(order: &mut [SortKey], run: &[Op<'_>]) {
     let mut start = 0;
     while start < order.len() {
         let prefix = order[start].bucket_and_prefix();
