@@ -436,7 +436,6 @@ fn lock_dir(config: &Config) -> Result<Box<dyn VfsFile>> {
 /// whole keys.
 pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Result<(), DecodeStop> {
     const SORT_FROM: usize = 64;
-    let mut order: Vec<SortKey> = Vec::new();
     let mut run_start = 0;
     for (i, op) in ops.iter().enumerate() {
         let is_bucket_op = matches!(op, Op::CreateBucket { .. } | Op::DeleteBucket { .. });
@@ -447,7 +446,7 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
         // A run of 2^32 operations or more (one transaction that large) is replayed as it is:
         // a `SortKey` has 32 bits for the position.
         if run.len() >= SORT_FROM && u32::try_from(run.len()).is_ok() {
-            sorted_order(&mut order, run);
+            let order = sorted_order(run);
             let mut cursor = BucketCursor::default();
             let mut n = 0;
             while n < order.len() {
@@ -482,7 +481,7 @@ pub(super) fn replay(catalog: &mut Catalog, ops: &[Op<'_>]) -> std::result::Resu
 /// the bytes do), and its position in the run (32 bits: `replay` sorts only runs shorter than
 /// 2³²).
 /// Sorting these integers orders the operations by bucket and key prefix, and operations
-/// with equal prefixes by position; [`sort_by_key_then_position`] then orders those by key.
+/// with equal prefixes by position; [`sorted_order`] then orders those by key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct SortKey(u128);
 
@@ -513,44 +512,44 @@ impl SortKey {
     }
 }
 
-/// Sorts `order` by bucket, then key, then position in `run` (so a key's operations keep
-/// their order). Keys with a common 8-byte prefix are compared whole, and only they.
-fn sort_by_key_then_position(order: &mut [SortKey], run: &[Op<'_>]) {
-    order.sort_unstable();
-    order_ties_by_key(order, run);
-}
-
-/// Puts `order` (emptied first) in the order of [`sort_by_key_then_position`] for all of
-/// `run`. From [`REPLAY_SPLIT_FROM`] operations on, each half of the run is keyed and sorted
-/// on a thread of its own (`parallel::join`), and the two are merged.
-fn sorted_order(order: &mut Vec<SortKey>, run: &[Op<'_>]) {
+/// The operations of `run` as sort keys, in order of bucket, then key, then position in
+/// `run` (so a key's operations keep their order). Keys with a common 8-byte prefix are
+/// compared whole, and only they. From [`REPLAY_SPLIT_FROM`] operations on, each half of the
+/// run is keyed and sorted on a thread of its own (`parallel::join`), and the two are merged.
+fn sorted_order(run: &[Op<'_>]) -> Vec<SortKey> {
     let keyed = |ops: &[Op<'_>], base: usize| -> Vec<SortKey> {
-        let mut keys: Vec<SortKey> =
-            ops.iter().enumerate().map(|(j, op)| SortKey::new(key_of(op).0, key_of(op).1, base + j)).collect();
+        let mut keys: Vec<SortKey> = ops
+            .iter()
+            .enumerate()
+            .map(|(j, op)| {
+                let (bucket, key) = key_of(op);
+                SortKey::new(bucket, key, base + j)
+            })
+            .collect();
         keys.sort_unstable();
         keys
     };
-    order.clear();
-    if run.len() < REPLAY_SPLIT_FROM {
-        order.extend(run.iter().enumerate().map(|(j, op)| SortKey::new(key_of(op).0, key_of(op).1, j)));
-        sort_by_key_then_position(order, run);
-        return;
-    }
-    let mid = run.len() / 2;
-    let (low, high) = crate::parallel::join("logtree-replay", || keyed(&run[..mid], 0), || keyed(&run[mid..], mid));
-    order.reserve(run.len());
-    let (mut a, mut b) = (low.iter().peekable(), high.iter().peekable());
-    while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
-        if x <= y {
-            order.push(x);
-            a.next();
-        } else {
-            order.push(y);
-            b.next();
+    let mut order = if run.len() < REPLAY_SPLIT_FROM {
+        keyed(run, 0)
+    } else {
+        let mid = run.len() / 2;
+        let (low, high) = crate::parallel::join("logtree-replay", || keyed(&run[..mid], 0), || keyed(&run[mid..], mid));
+        let mut order = Vec::with_capacity(run.len());
+        let (mut a, mut b) = (low.iter().peekable(), high.iter().peekable());
+        while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+            if x <= y {
+                order.push(x);
+                a.next();
+            } else {
+                order.push(y);
+                b.next();
+            }
         }
-    }
-    order.extend(a.chain(b));
-    order_ties_by_key(order, run);
+        order.extend(a.chain(b));
+        order
+    };
+    order_ties_by_key(&mut order, run);
+    order
 }
 
 /// Orders by whole key, stably, each run of `order` (sorted) whose operations share their
