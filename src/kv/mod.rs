@@ -435,8 +435,9 @@ impl Shared {
         // Garbage: stored records that are not the latest value of a live key (older values,
         // tombstones, dropped values). Compacting only once it reaches half the live keys
         // keeps compaction's O(records) work at O(1) per write, and a store that only inserts
-        // never pays for it. Counting the live keys is O(keys) too, so the next look is as
-        // many revisions away as the garbage needed to reach the threshold from zero.
+        // never pays for it. Both counts are kept (the key index's live count, each bucket's
+        // length), so a look is cheap; the next is as many revisions away as the garbage
+        // needed to reach the threshold from zero, since it grows by about a record a write.
         let rtx = kv.backend().read_tx();
         let records: usize = rtx.buckets().iter().map(|b| rtx.bucket_len(b).unwrap_or(0)).sum();
         drop(rtx);
