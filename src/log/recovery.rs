@@ -99,9 +99,22 @@ pub fn open_log(
             }
         }
         if end_seg < last || end_off < end_of_data {
-            segments[end_seg].truncate(end_off)?;
+            segments[end_seg].truncate(end_off)?; // durably
+        } else {
+            // What a process wrote before it died may still be only in the page cache: the log
+            // now read back is reported durable (`Durability` starts from its last transaction),
+            // so a `force_commit` or an empty commit returns at once, and must not acknowledge
+            // transactions that a power cut would still take. Earlier segments were synced when
+            // they were sealed.
+            segments[last].sync()?;
         }
         remove_leftovers(o, &segments)?;
+        if o.sync {
+            // Likewise a roll-over's rename of the manifest or creation of a segment whose
+            // directory fsync the crash prevented (the log built on from here names them), and
+            // the leftovers just removed.
+            o.vfs.sync_dir(o.dir).map_err(|e| Error::io("fsync directory", Some(o.dir.to_path_buf()), e))?;
+        }
     }
     Ok(Recovered { segments, base_seq, next_seq: scan.next_seq, transactions: scan.transactions, torn_bytes })
 }
@@ -147,19 +160,16 @@ fn list_dir(o: &OpenOptions<'_>) -> Result<Vec<PathBuf>> {
 
 /// Removes what an interrupted roll-over, manifest update or defrag left behind: segments the
 /// manifest does not list, and temporary files.
+/// Removes `.tmp` files and segments the manifest does not list; the caller fsyncs the
+/// directory.
 fn remove_leftovers(o: &OpenOptions<'_>, live: &[Arc<Segment>]) -> Result<()> {
-    let mut removed = false;
     for path in list_dir(o)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let stray_segment = parse_segment_file_name(name).is_some_and(|id| !live.iter().any(|s| s.id == id));
         let ours_tmp = name.ends_with(".tmp") && (name.starts_with("seg-") || name.starts_with("MANIFEST"));
         if stray_segment || ours_tmp {
             o.vfs.remove_file(&path).map_err(|e| Error::io("remove leftover file", Some(path.clone()), e))?;
-            removed = true;
         }
-    }
-    if removed && o.sync {
-        o.vfs.sync_dir(o.dir).map_err(|e| Error::io("fsync directory", Some(o.dir.to_path_buf()), e))?;
     }
     Ok(())
 }
