@@ -149,6 +149,7 @@ impl Backend {
                 config.batch_limit,
                 wcfg.failed.clone(),
                 wcfg.sync_gate.clone(),
+                (dir.clone(), vfs.clone(), config.sync),
             ));
             let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq, Some(rec.base_seq));
             let committer = Committer::start(dur.clone(), config.batch_interval)?;

@@ -19,6 +19,7 @@
 //! A failed fdatasync poisons the engine for writing (see [`crate::Error::Poisoned`]): the
 //! kernel may have dropped the dirty pages already, so a retry that succeeds proves nothing.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -27,7 +28,9 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, never, select, tick};
 
 use crate::error::{Error, Result};
-use crate::log::segment::Segment;
+use crate::log::manifest;
+use crate::log::segment::{self, Segment};
+use crate::vfs::Vfs;
 
 struct DurState {
     /// Last transaction whose frame is written (visible), and last made durable.
@@ -93,6 +96,11 @@ pub struct Durability {
     /// Held exclusively while an fdatasync runs, and shared by each write of the log (see
     /// `WriterConfig::sync_gate`): no write overlaps a sync that may fail.
     sync_gate: Arc<RwLock<()>>,
+    /// Where the first failure leaves `SYNC-FAILED` (see `leave_mark`), and whether it syncs.
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    sync: bool,
+    marked: AtomicBool,
 }
 
 impl Durability {
@@ -102,6 +110,7 @@ impl Durability {
         batch_limit: usize,
         failed: Arc<AtomicBool>,
         sync_gate: Arc<RwLock<()>>,
+        (dir, vfs, sync): (PathBuf, Arc<dyn Vfs>, bool),
     ) -> Durability {
         Durability {
             st: Mutex::new(DurState {
@@ -119,6 +128,10 @@ impl Durability {
             batch_limit: batch_limit as u64,
             failed,
             sync_gate,
+            dir,
+            vfs,
+            sync,
+            marked: AtomicBool::new(false),
         }
     }
 
@@ -166,6 +179,25 @@ impl Durability {
             st.poisoned = Some(cause.to_string());
         }
         self.cond.notify_all();
+        let durable = st.durable_seq;
+        drop(st);
+        if matches!(cause, Error::Io { context, .. } if context == segment::SYNC_CONTEXT) {
+            // A roll-over's sync of the segment it sealed (a failed write loses nothing the
+            // page cache still shows: its pages stay dirty, and the next open syncs them).
+            self.leave_mark(durable);
+        }
+    }
+
+    /// After a failed fdatasync of the log, leaves `SYNC-FAILED` saying that nothing after
+    /// transaction `durable_seq` is known to be on the disk, so that the next open cuts the log
+    /// there (see `manifest::SYNC_FAILED_NAME`: the page cache may still show transactions the
+    /// disk lost). Once, at the first failure, when nothing after `durable_seq` has been
+    /// acknowledged and nothing will be. Best effort: if it cannot be written either, the disk
+    /// is failing in more ways than one.
+    fn leave_mark(&self, durable_seq: u64) {
+        if !self.marked.swap(true, Ordering::SeqCst) {
+            let _ = manifest::write_sync_failed(&self.dir, &self.vfs, durable_seq, self.sync);
+        }
     }
 
     /// `Err(Poisoned)` once a write or sync has failed.
@@ -239,6 +271,9 @@ impl Durability {
                         }
                     }
                     self.cond.notify_all();
+                    let durable = st.durable_seq;
+                    drop(st);
+                    self.leave_mark(durable);
                     return Err(e);
                 }
             }

@@ -24,6 +24,8 @@ pub const KIND_SEGMENT: u32 = 1;
 pub const KIND_MANIFEST: u32 = 2;
 /// `kind` field of a snapshot image's header (whose id field holds the snapshot's seq).
 pub const KIND_SNAPSHOT: u32 = 3;
+/// `kind` field of the header of `SYNC-FAILED` (see `manifest::write_sync_failed`).
+pub const KIND_SYNC_FAILED: u32 = 4;
 
 /// Size of a segment header: magic (8), version (4), kind (4), segment id (8), reserved (4),
 /// CRC32 of the 28 bytes before it (4).

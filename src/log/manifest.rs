@@ -14,7 +14,7 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, HeaderError, KIND_MANIFEST, SEGMENT_HEADER_LEN};
+use super::format::{self, HeaderError, KIND_MANIFEST, KIND_SYNC_FAILED, SEGMENT_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::vfs::{OpenMode, Vfs};
 
@@ -126,9 +126,110 @@ pub fn write(dir: &Path, vfs: &Arc<dyn Vfs>, m: &Manifest, sync: bool) -> Result
     Ok(())
 }
 
+/// The file a backend leaves once a write or fdatasync of its log has failed: the number of
+/// the last transaction known durable. The next read-write open cuts the log after it.
+///
+/// Why: after a failed fdatasync the kernel may keep the pages it could not write, marked
+/// clean, in the page cache. A process that opens the log again before they are evicted reads
+/// the transactions in them back as if they were on the disk, and an fdatasync does not write
+/// clean pages; it would build on them, and once they were evicted (or the power cut) the log
+/// would hold a gap before transactions it had acknowledged — and open as corrupt. Those
+/// transactions were never acknowledged, so cutting them is allowed.
+pub const SYNC_FAILED_NAME: &str = "SYNC-FAILED";
+/// Where `SYNC-FAILED` is written before it is renamed into place.
+pub const SYNC_FAILED_TMP: &str = "SYNC-FAILED.tmp";
+/// Bytes of `SYNC-FAILED`: its header, the sequence number (u64) and a CRC32 of it.
+const SYNC_FAILED_LEN: usize = SEGMENT_HEADER_LEN as usize + 8 + 4;
+
+/// Leaves `SYNC-FAILED` in `dir` saying that transactions after `durable_seq` may not be on the
+/// disk (write, fdatasync, rename, fsync of the directory). A file, not the log: nothing more
+/// is written to the log after a failure.
+pub fn write_sync_failed(dir: &Path, vfs: &Arc<dyn Vfs>, durable_seq: u64, sync: bool) -> Result<()> {
+    let tmp = dir.join(SYNC_FAILED_TMP);
+    let path = dir.join(SYNC_FAILED_NAME);
+    let io = |what: &str, p: &Path, e| Error::io(what, Some(p.to_path_buf()), e);
+    let mut b = format::file_header(KIND_SYNC_FAILED, 0).to_vec();
+    b.extend_from_slice(&durable_seq.to_le_bytes());
+    b.extend_from_slice(&crc32fast::hash(&durable_seq.to_le_bytes()).to_le_bytes());
+    let _ = vfs.remove_file(&tmp);
+    let f = vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| io("create SYNC-FAILED", &tmp, e))?;
+    f.write_all_at(&b, 0).map_err(|e| io("write SYNC-FAILED", &tmp, e))?;
+    if sync {
+        f.sync_data().map_err(|e| io("fdatasync SYNC-FAILED", &tmp, e))?;
+    }
+    drop(f);
+    vfs.rename(&tmp, &path).map_err(|e| io("rename SYNC-FAILED", &path, e))?;
+    if sync {
+        vfs.sync_dir(dir).map_err(|e| io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
+
+/// The sequence number in `dir`'s `SYNC-FAILED`, if there is one.
+pub fn read_sync_failed(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(SYNC_FAILED_NAME);
+    let mut b = Vec::new();
+    let read = crate::vfs::open_regular_file(std::fs::OpenOptions::new().read(true), &path)
+        .and_then(|mut f| f.read_to_end(&mut b));
+    match read {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read SYNC-FAILED", Some(path), e)),
+    }
+    match format::parse_file_header(&b, KIND_SYNC_FAILED) {
+        Ok(_) => {}
+        Err(HeaderError::Magic) => return Err(Error::NotLogtree { file: path }),
+        Err(HeaderError::Version(version)) => return Err(Error::UnsupportedVersion { file: path, version }),
+        Err(HeaderError::Short) => return Err(Error::corruption(&path, 0, "SYNC-FAILED shorter than its header")),
+        Err(HeaderError::Damaged(why)) => return Err(Error::corruption(&path, 0, why)),
+    }
+    let h = SEGMENT_HEADER_LEN as usize;
+    let seq = format::read_u64(&b, h);
+    match (seq, format::read_u32(&b, h + 8)) {
+        (Some(seq), Some(crc)) if b.len() == SYNC_FAILED_LEN && crc == crc32fast::hash(&seq.to_le_bytes()) => {
+            Ok(Some(seq))
+        }
+        _ => Err(Error::corruption(&path, h as u64, "SYNC-FAILED is damaged")),
+    }
+}
+
+/// Removes `SYNC-FAILED` once the log has been cut after its transaction.
+pub fn remove_sync_failed(dir: &Path, vfs: &Arc<dyn Vfs>, sync: bool) -> Result<()> {
+    let path = dir.join(SYNC_FAILED_NAME);
+    vfs.remove_file(&path).map_err(|e| Error::io("remove SYNC-FAILED", Some(path), e))?;
+    if sync {
+        vfs.sync_dir(dir).map_err(|e| Error::io("fsync directory", Some(dir.to_path_buf()), e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_failed_round_trip_and_damage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
+        assert_eq!(read_sync_failed(dir).unwrap(), None);
+        write_sync_failed(dir, &vfs, 41, true).unwrap();
+        assert_eq!(read_sync_failed(dir).unwrap(), Some(41));
+        assert!(!dir.join(SYNC_FAILED_TMP).exists());
+        let good = std::fs::read(dir.join(SYNC_FAILED_NAME)).unwrap();
+        assert_eq!(good.len(), SYNC_FAILED_LEN);
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x10;
+            std::fs::write(dir.join(SYNC_FAILED_NAME), &b).unwrap();
+            assert!(read_sync_failed(dir).unwrap_err().is_corruption(), "byte {i} flipped");
+        }
+        std::fs::write(dir.join(SYNC_FAILED_NAME), &good[..good.len() - 1]).unwrap();
+        assert!(read_sync_failed(dir).unwrap_err().is_corruption(), "truncated");
+        std::fs::write(dir.join(SYNC_FAILED_NAME), &good).unwrap();
+        remove_sync_failed(dir, &vfs, true).unwrap();
+        assert_eq!(read_sync_failed(dir).unwrap(), None);
+    }
 
     #[test]
     fn round_trip_and_damage() {

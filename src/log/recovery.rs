@@ -82,7 +82,12 @@ pub fn open_log(
         segments.push(Arc::new(Segment::open(path, o.vfs, id, capacity, o.read_only, o.sync)?));
     }
 
-    let scan = scan(&segments, base_seq, o.replay_batch_ops, &mut apply)?;
+    // After a failed write or fdatasync, the transactions past the last one known durable may
+    // be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
+    // `manifest::SYNC_FAILED_NAME`). A number below the log's beginning cannot come from it.
+    let sync_failed = manifest::read_sync_failed(o.dir)?;
+    let stop_after = sync_failed.filter(|&durable| durable >= base_seq - 1);
+    let scan = scan(&segments, base_seq, stop_after, o.replay_batch_ops, &mut apply)?;
     let last = segments.len() - 1;
     let end_of_data = segments[last].len();
     let (end_seg, end_off) = scan.valid_end;
@@ -114,6 +119,10 @@ pub fn open_log(
             // directory fsync the crash prevented (the log built on from here names them), and
             // the leftovers just removed.
             o.vfs.sync_dir(o.dir).map_err(|e| Error::io("fsync directory", Some(o.dir.to_path_buf()), e))?;
+        }
+        if sync_failed.is_some() {
+            // Only now that the cut is durable.
+            manifest::remove_sync_failed(o.dir, o.vfs, o.sync)?;
         }
     }
     Ok(Recovered { segments, base_seq, next_seq: scan.next_seq, transactions: scan.transactions, torn_bytes })
@@ -149,6 +158,11 @@ fn create_log(o: &OpenOptions<'_>) -> Result<Recovered> {
         o.vfs.remove_file(&path).map_err(|e| Error::io("remove empty segment", Some(path.clone()), e))?;
     }
     let seg = Arc::new(Segment::create(o.dir, o.vfs, 1, o.segment_size, o.sync)?);
+    if o.dir.join(manifest::SYNC_FAILED_NAME).exists() {
+        // It spoke of a log that is not there; left, it would cut the new one. (The manifest's
+        // directory fsync below makes the removal durable.)
+        manifest::remove_sync_failed(o.dir, o.vfs, false)?;
+    }
     manifest::write(o.dir, o.vfs, &Manifest { base_seq: 1, ids: vec![1] }, o.sync)?;
     remove_leftovers(o, std::slice::from_ref(&seg))?;
     Ok(Recovered { segments: vec![seg], base_seq: 1, next_seq: 1, transactions: 0, torn_bytes: 0 })
@@ -166,7 +180,8 @@ fn remove_leftovers(o: &OpenOptions<'_>, live: &[Arc<Segment>]) -> Result<()> {
     for path in list_dir(o)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let stray_segment = parse_segment_file_name(name).is_some_and(|id| !live.iter().any(|s| s.id == id));
-        let ours_tmp = name.ends_with(".tmp") && (name.starts_with("seg-") || name.starts_with("MANIFEST"));
+        let ours_tmp = name.ends_with(".tmp")
+            && (name.starts_with("seg-") || name.starts_with("MANIFEST") || name == manifest::SYNC_FAILED_TMP);
         if stray_segment || ours_tmp {
             o.vfs.remove_file(&path).map_err(|e| Error::io("remove leftover file", Some(path.clone()), e))?;
         }
@@ -192,6 +207,7 @@ struct Pending<'a> {
 fn scan<'a>(
     segments: &'a [Arc<Segment>],
     base_seq: u64,
+    stop_after: Option<u64>,
     batch_ops: usize,
     apply: &mut impl FnMut(u64, &[Op<'_>]) -> std::result::Result<(), DecodeStop>,
 ) -> Result<Scan> {
@@ -211,6 +227,9 @@ fn scan<'a>(
         let data = seg.written();
         let mut off = SEGMENT_HEADER_LEN as usize;
         while off < data.len() {
+            if pending.is_none() && stop_after.is_some_and(|s| expected > s) {
+                break 'segments; // past the last transaction known durable: cut like a torn tail
+            }
             let Some(frame) = format::parse_frame(&data[off..]) else {
                 if si != last {
                     return Err(Error::corruption(

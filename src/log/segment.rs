@@ -74,6 +74,10 @@ pub struct Segment {
 /// How far bytes may be copied into the writable map (see the module documentation).
 pub const RESERVE_STEP: u64 = 2 << 20;
 
+/// The context of the error a failed fdatasync of a segment returns (`Error::Io`): the failure
+/// after which pages the disk lost may still be in the page cache (see `Durability::poison`).
+pub const SYNC_CONTEXT: &str = "fdatasync segment";
+
 /// Appends longer than this use `pwrite` even where the map could take them: one system call
 /// is nothing beside their copy, while copying through the map takes a page fault per 4 KiB.
 const MAP_COPY_MAX: usize = 16 << 10;
@@ -424,7 +428,7 @@ impl Segment {
     pub fn sync(&self) -> Result<()> {
         if self.sync {
             self.unmap_for_writeback();
-            self.file.sync_data().map_err(|e| Error::io("fdatasync segment", Some(self.path.clone()), e))?;
+            self.file.sync_data().map_err(|e| Error::io(SYNC_CONTEXT, Some(self.path.clone()), e))?;
         }
         Ok(())
     }
