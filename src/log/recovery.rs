@@ -6,9 +6,12 @@
 //!   that does not verify there is corruption.
 //! - In the last segment, a frame that does not verify is a torn tail (a write interrupted by a
 //!   crash, or zeros where the file system extended the file but never wrote the data) *unless*
-//!   a verifying frame of a later transaction lies after it. Then the damage is in the middle of
-//!   data that was written in order, which no crash produces: corruption. A torn tail is cut off
-//!   (unless read-only); corruption is reported with file and offset, and nothing is deleted.
+//!   a verifying frame of a later transaction lies after it and the damage does not read as a
+//!   write that never reached the disk (a zeroed sector, see `lost_write_between`): then bytes
+//!   changed on the disk, which no crash does: corruption. A torn tail is cut off (unless
+//!   read-only); corruption is reported with file and offset, and nothing is deleted.
+//! - After a failed fdatasync, the log ends at the last transaction known durable
+//!   (`SYNC-FAILED`, see `manifest::SYNC_FAILED_NAME`).
 //! - A transaction is applied only when its final frame (`FRAME_TX_END`) verified. Its earlier
 //!   `FRAME_TX_PART` frames, if the log ends before the final one, are a tail too.
 //!
@@ -239,7 +242,9 @@ fn scan<'a>(
                     ));
                 }
                 let min_seq = pending.as_ref().map_or(expected, |p| p.seq);
-                if let Some(at) = verifying_frame_after(data, off, Some(min_seq)) {
+                if let Some(at) = verifying_frame_after(data, off, Some(min_seq))
+                    && !lost_write_between(data, off, at)
+                {
                     return Err(Error::corruption(
                         &seg.path,
                         off as u64,
@@ -348,6 +353,41 @@ fn flush<'a>(
         };
         Error::corruption(&segments[b.at.0].path, b.at.1, format!("{which} cannot be applied: {why}"))
     })
+}
+
+/// Sectors a write may be torn into: the smallest a disk persists on its own.
+const SECTOR: usize = 512;
+
+/// Whether the damage from `from` (the start of the first frame that does not verify) up to
+/// `to` (a frame that does) reads as a write that never reached the disk rather than as bytes
+/// that changed on it: the bytes from `from` to the end of its sector are zeros (8 at least: a
+/// frame's CRC and length, never both zero, and no single flipped bit zeroes them), or a whole
+/// sector between them is.
+///
+/// Why: the transactions written since the last fdatasync reach the disk in no particular order
+/// — pages are written back, and sectors persisted by the device, as they come — so a power cut
+/// during a sync can keep a later page and lose an earlier one, which then reads as what the
+/// disk held before: zeros past the log's end (the space is reserved or newly allocated). None
+/// of those transactions was acknowledged, so this is a torn tail to cut, not corruption, though
+/// valid frames follow. A flipped or rotted byte in data the disk held leaves no zeroed sector,
+/// and stays `Error::Corruption`. (etcd's WAL decoder tells a torn write from a CRC mismatch the
+/// same way.) The price: a frame holding a sector's worth of zeros of its own (a value of
+/// zeros), damaged on the disk after it was synced, is cut with what follows it rather than
+/// reported.
+fn lost_write_between(data: &[u8], from: usize, to: usize) -> bool {
+    let to = to.min(data.len());
+    let head_end = (from / SECTOR + 1) * SECTOR;
+    if head_end - from >= 8 && head_end <= to && data[from..head_end].iter().all(|&b| b == 0) {
+        return true;
+    }
+    let mut s = head_end;
+    while s + SECTOR <= to {
+        if data[s..s + SECTOR].iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
 }
 
 /// Looks for a frame that verifies anywhere after a damaged one at `from`. With a known
