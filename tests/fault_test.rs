@@ -973,6 +973,31 @@ fn power_cuts_keep_a_prefix_with_every_acknowledged_commit() {
     eprintln!("power-cut seeds run: {ran}");
 }
 
+/// The config of a backend through `vfs` that syncs only when told (no group commit on a timer).
+fn syncing_when_told(dir: &Path, vfs: &FaultVfs) -> Config {
+    Config { batch_interval: Duration::from_secs(3600), ..config(dir, vfs, 10_000) }
+}
+
+/// A backend (`syncing_when_told`) holding the acknowledged pair `b/acked = 1` and `n` more
+/// transactions, `b/{name} {i} = 2`, written but not synced.
+fn acked_then_unsynced(dir: &Path, vfs: &FaultVfs, name: &str, n: usize) -> Backend {
+    let db = Backend::open(syncing_when_told(dir, vfs)).unwrap();
+    committed(&db, "acked", b"1");
+    for i in 0..n {
+        let mut tx = db.batch_tx();
+        tx.put("b", format!("{name} {i}"), "2").unwrap();
+        tx.finish().unwrap();
+    }
+    db
+}
+
+/// Fails the next fdatasync of the log (`force_commit`'s), losing what it should have made
+/// durable while the page cache keeps it.
+fn fail_next_log_sync(db: &Backend, vfs: &FaultVfs) {
+    vfs.lock().fail_next = Some(("sync_data seg-", Fault::Eio));
+    assert!(db.force_commit().is_err(), "the injected failure reached force_commit");
+}
+
 /// A process that dies with transactions written but not yet synced leaves them in the page
 /// cache, where the next process's open reads them back as part of the log. That open must make
 /// them durable before it reports them so: a `force_commit` right after it acknowledges them,
@@ -982,24 +1007,13 @@ fn an_open_after_a_crash_makes_what_it_recovered_durable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let vfs = FaultVfs::new(&dir);
-    // No group commit on a timer: only the calls below sync.
-    let cfg = || Config { batch_interval: Duration::from_secs(3600), ..config(&dir, &vfs, 10_000) };
-    let db = Backend::open(cfg()).unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("b").unwrap();
-    tx.put("b", "acked", "1").unwrap();
-    tx.commit().unwrap();
-    for i in 0..3 {
-        let mut tx = db.batch_tx();
-        tx.put("b", format!("written {i}"), "2").unwrap();
-        tx.finish().unwrap();
-    }
+    let db = acked_then_unsynced(&dir, &vfs, "written", 3);
     // The process dies: nothing more reaches the files, and what it wrote stays in the page cache.
     vfs.lock().cut_at = Some(0);
     drop(db);
     vfs.lock().cut_at = None;
 
-    let db = Backend::open(cfg()).unwrap();
+    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
     for i in 0..3 {
         assert_eq!(db.read_tx().get("b", format!("written {i}")).unwrap(), Some(b"2".to_vec()), "written {i}");
     }
@@ -1034,28 +1048,12 @@ fn an_open_after_a_failed_fdatasync_cuts_what_the_disk_may_have_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let vfs = FaultVfs::new(&dir);
-    let cfg = || Config { batch_interval: Duration::from_secs(3600), ..config(&dir, &vfs, 10_000) };
-    let db = Backend::open(cfg()).unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("b").unwrap();
-    tx.put("b", "acked", "1").unwrap();
-    tx.commit().unwrap();
-    for i in 0..3 {
-        let mut tx = db.batch_tx();
-        tx.put("b", format!("unsynced {i}"), "2").unwrap();
-        tx.finish().unwrap();
-    }
-    {
-        // The next fdatasync fails and the disk loses those writes; the page cache keeps them.
-        let mut st = vfs.lock();
-        st.fail_syncs_from = Some(st.calls + 1);
-    }
-    assert!(db.force_commit().is_err());
-    vfs.lock().fail_syncs_from = None;
+    let db = acked_then_unsynced(&dir, &vfs, "unsynced", 3);
+    fail_next_log_sync(&db, &vfs);
     drop(db);
     assert!(dir.join("SYNC-FAILED").exists(), "the failure is recorded");
 
-    let db = Backend::open(cfg()).unwrap();
+    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
     assert!(!dir.join("SYNC-FAILED").exists(), "removed once the log is cut");
     let r = db.read_tx();
     assert_eq!(r.get("b", "acked").unwrap(), Some(b"1".to_vec()));
@@ -1083,21 +1081,8 @@ fn a_read_only_open_honours_sync_failed_without_changing_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let vfs = FaultVfs::new(&dir);
-    let cfg = || Config { batch_interval: Duration::from_secs(3600), ..config(&dir, &vfs, 10_000) };
-    let db = Backend::open(cfg()).unwrap();
-    let mut tx = db.batch_tx();
-    tx.create_bucket("b").unwrap();
-    tx.put("b", "acked", "1").unwrap();
-    tx.commit().unwrap();
-    let mut tx = db.batch_tx();
-    tx.put("b", "unsynced", "2").unwrap();
-    tx.finish().unwrap();
-    {
-        let mut st = vfs.lock();
-        st.fail_syncs_from = Some(st.calls + 1);
-    }
-    assert!(db.force_commit().is_err());
-    vfs.lock().fail_syncs_from = None;
+    let db = acked_then_unsynced(&dir, &vfs, "unsynced", 1);
+    fail_next_log_sync(&db, &vfs);
     drop(db);
     let files = |d: &Path| -> BTreeMap<String, Vec<u8>> {
         fs::read_dir(d)
@@ -1109,7 +1094,7 @@ fn a_read_only_open_honours_sync_failed_without_changing_anything() {
     let before = files(&dir);
     let ro = Backend::open(Config { read_only: true, ..real_config(&dir) }).unwrap();
     assert_eq!(ro.read_tx().get("b", "acked").unwrap(), Some(b"1".to_vec()));
-    assert_eq!(ro.read_tx().get("b", "unsynced").unwrap(), None);
+    assert_eq!(ro.read_tx().get("b", "unsynced 0").unwrap(), None);
     drop(ro);
     assert!(before == files(&dir), "a read-only open changed the directory");
 }
