@@ -110,12 +110,12 @@ struct State {
     dir_ops: Vec<DirOp>,
     /// Injected failures, as (call, what).
     injected: Vec<(u64, String)>,
-    /// `sync_data` calls on the log's segments made after a `sync_data` failed (the file the
-    /// engine leaves to say so, `SYNC-FAILED`, is not the log).
+    /// `sync_data` calls made after a `sync_data` failed, but those of the file the engine
+    /// leaves to say so (`SYNC-FAILED`, see `says_sync_failed`).
     syncs_after_failure: u64,
     sync_failed: bool,
-    /// Writes (`write_all_at`) to the log's segments made after a `sync_data` failed, as (file,
-    /// offset, length).
+    /// Writes (`write_all_at`) made after a `sync_data` failed, as (file, offset, length), but
+    /// those of `SYNC-FAILED`.
     writes_after_sync_failure: Vec<(String, u64, usize)>,
 }
 
@@ -123,6 +123,12 @@ struct State {
 struct FaultVfs {
     dir: PathBuf,
     st: Arc<Mutex<State>>,
+}
+
+/// `SYNC-FAILED` or its `.tmp`: what the engine writes, on purpose, after a failed fdatasync
+/// (not the log, which nothing may touch then).
+fn says_sync_failed(name: &str) -> bool {
+    name.starts_with("SYNC-FAILED")
 }
 
 fn injected(errno: i32) -> io::Error {
@@ -320,7 +326,7 @@ unsafe impl VfsFile for FaultFile {
             Verdict::Fail(Fault::Enospc) => &buf[..buf.len() / 2],
             Verdict::Go => buf,
         };
-        if st.sync_failed && name.starts_with("seg-") {
+        if st.sync_failed && !says_sync_failed(&name) {
             st.writes_after_sync_failure.push((name, offset, buf.len()));
         }
         FileExt::write_all_at(&self.file, stored, offset)?;
@@ -336,11 +342,11 @@ unsafe impl VfsFile for FaultFile {
         }
         let mut st = self.vfs.lock();
         let name = self.name(&st);
-        if st.sync_failed && name.starts_with("seg-") {
+        if st.sync_failed && !says_sync_failed(&name) {
             st.syncs_after_failure += 1;
         }
-        // The log's segments fail (a bad stretch of the disk), not every file.
-        let failing = name.starts_with("seg-") && st.fail_syncs_from.is_some_and(|from| st.calls + 1 >= from);
+        // Every file but the one that records the failure (else it could never be written).
+        let failing = !says_sync_failed(&name) && st.fail_syncs_from.is_some_and(|from| st.calls + 1 >= from);
         match FaultVfs::verdict(&mut st, &format!("sync_data {name}")) {
             Verdict::Cut => return Err(injected(EIO)),
             Verdict::Fail(Fault::Enospc) => {
@@ -1287,6 +1293,7 @@ fn no_writes_after_a_failed_fdatasync_abort_frame() {
         }
     }
     assert!(matches!(&r, Err(Error::Io { .. })), "the roll-over's fdatasync failed: {r:?}");
+    assert!(dir.join("SYNC-FAILED").exists(), "the roll-over's failure is recorded before it is reported");
     drop(tx);
     drop(db);
     power_cut_after_failed_fdatasync(&vfs, &dir);

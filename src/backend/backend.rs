@@ -143,14 +143,7 @@ impl Backend {
                 failed: Arc::new(AtomicBool::new(false)),
                 sync_gate: Arc::new(RwLock::new(())),
             };
-            let dur = Arc::new(Durability::new(
-                active,
-                last_seq,
-                config.batch_limit,
-                wcfg.failed.clone(),
-                wcfg.sync_gate.clone(),
-                (dir.clone(), vfs.clone(), config.sync),
-            ));
+            let dur = Arc::new(Durability::new(active, last_seq, config.batch_limit, &wcfg));
             let log = LogWriter::new(wcfg.clone(), rec.segments, rec.next_seq, Some(rec.base_seq));
             let committer = Committer::start(dur.clone(), config.batch_interval)?;
             (Some(log), Some(dur), Some(committer))

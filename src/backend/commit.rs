@@ -30,6 +30,7 @@ use crossbeam_channel::{Sender, never, select, tick};
 use crate::error::{Error, Result};
 use crate::log::manifest;
 use crate::log::segment::{self, Segment};
+use crate::log::writer::WriterConfig;
 use crate::vfs::Vfs;
 
 struct DurState {
@@ -86,6 +87,9 @@ impl FailedSync {
     }
 }
 
+/// The cause `Error::Poisoned` gives while the failure's own has not been recorded yet.
+const EARLIER_FAILURE: &str = "an earlier write or fdatasync of the log failed";
+
 pub struct Durability {
     st: Mutex<DurState>,
     cond: Condvar,
@@ -96,7 +100,7 @@ pub struct Durability {
     /// Held exclusively while an fdatasync runs, and shared by each write of the log (see
     /// `WriterConfig::sync_gate`): no write overlaps a sync that may fail.
     sync_gate: Arc<RwLock<()>>,
-    /// Where the first failure leaves `SYNC-FAILED` (see `leave_mark`), and whether it syncs.
+    /// The log's directory, where a failed fdatasync leaves `SYNC-FAILED` (`leave_mark`).
     dir: PathBuf,
     vfs: Arc<dyn Vfs>,
     sync: bool,
@@ -104,14 +108,9 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(
-        active: Arc<Segment>,
-        last_seq: u64,
-        batch_limit: usize,
-        failed: Arc<AtomicBool>,
-        sync_gate: Arc<RwLock<()>>,
-        (dir, vfs, sync): (PathBuf, Arc<dyn Vfs>, bool),
-    ) -> Durability {
+    /// Durability of the log `wcfg` writes, whose active segment is `active` and whose last
+    /// transaction, `last_seq`, is durable.
+    pub fn new(active: Arc<Segment>, last_seq: u64, batch_limit: usize, wcfg: &WriterConfig) -> Durability {
         Durability {
             st: Mutex::new(DurState {
                 written_seq: last_seq,
@@ -126,11 +125,11 @@ impl Durability {
             }),
             cond: Condvar::new(),
             batch_limit: batch_limit as u64,
-            failed,
-            sync_gate,
-            dir,
-            vfs,
-            sync,
+            failed: wcfg.failed.clone(),
+            sync_gate: wcfg.sync_gate.clone(),
+            dir: wcfg.dir.clone(),
+            vfs: wcfg.vfs.clone(),
+            sync: wcfg.sync,
             marked: AtomicBool::new(false),
         }
     }
@@ -174,18 +173,18 @@ impl Durability {
     /// Refuses writes from now on; the first cause is kept.
     pub fn poison(&self, cause: &Error) {
         self.failed.store(true, Ordering::SeqCst);
+        if matches!(cause, Error::Io { context, .. } if context == segment::SYNC_CONTEXT) {
+            // A roll-over's sync of the segment it sealed; marked before the waiters learn of
+            // it (below). A failed write loses nothing the page cache still shows: its pages
+            // stay dirty, and the next open syncs them.
+            let durable = self.lock().durable_seq;
+            self.leave_mark(durable);
+        }
         let mut st = self.lock();
         if st.poisoned.is_none() {
             st.poisoned = Some(cause.to_string());
         }
         self.cond.notify_all();
-        let durable = st.durable_seq;
-        drop(st);
-        if matches!(cause, Error::Io { context, .. } if context == segment::SYNC_CONTEXT) {
-            // A roll-over's sync of the segment it sealed (a failed write loses nothing the
-            // page cache still shows: its pages stay dirty, and the next open syncs them).
-            self.leave_mark(durable);
-        }
     }
 
     /// After a failed fdatasync of the log, leaves `SYNC-FAILED` saying that nothing after
@@ -208,9 +207,7 @@ impl Durability {
             return Ok(());
         }
         let cause = self.lock().poisoned.clone();
-        Err(Error::Poisoned {
-            cause: cause.unwrap_or_else(|| "an earlier write or fdatasync of the log failed".into()),
-        })
+        Err(Error::Poisoned { cause: cause.unwrap_or_else(|| EARLIER_FAILURE.into()) })
     }
 
     /// Makes every transaction written so far durable.
@@ -250,20 +247,36 @@ impl Durability {
             drop(st);
             let r = {
                 let _no_writes = self.sync_gate.write().unwrap_or_else(|e| e.into_inner());
-                let r = seg.sync();
-                if r.is_err() {
-                    self.failed.store(true, Ordering::SeqCst);
+                if self.failed.load(Ordering::SeqCst) {
+                    // A roll-over's sync failed (its `poison` is on its way): the same segment
+                    // synced again would succeed over pages the disk lost, and this would call
+                    // their transactions durable.
+                    None
+                } else {
+                    let r = seg.sync();
+                    if r.is_err() {
+                        // Before anyone learns of the failure (the waiters, this caller), so
+                        // that a process that exits on it has left the mark.
+                        let durable = self.lock().durable_seq;
+                        self.leave_mark(durable);
+                        self.failed.store(true, Ordering::SeqCst);
+                    }
+                    Some(r)
                 }
-                r
             };
             st = self.lock();
             st.syncing = false;
             match r {
-                Ok(()) => {
+                None => {
+                    self.cond.notify_all();
+                    let cause = st.poisoned.clone().unwrap_or_else(|| EARLIER_FAILURE.into());
+                    return Err(Error::Poisoned { cause });
+                }
+                Some(Ok(())) => {
                     st.durable_seq = st.durable_seq.max(upto_seq);
                     st.durable_ops = st.durable_ops.max(upto_ops);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     if st.poisoned.is_none() {
                         st.poisoned = Some(e.to_string());
                         if for_waiter {
@@ -271,9 +284,6 @@ impl Durability {
                         }
                     }
                     self.cond.notify_all();
-                    let durable = st.durable_seq;
-                    drop(st);
-                    self.leave_mark(durable);
                     return Err(e);
                 }
             }

@@ -51,15 +51,7 @@ pub fn encoded_len(segments: usize) -> usize {
 
 /// Parses a manifest; `path` is for error messages.
 pub fn decode(b: &[u8], path: &Path) -> Result<Manifest> {
-    match format::parse_file_header(b, KIND_MANIFEST) {
-        Ok(_) => {}
-        Err(HeaderError::Magic) => return Err(Error::NotLogtree { file: path.to_path_buf() }),
-        Err(HeaderError::Version(version)) => {
-            return Err(Error::UnsupportedVersion { file: path.to_path_buf(), version });
-        }
-        Err(HeaderError::Short) => return Err(Error::corruption(path, 0, "manifest shorter than its header")),
-        Err(HeaderError::Damaged(why)) => return Err(Error::corruption(path, 0, why)),
-    }
+    format::parse_file_header(b, KIND_MANIFEST).map_err(|e| header_error(e, path))?;
     let h = SEGMENT_HEADER_LEN as usize;
     let truncated = || Error::corruption(path, h as u64, "manifest truncated");
     let base_seq = format::read_u64(b, h).ok_or_else(truncated)?;
@@ -94,40 +86,58 @@ pub fn decode(b: &[u8], path: &Path) -> Result<Manifest> {
 /// Reads the manifest of `dir`; `Ok(None)` if there is none.
 pub fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST_NAME);
-    let read = || -> std::io::Result<Vec<u8>> {
-        let mut b = Vec::new();
-        crate::vfs::open_regular_file(std::fs::OpenOptions::new().read(true), &path)?.read_to_end(&mut b)?;
-        Ok(b)
-    };
-    match read() {
-        Ok(b) => decode(&b, &path).map(Some),
+    read_whole(&path, "read manifest")?.map(|b| decode(&b, &path)).transpose()
+}
+
+/// The bytes of the file at `path`; `Ok(None)` if there is none.
+fn read_whole(path: &Path, what: &str) -> Result<Option<Vec<u8>>> {
+    let mut b = Vec::new();
+    match crate::vfs::open_regular_file(std::fs::OpenOptions::new().read(true), path)
+        .and_then(|mut f| f.read_to_end(&mut b))
+    {
+        Ok(_) => Ok(Some(b)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read manifest", Some(path), e)),
+        Err(e) => Err(Error::io(what, Some(path.to_path_buf()), e)),
     }
 }
 
 /// Atomically replaces the manifest of `dir` with one listing `ids`.
 pub fn write(dir: &Path, vfs: &Arc<dyn Vfs>, m: &Manifest, sync: bool) -> Result<()> {
-    let tmp: PathBuf = dir.join(MANIFEST_TMP);
-    let path = dir.join(MANIFEST_NAME);
-    let io = |what: &str, p: &Path, e| Error::io(what, Some(p.to_path_buf()), e);
+    write_atomically(dir, vfs, (MANIFEST_TMP, MANIFEST_NAME, "manifest"), &encode(m), sync)
+}
+
+/// Writes `bytes` to `dir`'s file `names.1` all or nothing: into `names.0`, fdatasync, rename,
+/// fsync of the directory. `names.2` names the file in errors.
+fn write_atomically(
+    dir: &Path,
+    vfs: &Arc<dyn Vfs>,
+    (tmp, name, what): (&str, &str, &str),
+    bytes: &[u8],
+    sync: bool,
+) -> Result<()> {
+    let tmp: PathBuf = dir.join(tmp);
+    let path = dir.join(name);
+    let io = |op: &str, p: &Path, e| Error::io(format!("{op} {what}"), Some(p.to_path_buf()), e);
     let _ = vfs.remove_file(&tmp);
-    let f = vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| io("create manifest", &tmp, e))?;
-    f.write_all_at(&encode(m), 0).map_err(|e| io("write manifest", &tmp, e))?;
+    let f = vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| io("create", &tmp, e))?;
+    f.write_all_at(bytes, 0).map_err(|e| io("write", &tmp, e))?;
     if sync {
-        f.sync_data().map_err(|e| io("fdatasync manifest", &tmp, e))?;
+        f.sync_data().map_err(|e| io("fdatasync", &tmp, e))?;
     }
     drop(f);
-    crate::failpoint::hit("manifest:before-rename");
-    vfs.rename(&tmp, &path).map_err(|e| io("rename manifest", &path, e))?;
+    if name == MANIFEST_NAME {
+        crate::failpoint::hit("manifest:before-rename");
+    }
+    vfs.rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
     if sync {
-        vfs.sync_dir(dir).map_err(|e| io("fsync directory", dir, e))?;
+        vfs.sync_dir(dir).map_err(|e| Error::io("fsync directory", Some(dir.to_path_buf()), e))?;
     }
     Ok(())
 }
 
-/// The file a backend leaves once a write or fdatasync of its log has failed: the number of
-/// the last transaction known durable. The next read-write open cuts the log after it.
+/// The file a backend leaves once an fdatasync of one of its log's segments has failed: a file
+/// header of kind `KIND_SYNC_FAILED` whose id field holds the number of the last transaction
+/// known durable. The next open reads the log only up to it (a read-write one cuts the rest).
 ///
 /// Why: after a failed fdatasync the kernel may keep the pages it could not write, marked
 /// clean, in the page cache. A process that opens the log again before they are evicted reads
@@ -138,58 +148,33 @@ pub fn write(dir: &Path, vfs: &Arc<dyn Vfs>, m: &Manifest, sync: bool) -> Result
 pub const SYNC_FAILED_NAME: &str = "SYNC-FAILED";
 /// Where `SYNC-FAILED` is written before it is renamed into place.
 pub const SYNC_FAILED_TMP: &str = "SYNC-FAILED.tmp";
-/// Bytes of `SYNC-FAILED`: its header, the sequence number (u64) and a CRC32 of it.
-const SYNC_FAILED_LEN: usize = SEGMENT_HEADER_LEN as usize + 8 + 4;
 
 /// Leaves `SYNC-FAILED` in `dir` saying that transactions after `durable_seq` may not be on the
 /// disk (write, fdatasync, rename, fsync of the directory). A file, not the log: nothing more
 /// is written to the log after a failure.
 pub fn write_sync_failed(dir: &Path, vfs: &Arc<dyn Vfs>, durable_seq: u64, sync: bool) -> Result<()> {
-    let tmp = dir.join(SYNC_FAILED_TMP);
-    let path = dir.join(SYNC_FAILED_NAME);
-    let io = |what: &str, p: &Path, e| Error::io(what, Some(p.to_path_buf()), e);
-    let mut b = format::file_header(KIND_SYNC_FAILED, 0).to_vec();
-    b.extend_from_slice(&durable_seq.to_le_bytes());
-    b.extend_from_slice(&crc32fast::hash(&durable_seq.to_le_bytes()).to_le_bytes());
-    let _ = vfs.remove_file(&tmp);
-    let f = vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| io("create SYNC-FAILED", &tmp, e))?;
-    f.write_all_at(&b, 0).map_err(|e| io("write SYNC-FAILED", &tmp, e))?;
-    if sync {
-        f.sync_data().map_err(|e| io("fdatasync SYNC-FAILED", &tmp, e))?;
-    }
-    drop(f);
-    vfs.rename(&tmp, &path).map_err(|e| io("rename SYNC-FAILED", &path, e))?;
-    if sync {
-        vfs.sync_dir(dir).map_err(|e| io("fsync directory", dir, e))?;
-    }
-    Ok(())
+    let header = format::file_header(KIND_SYNC_FAILED, durable_seq);
+    write_atomically(dir, vfs, (SYNC_FAILED_TMP, SYNC_FAILED_NAME, "SYNC-FAILED"), &header, sync)
 }
 
 /// The sequence number in `dir`'s `SYNC-FAILED`, if there is one.
 pub fn read_sync_failed(dir: &Path) -> Result<Option<u64>> {
     let path = dir.join(SYNC_FAILED_NAME);
-    let mut b = Vec::new();
-    let read = crate::vfs::open_regular_file(std::fs::OpenOptions::new().read(true), &path)
-        .and_then(|mut f| f.read_to_end(&mut b));
-    match read {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read SYNC-FAILED", Some(path), e)),
+    let Some(b) = read_whole(&path, "read SYNC-FAILED")? else { return Ok(None) };
+    let seq = format::parse_file_header(&b, KIND_SYNC_FAILED).map_err(|e| header_error(e, &path))?;
+    if b.len() != SEGMENT_HEADER_LEN as usize {
+        return Err(Error::corruption(&path, SEGMENT_HEADER_LEN, "SYNC-FAILED holds more than its header"));
     }
-    match format::parse_file_header(&b, KIND_SYNC_FAILED) {
-        Ok(_) => {}
-        Err(HeaderError::Magic) => return Err(Error::NotLogtree { file: path }),
-        Err(HeaderError::Version(version)) => return Err(Error::UnsupportedVersion { file: path, version }),
-        Err(HeaderError::Short) => return Err(Error::corruption(&path, 0, "SYNC-FAILED shorter than its header")),
-        Err(HeaderError::Damaged(why)) => return Err(Error::corruption(&path, 0, why)),
-    }
-    let h = SEGMENT_HEADER_LEN as usize;
-    let seq = format::read_u64(&b, h);
-    match (seq, format::read_u32(&b, h + 8)) {
-        (Some(seq), Some(crc)) if b.len() == SYNC_FAILED_LEN && crc == crc32fast::hash(&seq.to_le_bytes()) => {
-            Ok(Some(seq))
-        }
-        _ => Err(Error::corruption(&path, h as u64, "SYNC-FAILED is damaged")),
+    Ok(Some(seq))
+}
+
+/// The error a bad file header of the file at `path` is.
+fn header_error(e: HeaderError, path: &Path) -> Error {
+    match e {
+        HeaderError::Magic => Error::NotLogtree { file: path.to_path_buf() },
+        HeaderError::Version(version) => Error::UnsupportedVersion { file: path.to_path_buf(), version },
+        HeaderError::Short => Error::corruption(path, 0, "file shorter than its header"),
+        HeaderError::Damaged(why) => Error::corruption(path, 0, why),
     }
 }
 
@@ -217,7 +202,7 @@ mod tests {
         assert_eq!(read_sync_failed(dir).unwrap(), Some(41));
         assert!(!dir.join(SYNC_FAILED_TMP).exists());
         let good = std::fs::read(dir.join(SYNC_FAILED_NAME)).unwrap();
-        assert_eq!(good.len(), SYNC_FAILED_LEN);
+        assert_eq!(good.len(), SEGMENT_HEADER_LEN as usize);
         for i in 0..good.len() {
             let mut b = good.clone();
             b[i] ^= 0x10;
@@ -226,6 +211,8 @@ mod tests {
         }
         std::fs::write(dir.join(SYNC_FAILED_NAME), &good[..good.len() - 1]).unwrap();
         assert!(read_sync_failed(dir).unwrap_err().is_corruption(), "truncated");
+        std::fs::write(dir.join(SYNC_FAILED_NAME), [&good[..], b"x"].concat()).unwrap();
+        assert!(read_sync_failed(dir).unwrap_err().is_corruption(), "longer");
         std::fs::write(dir.join(SYNC_FAILED_NAME), &good).unwrap();
         remove_sync_failed(dir, &vfs, true).unwrap();
         assert_eq!(read_sync_failed(dir).unwrap(), None);

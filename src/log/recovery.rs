@@ -85,8 +85,8 @@ pub fn open_log(
         segments.push(Arc::new(Segment::open(path, o.vfs, id, capacity, o.read_only, o.sync)?));
     }
 
-    // After a failed write or fdatasync, the transactions past the last one known durable may
-    // be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
+    // After a failed fdatasync of a segment, the transactions past the last one known durable
+    // may be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
     // `manifest::SYNC_FAILED_NAME`). A number below the log's beginning cannot come from it.
     let sync_failed = manifest::read_sync_failed(o.dir)?;
     let stop_after = sync_failed.filter(|&durable| durable >= base_seq - 1);
@@ -176,9 +176,7 @@ fn list_dir(o: &OpenOptions<'_>) -> Result<Vec<PathBuf>> {
 }
 
 /// Removes what an interrupted roll-over, manifest update or defrag left behind: segments the
-/// manifest does not list, and temporary files.
-/// Removes `.tmp` files and segments the manifest does not list; the caller fsyncs the
-/// directory.
+/// manifest does not list, and temporary files. The caller fsyncs the directory.
 fn remove_leftovers(o: &OpenOptions<'_>, live: &[Arc<Segment>]) -> Result<()> {
     for path in list_dir(o)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
@@ -243,7 +241,7 @@ fn scan<'a>(
                 }
                 let min_seq = pending.as_ref().map_or(expected, |p| p.seq);
                 if let Some(at) = verifying_frame_after(data, off, Some(min_seq))
-                    && !lost_write_between(data, off, at)
+                    && !lost_write_between(data, off, at, min_seq)
                 {
                     return Err(Error::corruption(
                         &seg.path,
@@ -358,11 +356,12 @@ fn flush<'a>(
 /// Sectors a write may be torn into: the smallest a disk persists on its own.
 const SECTOR: usize = 512;
 
-/// Whether the damage from `from` (the start of the first frame that does not verify) up to
-/// `to` (a frame that does) reads as a write that never reached the disk rather than as bytes
-/// that changed on it: the bytes from `from` to the end of its sector are zeros (8 at least: a
-/// frame's CRC and length, never both zero, and no single flipped bit zeroes them), or a whole
-/// sector between them is.
+/// Whether the damage from `from` (the start of the first frame that does not verify, expected
+/// to be of transaction `seq`) up to `to` (a frame that does) reads as a write that never
+/// reached the disk rather than as bytes that changed on it: the bytes from `from` to the end of
+/// its sector are zeros — 8 at least (a frame's CRC and length, never both zero, and no single
+/// flipped bit zeroes them), or fewer with the frame's sequence number, in the next sector,
+/// intact — or a whole sector between them is.
 ///
 /// Why: the transactions written since the last fdatasync reach the disk in no particular order
 /// — pages are written back, and sectors persisted by the device, as they come — so a power cut
@@ -374,10 +373,10 @@ const SECTOR: usize = 512;
 /// same way.) The price: a frame holding a sector's worth of zeros of its own (a value of
 /// zeros), damaged on the disk after it was synced, is cut with what follows it rather than
 /// reported.
-fn lost_write_between(data: &[u8], from: usize, to: usize) -> bool {
-    let to = to.min(data.len());
+fn lost_write_between(data: &[u8], from: usize, to: usize, seq: u64) -> bool {
     let head_end = (from / SECTOR + 1) * SECTOR;
-    if head_end - from >= 8 && head_end <= to && data[from..head_end].iter().all(|&b| b == 0) {
+    let head_zero = head_end <= to && data[from..head_end].iter().all(|&b| b == 0);
+    if head_zero && (head_end - from >= 8 || format::read_u64(data, from + 8) == Some(seq)) {
         return true;
     }
     let mut s = head_end;
@@ -412,6 +411,33 @@ fn verifying_frame_after(data: &[u8], from: usize, min_seq: Option<u64>) -> Opti
 mod tests {
     use super::*;
     use crate::vfs::StdVfs;
+
+    /// The zeroed stretches that read as a lost write, down to a frame starting in the last
+    /// bytes of a lost sector (its sequence number then lies in the next one), and those that
+    /// do not.
+    #[test]
+    fn lost_writes_are_told_from_changed_bytes() {
+        let mut data = vec![0xA5u8; 2048];
+        let seq = 77u64;
+        // A frame at 508 whose first 4 bytes lie in a lost sector, its seq at 516..524.
+        data[508..512].fill(0);
+        data[516..524].copy_from_slice(&seq.to_le_bytes());
+        assert!(lost_write_between(&data, 508, 1200, seq));
+        assert!(!lost_write_between(&data, 508, 1200, seq + 1), "another transaction's number");
+        assert!(!lost_write_between(&data, 508, 510, seq), "the valid frame inside the sector");
+        // 8 zeros or more to the sector's end.
+        data[1016..1024].fill(0);
+        assert!(lost_write_between(&data, 1016, 1500, 0));
+        data[1016] = 1;
+        assert!(!lost_write_between(&data, 1016, 1500, 0), "a byte that is not zero");
+        // A whole zeroed sector further on, and one that is cut by `to`.
+        data[1536..2048].fill(0);
+        assert!(lost_write_between(&data, 1016, 2048, 0));
+        assert!(!lost_write_between(&data, 1016, 2047, 0));
+        // The ends of the data, and a segment shorter than a sector.
+        assert!(!lost_write_between(&data, 2047, 2048, 0));
+        assert!(!lost_write_between(&[0u8; 100], 40, 100, 0));
+    }
     use crate::{Backend, Config};
 
     /// Replays the log in `dir` handing `apply` at least `batch_ops` operations at a time;
