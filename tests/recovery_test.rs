@@ -1093,6 +1093,31 @@ fn a_lost_page_or_sector_before_valid_frames_is_a_torn_tail() {
     assert!(tried >= 3, "only {tried} lost writes tried");
 }
 
+/// `SYNC-FAILED` (left by a backend whose fdatasync failed) names the last transaction known
+/// durable: an open reads the log up to it and cuts the rest; a log that ends before it lost
+/// synced data, which is corruption, and then nothing is changed.
+#[test]
+fn sync_failed_cuts_the_log_after_its_transaction() {
+    const KIND_SYNC_FAILED: u32 = 4;
+    let b = build(LastSegment::BeginsWithWholeTx);
+    let work = temp_dir();
+    let dir = work.path();
+    let k = b.n() - 2;
+    restore(dir, &b.files);
+    fs::write(dir.join("SYNC-FAILED"), file_header(1, KIND_SYNC_FAILED, k as u64)).unwrap();
+    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), seq_gap_bug: false };
+    check_recovers(&b, dir, &exp, "SYNC-FAILED two transactions before the end");
+
+    restore(dir, &b.files);
+    fs::write(dir.join("SYNC-FAILED"), file_header(1, KIND_SYNC_FAILED, b.n() as u64 + 1)).unwrap();
+    let before = snapshot(dir);
+    for ro in [false, true] {
+        let e = open_err(dir, ro, "SYNC-FAILED past the log's end");
+        assert!(e.is_corruption(), "SYNC-FAILED past the log's end (read-only {ro}): {e}");
+    }
+    assert_files_unchanged(dir, &before, "SYNC-FAILED past the log's end");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1c, 1d: zeros and garbage at the tail.
 

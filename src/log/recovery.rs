@@ -91,6 +91,17 @@ pub fn open_log(
     let sync_failed = manifest::read_sync_failed(o.dir)?;
     let stop_after = sync_failed.filter(|&durable| durable >= base_seq - 1);
     let scan = scan(&segments, base_seq, stop_after, o.replay_batch_ops, &mut apply)?;
+    if let Some(durable) = stop_after
+        && scan.next_seq - 1 < durable
+    {
+        // Transactions an fdatasync had made durable are missing: the disk lost synced data.
+        let (seg, off) = scan.valid_end;
+        return Err(Error::corruption(
+            &segments[seg].path,
+            off,
+            format!("the log ends before transaction {durable}, which SYNC-FAILED says was on the disk"),
+        ));
+    }
     let last = segments.len() - 1;
     let end_of_data = segments[last].len();
     let (end_seg, end_off) = scan.valid_end;
