@@ -68,6 +68,88 @@ pub unsafe trait VfsFile: Send + Sync + fmt::Debug {
         let _ = (offset, len);
         Ok(false)
     }
+    /// Drops the file's pages from the page cache, so that what is read of it next comes from
+    /// the disk; `Ok(true)` if none of its pages is cached any more. Dirty pages, and pages
+    /// some process has mapped and touched, stay (then `Ok(false)`).
+    ///
+    /// Why the engine needs it: after a failed fdatasync Linux may keep the pages it could not
+    /// write in the page cache, marked clean, so reads show bytes the disk does not hold
+    /// (DESIGN.md §5, §6). The default asks the kernel (`posix_fadvise(POSIX_FADV_DONTNEED)`)
+    /// and checks with `mincore` over a fresh map of [`as_file`](Self::as_file); where that
+    /// cannot be done it answers `Ok(false)`.
+    fn drop_cached(&self) -> io::Result<bool> {
+        drop_cached_pages(self.as_file())
+    }
+}
+
+/// [`VfsFile::drop_cached`] for a real file.
+#[cfg(target_os = "linux")]
+pub(crate) fn drop_cached_pages(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    if in_memory_fs(file)? {
+        // tmpfs and ramfs keep files in the page cache alone: what it shows is the file.
+        return Ok(true);
+    }
+    let len = file.metadata()?.len();
+    // The kernel drops clean pages that no one maps as it is asked; pages still on their way
+    // to the LRU lists are missed on a first pass, hence a second one before giving up.
+    for _ in 0..2 {
+        // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open (`file` is
+        // borrowed for the call).
+        let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        if len == 0 || !any_page_cached(file, len)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `file` lives on tmpfs or ramfs, whose pages are the only copy of the file.
+#[cfg(target_os = "linux")]
+fn in_memory_fs(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: an all-zero `statfs` is a valid value of that plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one `statfs` into `st`, which is ours and large enough; the
+    // descriptor is open (`file` is borrowed for the call).
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
+    let kind = st.f_type as i64;
+    Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn drop_cached_pages(_file: &File) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// Whether any page of the first `len` bytes of `file` is in the page cache (`mincore`). Linux
+/// answers for file pages this process could not write or does not own only if they are mapped
+/// here; the engine's own files are both.
+#[cfg(target_os = "linux")]
+fn any_page_cached(file: &File, len: u64) -> io::Result<bool> {
+    let Ok(len) = usize::try_from(len) else { return Ok(true) };
+    // SAFETY: a read-only map that this function never reads through (only `mincore` looks at
+    // its pages, and it faults none in), dropped before returning; a file that shrinks
+    // meanwhile cannot make an unread map fault.
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    let mut resident = vec![0u8; len.div_ceil(page)];
+    // SAFETY: the map starts on a page boundary and covers `len` bytes, and `resident` has one
+    // byte for each of its pages, which is what mincore writes.
+    let r = unsafe { libc::mincore(map.as_ptr() as *mut libc::c_void, len, resident.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(resident.iter().any(|b| b & 1 != 0))
 }
 
 /// A file system as the engine sees it. See the module documentation.
@@ -173,5 +255,36 @@ impl Vfs for StdVfs {
     }
     fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
         fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect()
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// What the engine relies on: pages a process has mapped and touched stay (and say so),
+    /// and once nothing holds them the file reads back the same from the disk.
+    #[test]
+    fn drop_cached_pages_drops_what_nothing_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_data().unwrap();
+        let memory = in_memory_fs(&file).unwrap();
+
+        // SAFETY: a read-only map of a file this test alone writes, which it does not change
+        // while the map lives.
+        let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+        assert_eq!(map[4096], bytes[4096]);
+        assert_eq!(drop_cached_pages(&file).unwrap(), memory, "a touched page of a map stays cached");
+        drop(map);
+
+        assert!(drop_cached_pages(&file).unwrap(), "nothing holds the pages any more");
+        if !memory {
+            assert!(!any_page_cached(&file, bytes.len() as u64).unwrap());
+        }
+        assert!(fs::read(&path).unwrap() == bytes, "the file reads back the same");
     }
 }

@@ -117,6 +117,8 @@ struct State {
     /// Writes (`write_all_at`) made after a `sync_data` failed, as (file, offset, length), but
     /// those of `SYNC-FAILED`.
     writes_after_sync_failure: Vec<(String, u64, usize)>,
+    /// `drop_cached` fails to drop anything (another process maps the file).
+    cache_held: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -398,6 +400,25 @@ unsafe impl VfsFile for FaultFile {
 
     fn as_file(&self) -> &File {
         &self.file
+    }
+
+    /// The simulated page cache is the real file; dropping it leaves what the disk holds (the
+    /// durable image, zeros past its end). Dirty pages (changes no sync has taken yet) stay.
+    /// Once dropped, a failed sync has no consequence left: what is read is the disk, so
+    /// writing on is right again.
+    fn drop_cached(&self) -> io::Result<bool> {
+        let mut st = self.vfs.lock();
+        let f = &st.files[self.id];
+        if st.cache_held || !f.pending.is_empty() {
+            return Ok(false);
+        }
+        let mut disk = f.durable.clone();
+        disk.resize(self.file.metadata()?.len() as usize, 0);
+        // Through a descriptor of its own: this one may be read-only.
+        let path = self.vfs.dir.join(self.name(&st));
+        FileExt::write_all_at(&OpenOptions::new().write(true).open(path)?, &disk, 0)?;
+        st.sync_failed = false;
+        Ok(true)
     }
 }
 
@@ -1103,6 +1124,84 @@ fn a_read_only_open_honours_sync_failed_without_changing_anything() {
     assert_eq!(ro.read_tx().get("b", "unsynced 0").unwrap(), None);
     drop(ro);
     assert!(before == files(&dir), "a read-only open changed the directory");
+}
+
+/// Writeback may fail to write a dead process's pages before the next process opens the log;
+/// Linux then reports the error to the next fdatasync of the file (the open's), once, and keeps
+/// the pages in the page cache, marked clean, holding what the disk lost. The open reads the
+/// disk's copy instead (`RecoveryStats::reread_from_disk`): what it recovers, and what the
+/// backend acknowledges after, survives a power cut.
+#[test]
+fn an_open_whose_fdatasync_fails_reads_the_disk_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let vfs = FaultVfs::new(&dir);
+    dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+
+    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
+    assert!(db.recovery_stats().reread_from_disk);
+    assert!(!dir.join("SYNC-FAILED").exists(), "removed once the log is cut");
+    only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
+}
+
+/// If the pages cannot be dropped from the page cache (another process maps them), the open
+/// fails and leaves `SYNC-FAILED`, since a retry would not see the fdatasync's error again;
+/// read-only opens fail likewise, and the first open that can drop the pages reads the disk's
+/// copy.
+#[test]
+fn an_open_that_cannot_read_the_disk_copy_fails_and_leaves_the_mark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let vfs = FaultVfs::new(&dir);
+    dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+    vfs.lock().cache_held = true;
+    let read_only = || Backend::open(Config { read_only: true, ..syncing_when_told(&dir, &vfs) });
+
+    let e = Backend::open(syncing_when_told(&dir, &vfs)).expect_err("the open cannot read the disk's copy");
+    assert!(is_injected(&e) && e.to_string().contains("page cache"), "the fdatasync's error, explained: {e}");
+    assert!(dir.join("SYNC-FAILED").exists(), "the failure is recorded for the next open");
+    let e = Backend::open(syncing_when_told(&dir, &vfs)).expect_err("nor can a retry");
+    assert!(e.to_string().contains("page cache"), "{e}");
+    assert!(read_only().is_err(), "nor a read-only open");
+
+    vfs.lock().cache_held = false;
+    let ro = read_only().unwrap();
+    assert!(ro.recovery_stats().reread_from_disk);
+    assert_eq!(ro.read_tx().get("b", "acked").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(ro.read_tx().get("b", "unsynced 0").unwrap(), None);
+    drop(ro);
+    assert!(dir.join("SYNC-FAILED").exists(), "a read-only open leaves it");
+    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
+    assert!(db.recovery_stats().reread_from_disk);
+    assert!(!dir.join("SYNC-FAILED").exists());
+    only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
+}
+
+/// A process that acknowledged `b/acked` and wrote three more transactions (`b/unsynced {i}`)
+/// dies; writeback then fails to write those, and the next fdatasync of the log will say so.
+fn dead_with_unsynced_pages_writeback_lost(dir: &Path, vfs: &FaultVfs) {
+    let db = acked_then_unsynced(dir, vfs, "unsynced", 3);
+    vfs.lock().cut_at = Some(0);
+    drop(db);
+    vfs.lock().cut_at = None;
+    vfs.lock().fail_next = Some(("sync_data seg-", Fault::Eio));
+}
+
+/// `db` holds `b/acked` and none of the unsynced transactions; it acknowledges `b/after`, and
+/// after a power cut both are there.
+fn only_acked_then_after_survives_a_power_cut(db: Backend, dir: &Path, vfs: &FaultVfs) {
+    let r = db.read_tx();
+    assert_eq!(r.get("b", "acked").unwrap(), Some(b"1".to_vec()));
+    for i in 0..3 {
+        assert_eq!(r.get("b", format!("unsynced {i}")).unwrap(), None, "lost by the disk: unsynced {i}");
+    }
+    drop(r);
+    committed(&db, "after", b"3");
+    drop(db);
+    vfs.power_cut_losing_unsynced();
+    let db = Backend::open(real_config(dir)).unwrap_or_else(|e| panic!("the log no longer opens: {e}"));
+    assert_eq!(db.read_tx().get("b", "acked").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(db.read_tx().get("b", "after").unwrap(), Some(b"3".to_vec()), "acknowledged, then lost");
 }
 
 /// A failed fdatasync poisons the engine: the commit that hit it fails, the next commit and

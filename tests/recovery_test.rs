@@ -723,6 +723,8 @@ struct Expect {
     k: usize,
     /// `RecoveryStats::torn_bytes` expected.
     torn: u64,
+    /// The torn tail begins with a lost write (valid frames follow it).
+    lost_write: bool,
     /// The spanning-transaction sequence-gap bug applies (see
     /// `bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log`): skip the
     /// write in the recovering session and the `seq()` check, which that test covers.
@@ -736,7 +738,8 @@ struct Expect {
 fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     let want_k = &b.models[exp.k];
     let k = exp.k as u64;
-    let want_stats = RecoveryStats { transactions: k, torn_bytes: exp.torn };
+    let want_stats =
+        RecoveryStats { transactions: k, torn_bytes: exp.torn, lost_write: exp.lost_write, ..RecoveryStats::default() };
     let damaged = snapshot(dir);
 
     // Read-only: the prefix, no file touched, writes refused.
@@ -765,7 +768,11 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     // Reopen: the same state, nothing torn any more, no file changed; then a write.
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: second open: {e}"));
     assert_state(&read_state(&db), want_k, &format!("{ctx}: second open"));
-    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: k, torn_bytes: 0 }, "{ctx}: second open");
+    assert_eq!(
+        db.recovery_stats(),
+        RecoveryStats { transactions: k, ..RecoveryStats::default() },
+        "{ctx}: second open"
+    );
     assert_files_unchanged(dir, &recovered, &format!("{ctx}: second open"));
     let mut want = want_k.clone();
     put_after(&db, &mut want, "w2", &format!("{ctx} w2"));
@@ -774,7 +781,11 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
 
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: third open: {e}"));
     assert_state(&read_state(&db), &want, &format!("{ctx}: third open"));
-    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: k + 1, torn_bytes: 0 }, "{ctx}: third open");
+    assert_eq!(
+        db.recovery_stats(),
+        RecoveryStats { transactions: k + 1, ..RecoveryStats::default() },
+        "{ctx}: third open"
+    );
     assert_eq!(db.read_tx().seq(), k + 1, "{ctx}: third open: seq()");
     db.close().unwrap_or_else(|e| panic!("{ctx}: third close: {e}"));
 
@@ -791,7 +802,11 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     db.close().unwrap_or_else(|e| panic!("{ctx}: close after w1: {e}"));
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: reopen after w1: {e}"));
     assert_state(&read_state(&db), &want, &format!("{ctx}: reopen after w1"));
-    assert_eq!(db.recovery_stats(), RecoveryStats { transactions: k + 1, torn_bytes: 0 }, "{ctx}: reopen after w1");
+    assert_eq!(
+        db.recovery_stats(),
+        RecoveryStats { transactions: k + 1, ..RecoveryStats::default() },
+        "{ctx}: reopen after w1"
+    );
     assert_eq!(db.read_tx().seq(), k + 1, "{ctx}: reopen after w1: seq()");
     db.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
     assert_eq!(recovered_seq, k, "{ctx}: seq() of the recovered view");
@@ -805,7 +820,7 @@ fn expect_for_last_cut(b: &Built, cut: u64) -> Expect {
     let torn = b.expected_torn(&lens, k);
     // Transaction k+1 is cut, and its first part lies in the segment before the last.
     let seq_gap_bug = !KNOWN_BUGS_FIXED && k < b.n() && b.spans[k + 1];
-    Expect { k, torn, seq_gap_bug }
+    Expect { k, torn, lost_write: false, seq_gap_bug }
 }
 
 /// 1a/1g: the last segment cut at every byte.
@@ -1021,7 +1036,12 @@ fn flipped_byte_in_the_last_segment() {
                 flip(dir, &name, pos);
             } else {
                 // The last frame damaged: a torn tail; everything but the last transaction.
-                let exp = Expect { k: b.n() - 1, torn: last_frame.end - last_frame.start, seq_gap_bug: false };
+                let exp = Expect {
+                    k: b.n() - 1,
+                    torn: last_frame.end - last_frame.start,
+                    lost_write: false,
+                    seq_gap_bug: false,
+                };
                 check_recovers(&b, dir, &exp, &ctx);
                 restore(dir, &b.files);
             }
@@ -1045,7 +1065,7 @@ fn check_lost_write(b: &Built, dir: &Path, z0: u64, z1: u64, ctx: &str) {
     fs::write(&path, &bytes).expect("write segment");
     let k = b.txs_within(b.last, damaged.start);
     let seq_gap_bug = !KNOWN_BUGS_FIXED && k < b.n() && b.spans[k + 1];
-    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), seq_gap_bug };
+    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), lost_write: true, seq_gap_bug };
     check_recovers(b, dir, &exp, ctx);
 }
 
@@ -1105,7 +1125,7 @@ fn sync_failed_cuts_the_log_after_its_transaction() {
     let k = b.n() - 2;
     restore(dir, &b.files);
     fs::write(dir.join("SYNC-FAILED"), file_header(1, KIND_SYNC_FAILED, k as u64)).unwrap();
-    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), seq_gap_bug: false };
+    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), lost_write: false, seq_gap_bug: false };
     check_recovers(&b, dir, &exp, "SYNC-FAILED two transactions before the end");
 
     restore(dir, &b.files);
@@ -1136,7 +1156,7 @@ fn zero_filled_tail_is_truncated() {
         let mut bytes = orig.clone();
         bytes.resize(orig.len() + zeros, 0);
         fs::write(&path, &bytes).expect("append zeros");
-        let exp = Expect { k: b.n(), torn: zeros as u64, seq_gap_bug: false };
+        let exp = Expect { k: b.n(), torn: zeros as u64, lost_write: false, seq_gap_bug: false };
         check_recovers(&b, dir, &exp, &format!("{zeros} zeros appended"));
     }
 
@@ -1148,7 +1168,7 @@ fn zero_filled_tail_is_truncated() {
         bytes.resize(orig.len() + extra, 0);
         fs::write(&path, &bytes).expect("zero the last frame");
         let torn = last_frame.end - last_frame.start + extra as u64;
-        let exp = Expect { k: b.n() - 1, torn, seq_gap_bug: false };
+        let exp = Expect { k: b.n() - 1, torn, lost_write: false, seq_gap_bug: false };
         check_recovers(&b, dir, &exp, &format!("last frame zeroed, {extra} zeros appended"));
     }
 
@@ -1183,7 +1203,7 @@ fn garbage_tail_is_truncated() {
         }
         restore(dir, &b.files);
         fs::write(&path, &bytes).expect("append garbage");
-        let exp = Expect { k: b.n(), torn: len as u64, seq_gap_bug: false };
+        let exp = Expect { k: b.n(), torn: len as u64, lost_write: false, seq_gap_bug: false };
         check_recovers(&b, dir, &exp, &format!("round {round}: {len} bytes of garbage appended"));
     }
 }
@@ -1515,7 +1535,7 @@ fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
     let part = seal_frame(&payload, b.n() as u64 + 1);
     bytes.extend_from_slice(&part);
     fs::write(dir.join(seg_name(b.last)), &bytes).expect("append part");
-    let exp = Expect { k: b.n(), torn: part.len() as u64, seq_gap_bug: false };
+    let exp = Expect { k: b.n(), torn: part.len() as u64, lost_write: false, seq_gap_bug: false };
     check_recovers(&b, dir, &exp, "trailing TX_PART frame");
 
     // (4) Every cut of the built log that leaves such a transaction unfinished.

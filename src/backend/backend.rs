@@ -69,6 +69,14 @@ pub struct RecoveryStats {
     /// backend is read-only). After a crash this includes the zeros of the space the writer
     /// had reserved ahead of itself in the active segment (at most 2 MiB).
     pub torn_bytes: u64,
+    /// The torn tail began with a write lost out of order — a sector or page of zeros with
+    /// verifying frames after it, which a power cut during an fdatasync can leave (DESIGN.md
+    /// §6) — rather than at the end of what was written. Counted in `torn_bytes` too.
+    pub lost_write: bool,
+    /// The last segment was read from the disk rather than the page cache: an fdatasync of it
+    /// failed (this open's own, or an earlier open's, which left `SYNC-FAILED`), so cached pages
+    /// of it could hold what the disk lost (DESIGN.md §6).
+    pub reread_from_disk: bool,
 }
 
 /// Figures about a backend, for monitoring and for `logtree stats`.
@@ -158,7 +166,12 @@ impl Backend {
             writer_config,
             defrag_lock: Mutex::new(()),
             _lock: lock,
-            recovery: RecoveryStats { transactions: rec.transactions, torn_bytes: rec.torn_bytes },
+            recovery: RecoveryStats {
+                transactions: rec.transactions,
+                torn_bytes: rec.torn_bytes,
+                lost_write: rec.lost_write,
+                reread_from_disk: rec.reread_from_disk,
+            },
             closed: false,
             config,
         })

@@ -28,7 +28,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, never, select, tick};
 
 use crate::error::{Error, Result};
-use crate::log::manifest;
+use crate::log::manifest::{self, SyncFailed};
 use crate::log::segment::{self, Segment};
 use crate::log::writer::WriterConfig;
 use crate::vfs::Vfs;
@@ -195,7 +195,7 @@ impl Durability {
     /// is failing in more ways than one.
     fn leave_mark(&self, durable_seq: u64) {
         if !self.marked.swap(true, Ordering::SeqCst) {
-            let _ = manifest::write_sync_failed(&self.dir, &self.vfs, durable_seq, self.sync);
+            let _ = manifest::write_sync_failed(&self.dir, &self.vfs, SyncFailed::After(durable_seq), self.sync);
         }
     }
 

@@ -149,23 +149,42 @@ pub const SYNC_FAILED_NAME: &str = "SYNC-FAILED";
 /// Where `SYNC-FAILED` is written before it is renamed into place.
 pub const SYNC_FAILED_TMP: &str = "SYNC-FAILED.tmp";
 
-/// Leaves `SYNC-FAILED` in `dir` saying that transactions after `durable_seq` may not be on the
-/// disk (write, fdatasync, rename, fsync of the directory). A file, not the log: nothing more
-/// is written to the log after a failure.
-pub fn write_sync_failed(dir: &Path, vfs: &Arc<dyn Vfs>, durable_seq: u64, sync: bool) -> Result<()> {
-    let header = format::file_header(KIND_SYNC_FAILED, durable_seq);
+/// What `SYNC-FAILED` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncFailed {
+    /// An fdatasync of a segment failed in a running backend: the transactions after this one
+    /// may not be on the disk. The next open reads the log only up to it.
+    After(u64),
+    /// An open's own fdatasync of the last segment failed (an error that writeback met before
+    /// it): which of its pages the disk lost is unknown, so the next open drops the segment's
+    /// pages from the page cache and reads the disk's copy (`VfsFile::drop_cached`).
+    TailUnknown,
+}
+
+/// The id field of a `SYNC-FAILED` that says [`SyncFailed::TailUnknown`]: no transaction can
+/// have this number (sequence numbers would take centuries to reach it).
+const TAIL_UNKNOWN_ID: u64 = u64::MAX;
+
+/// Leaves `SYNC-FAILED` in `dir` (write, fdatasync, rename, fsync of the directory). A file,
+/// not the log: nothing more is written to the log after a failure.
+pub fn write_sync_failed(dir: &Path, vfs: &Arc<dyn Vfs>, what: SyncFailed, sync: bool) -> Result<()> {
+    let id = match what {
+        SyncFailed::After(seq) => seq,
+        SyncFailed::TailUnknown => TAIL_UNKNOWN_ID,
+    };
+    let header = format::file_header(KIND_SYNC_FAILED, id);
     write_atomically(dir, vfs, (SYNC_FAILED_TMP, SYNC_FAILED_NAME, "SYNC-FAILED"), &header, sync)
 }
 
-/// The sequence number in `dir`'s `SYNC-FAILED`, if there is one.
-pub fn read_sync_failed(dir: &Path) -> Result<Option<u64>> {
+/// What `dir`'s `SYNC-FAILED` says, if there is one.
+pub fn read_sync_failed(dir: &Path) -> Result<Option<SyncFailed>> {
     let path = dir.join(SYNC_FAILED_NAME);
     let Some(b) = read_whole(&path, "read SYNC-FAILED")? else { return Ok(None) };
-    let seq = format::parse_file_header(&b, KIND_SYNC_FAILED).map_err(|e| header_error(e, &path))?;
+    let id = format::parse_file_header(&b, KIND_SYNC_FAILED).map_err(|e| header_error(e, &path))?;
     if b.len() != SEGMENT_HEADER_LEN as usize {
         return Err(Error::corruption(&path, SEGMENT_HEADER_LEN, "SYNC-FAILED holds more than its header"));
     }
-    Ok(Some(seq))
+    Ok(Some(if id == TAIL_UNKNOWN_ID { SyncFailed::TailUnknown } else { SyncFailed::After(id) }))
 }
 
 /// The error a bad file header of the file at `path` is.
@@ -198,8 +217,10 @@ mod tests {
         let dir = tmp.path();
         let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
         assert_eq!(read_sync_failed(dir).unwrap(), None);
-        write_sync_failed(dir, &vfs, 41, true).unwrap();
-        assert_eq!(read_sync_failed(dir).unwrap(), Some(41));
+        write_sync_failed(dir, &vfs, SyncFailed::TailUnknown, true).unwrap();
+        assert_eq!(read_sync_failed(dir).unwrap(), Some(SyncFailed::TailUnknown));
+        write_sync_failed(dir, &vfs, SyncFailed::After(41), true).unwrap();
+        assert_eq!(read_sync_failed(dir).unwrap(), Some(SyncFailed::After(41)));
         assert!(!dir.join(SYNC_FAILED_TMP).exists());
         let good = std::fs::read(dir.join(SYNC_FAILED_NAME)).unwrap();
         assert_eq!(good.len(), SEGMENT_HEADER_LEN as usize);

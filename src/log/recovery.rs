@@ -11,7 +11,8 @@
 //!   changed on the disk, which no crash does: corruption. A torn tail is cut off (unless
 //!   read-only); corruption is reported with file and offset, and nothing is deleted.
 //! - After a failed fdatasync, the log ends at the last transaction known durable
-//!   (`SYNC-FAILED`, see `manifest::SYNC_FAILED_NAME`).
+//!   (`SYNC-FAILED`, see `manifest::SYNC_FAILED_NAME`). After a failed fdatasync of the open's
+//!   own, the last segment is read from the disk, not the page cache (`read_disk_copy`).
 //! - A transaction is applied only when its final frame (`FRAME_TX_END`) verified. Its earlier
 //!   `FRAME_TX_PART` frames, if the log ends before the final one, are a tail too.
 //!
@@ -27,10 +28,10 @@ use super::format::{
     self, DecodeStop, FRAME_HEADER_LEN, FRAME_OPS_AT, FRAME_TX_ABORT, FRAME_TX_END, FRAME_TX_PART, Op,
     SEGMENT_HEADER_LEN,
 };
-use super::manifest::{self, Manifest};
+use super::manifest::{self, Manifest, SyncFailed};
 use super::segment::{Segment, parse_segment_file_name};
 use crate::error::{Error, Result};
-use crate::vfs::Vfs;
+use crate::vfs::{OpenMode, Vfs};
 
 /// What opening the log found.
 pub struct Recovered {
@@ -44,6 +45,11 @@ pub struct Recovered {
     pub transactions: u64,
     /// Bytes of torn tail found (cut off unless read-only).
     pub torn_bytes: u64,
+    /// The torn tail began with a write lost out of order: valid frames followed it.
+    pub lost_write: bool,
+    /// The last segment was read from the disk, not the page cache, because an fdatasync of
+    /// it failed (this open's, or an earlier open's that left `SYNC-FAILED`).
+    pub reread_from_disk: bool,
 }
 
 /// Options for [`open_log`].
@@ -70,6 +76,18 @@ pub fn open_log(
         Some(m) => m,
         None => return create_log(o),
     };
+    // Before anything of the last segment is read: what is read of it must be what the disk
+    // holds (see `read_disk_copy`).
+    let mut sync_failed = manifest::read_sync_failed(o.dir)?;
+    let mut reread_from_disk = false;
+    if let Some(&last_id) = ids.last()
+        && !matches!(sync_failed, Some(SyncFailed::After(_)))
+    {
+        let path = o.dir.join(super::segment::segment_file_name(last_id));
+        if path.exists() {
+            (sync_failed, reread_from_disk) = read_disk_copy(o, &path, sync_failed)?;
+        }
+    }
     let mut segments = Vec::with_capacity(ids.len());
     for (i, &id) in ids.iter().enumerate() {
         let path = o.dir.join(super::segment::segment_file_name(id));
@@ -88,8 +106,10 @@ pub fn open_log(
     // After a failed fdatasync of a segment, the transactions past the last one known durable
     // may be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
     // `manifest::SYNC_FAILED_NAME`). A number below the log's beginning cannot come from it.
-    let sync_failed = manifest::read_sync_failed(o.dir)?;
-    let stop_after = sync_failed.filter(|&durable| durable >= base_seq - 1);
+    let stop_after = match sync_failed {
+        Some(SyncFailed::After(durable)) if durable >= base_seq - 1 => Some(durable),
+        _ => None,
+    };
     let scan = scan(&segments, base_seq, stop_after, o.replay_batch_ops, &mut apply)?;
     if let Some(durable) = stop_after
         && scan.next_seq - 1 < durable
@@ -119,13 +139,6 @@ pub fn open_log(
         }
         if end_seg < last || end_off < end_of_data {
             segments[end_seg].truncate(end_off)?; // durably
-        } else {
-            // What a process wrote before it died may still be only in the page cache: the log
-            // now read back is reported durable (`Durability` starts from its last transaction),
-            // so a `force_commit` or an empty commit returns at once, and must not acknowledge
-            // transactions that a power cut would still take. Earlier segments were synced when
-            // they were sealed.
-            segments[last].sync()?;
         }
         remove_leftovers(o, &segments)?;
         if o.sync {
@@ -139,7 +152,82 @@ pub fn open_log(
             manifest::remove_sync_failed(o.dir, o.vfs, o.sync)?;
         }
     }
-    Ok(Recovered { segments, base_seq, next_seq: scan.next_seq, transactions: scan.transactions, torn_bytes })
+    Ok(Recovered {
+        segments,
+        base_seq,
+        next_seq: scan.next_seq,
+        transactions: scan.transactions,
+        torn_bytes,
+        lost_write: scan.lost_write,
+        reread_from_disk,
+    })
+}
+
+/// Makes what this open reads of the log's last segment (`path`) what the disk holds, before
+/// it reads any of it; returns what `SYNC-FAILED` says now, and whether the segment's pages
+/// were dropped from the page cache so that it is read from the disk. (`sync_failed` is never
+/// `After`: then the scan stops after the last transaction known durable instead.)
+///
+/// A read-write open fdatasyncs the segment first: what a process wrote before it died may
+/// still be only in the page cache, and the log read back is reported durable (`Durability`
+/// starts from its last transaction), so a `force_commit` or an empty commit right after the
+/// open returns at once and must not acknowledge transactions a power cut would still take.
+/// (Earlier segments were synced when they were sealed.)
+///
+/// If that fdatasync fails — writeback already failed to write some of the dead process's
+/// pages, and Linux reports it to the next fdatasync of the file — those pages may be in the
+/// page cache, marked clean, holding bytes the disk does not: which ones, nothing says. Reading
+/// them would build the log on transactions a power cut or an eviction takes later, leaving a
+/// gap before what this backend goes on to acknowledge. So the segment's pages are dropped from
+/// the page cache and it is read from the disk, cut where the disk's copy ends. If they cannot
+/// all be dropped (dirty, or mapped by another process), the open fails, after leaving
+/// `SYNC-FAILED` saying [`SyncFailed::TailUnknown`]: the error is reported once, and a retry
+/// that found no mark would read the cached pages again. A read-only open that finds the mark
+/// drops the pages too, or fails.
+fn read_disk_copy(
+    o: &OpenOptions<'_>,
+    path: &Path,
+    sync_failed: Option<SyncFailed>,
+) -> Result<(Option<SyncFailed>, bool)> {
+    let mode = if o.read_only { OpenMode::Read } else { OpenMode::ReadWrite };
+    let file = o.vfs.open(path, mode).map_err(|e| Error::io("open segment", Some(path.to_path_buf()), e))?;
+    let mut sync_failed = sync_failed;
+    let mut failure = None;
+    if !o.read_only
+        && o.sync
+        && let Err(e) = file.sync_data()
+    {
+        if sync_failed.is_none() {
+            manifest::write_sync_failed(o.dir, o.vfs, SyncFailed::TailUnknown, o.sync)?;
+            sync_failed = Some(SyncFailed::TailUnknown);
+        }
+        failure = Some(e);
+    }
+    if sync_failed.is_none() {
+        return Ok((None, false));
+    }
+    if failure.is_none() && (o.read_only || !o.sync) {
+        // Dirty pages cannot be dropped, and writing them back changes no byte of the file. (If
+        // that fails, the pages it could not write are marked clean and are dropped below.)
+        let _ = file.sync_data();
+    }
+    const HELD: &str = "its pages could not be dropped from the page cache (dirty, or mapped by a process \
+                        reading the database), where they may hold what the disk lost; SYNC-FAILED is \
+                        left, and the next open tries again";
+    match file.drop_cached() {
+        Ok(true) => Ok((sync_failed, true)),
+        Ok(false) => Err(match failure {
+            Some(e) => {
+                Error::io(format!("fdatasync the last segment at open, and {HELD}"), Some(path.to_path_buf()), e)
+            }
+            None => Error::io(
+                "read the disk's copy of the last segment",
+                Some(path.to_path_buf()),
+                std::io::Error::other(HELD),
+            ),
+        }),
+        Err(e) => Err(Error::io("drop the last segment's pages from the page cache", Some(path.to_path_buf()), e)),
+    }
 }
 
 /// A directory without a manifest: a new database, or the remains of a creation that crashed
@@ -179,7 +267,15 @@ fn create_log(o: &OpenOptions<'_>) -> Result<Recovered> {
     }
     manifest::write(o.dir, o.vfs, &Manifest { base_seq: 1, ids: vec![1] }, o.sync)?;
     remove_leftovers(o, std::slice::from_ref(&seg))?;
-    Ok(Recovered { segments: vec![seg], base_seq: 1, next_seq: 1, transactions: 0, torn_bytes: 0 })
+    Ok(Recovered {
+        segments: vec![seg],
+        base_seq: 1,
+        next_seq: 1,
+        transactions: 0,
+        torn_bytes: 0,
+        lost_write: false,
+        reread_from_disk: false,
+    })
 }
 
 fn list_dir(o: &OpenOptions<'_>) -> Result<Vec<PathBuf>> {
@@ -206,6 +302,8 @@ struct Scan {
     valid_end: (usize, u64),
     next_seq: u64,
     transactions: u64,
+    /// The scan stopped at damage that a verifying frame follows: a write lost out of order.
+    lost_write: bool,
 }
 
 /// A transaction whose `FRAME_TX_PART` frames have been seen but not its final frame.
@@ -230,6 +328,7 @@ fn scan<'a>(
     let mut pending: Option<Pending<'a>> = None;
     let mut valid_end = (0usize, SEGMENT_HEADER_LEN);
     let mut transactions = 0u64;
+    let mut lost_write = false;
     // Operations of complete transactions not yet handed to `apply`: consecutive transactions
     // are applied together (see `REPLAY_BATCH_OPS`).
     let mut ops: Vec<Op<'a>> = Vec::new();
@@ -251,14 +350,15 @@ fn scan<'a>(
                     ));
                 }
                 let min_seq = pending.as_ref().map_or(expected, |p| p.seq);
-                if let Some(at) = verifying_frame_after(data, off, Some(min_seq))
-                    && !lost_write_between(data, off, at, min_seq)
-                {
-                    return Err(Error::corruption(
-                        &seg.path,
-                        off as u64,
-                        format!("frame does not verify, yet a valid frame follows at offset {at}"),
-                    ));
+                if let Some(at) = verifying_frame_after(data, off, Some(min_seq)) {
+                    if !lost_write_between(data, off, at, min_seq) {
+                        return Err(Error::corruption(
+                            &seg.path,
+                            off as u64,
+                            format!("frame does not verify, yet a valid frame follows at offset {at}"),
+                        ));
+                    }
+                    lost_write = true;
                 }
                 break 'segments; // a torn tail
             };
@@ -321,7 +421,7 @@ fn scan<'a>(
     // The parts of an unfinished transaction lie beyond `valid_end` and are cut off with the
     // tail, so its number is free again: the next transaction takes it.
     let next_seq = pending.as_ref().map_or(expected, |p| p.seq);
-    Ok(Scan { valid_end, next_seq, transactions })
+    Ok(Scan { valid_end, next_seq, transactions, lost_write })
 }
 
 /// Complete transactions are handed to `apply` in runs of at least this many operations (or

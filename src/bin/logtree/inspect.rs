@@ -56,6 +56,21 @@ struct RecoveryReport {
     transactions: u64,
     /// Bytes after the last complete transaction (left in place: the open was read-only).
     torn_bytes: u64,
+    /// The torn tail begins with a write lost out of order (valid frames follow it).
+    lost_write: bool,
+    /// The last segment was read from the disk, not the page cache (`SYNC-FAILED` said so).
+    reread_from_disk: bool,
+}
+
+impl RecoveryReport {
+    fn of(rec: logtree::RecoveryStats) -> RecoveryReport {
+        RecoveryReport {
+            transactions: rec.transactions,
+            torn_bytes: rec.torn_bytes,
+            lost_write: rec.lost_write,
+            reread_from_disk: rec.reread_from_disk,
+        }
+    }
 }
 
 fn garbage_ratio(size: u64, in_use: u64) -> f64 {
@@ -83,7 +98,7 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
         segments: s.segments,
         seq: s.written_seq,
         index_bytes: s.index_bytes,
-        recovery: RecoveryReport { transactions: rec.transactions, torn_bytes: rec.torn_bytes },
+        recovery: RecoveryReport::of(rec),
     };
     if json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
@@ -107,7 +122,7 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
         out,
         "recovery      {} transactions replayed, torn tail {}",
         grouped(r.recovery.transactions),
-        torn_text(r.recovery.torn_bytes)
+        torn_text(&r.recovery)
     )?;
     Ok(())
 }
@@ -117,12 +132,25 @@ fn plural(n: usize, what: &str) -> String {
     if n == 1 { format!("1 {what}") } else { format!("{} {what}s", grouped(n as u64)) }
 }
 
-fn torn_text(torn: u64) -> String {
-    if torn == 0 {
-        "none".into()
+fn torn_text(r: &RecoveryReport) -> String {
+    let mut text = if r.torn_bytes == 0 {
+        "none".to_string()
+    } else if r.lost_write {
+        format!(
+            "{} B after the last complete transaction, beginning with a write lost out of order \
+             (valid frames follow it; a read-write open removes them)",
+            grouped(r.torn_bytes)
+        )
     } else {
-        format!("{} B after the last complete transaction (a cut write; a read-write open removes it)", grouped(torn))
+        format!(
+            "{} B after the last complete transaction (a cut write; a read-write open removes it)",
+            grouped(r.torn_bytes)
+        )
+    };
+    if r.reread_from_disk {
+        text.push_str("; the last segment was read from the disk (SYNC-FAILED: an fdatasync of it failed)");
     }
+    text
 }
 
 /// `logtree check DIR`: opening verifies every frame's checksum and the chain of sequence
@@ -199,7 +227,7 @@ pub fn check(out: &mut Out, dir: &Path) -> CliResult<()> {
         human_bytes(value_bytes)
     )?;
     writeln!(out, "  live bytes  {} recounted = size_in_use()", grouped(live))?;
-    writeln!(out, "  torn tail   {}", torn_text(rec.torn_bytes))?;
+    writeln!(out, "  torn tail   {}", torn_text(&RecoveryReport::of(rec)))?;
     writeln!(out, "  took        {}", human_duration(started.elapsed()))?;
     Ok(())
 }
