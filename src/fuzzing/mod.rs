@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::{Backend, BatchTx, Config, Error, ReadTx, Result};
+use crate::{Backend, BatchTx, Config, Error, ReadTx, RecoveryStats, Result};
 
 mod mvcc_model;
 pub use mvcc_model::{MAX_BULK, MAX_MVCC_STEPS, MvccStep, decode_mvcc_input, mvcc_model, run_mvcc_model};
@@ -363,7 +363,7 @@ pub fn open_segments(data: &[u8]) -> OpenOutcome {
     content.entry(b"fuzz".to_vec()).or_default().insert(b"key".to_vec(), b"value".to_vec());
 
     let again = Backend::open(fuzz_config(&dir, false)).unwrap_or_else(|e| panic!("reopen after a write failed: {e}"));
-    assert_eq!(again.recovery_stats().torn_bytes, 0, "reopen after a clean close found a torn tail");
+    assert_tail(again.recovery_stats(), 0, "reopen after a clean close");
     read_everything(&again.read_tx(), Some(&content), "reopen after a write");
     again.close().unwrap_or_else(|e| panic!("second close failed: {e}"));
     outcome
@@ -1005,14 +1005,14 @@ impl Machine {
                 db.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
                 let dir = self.dir.clone();
                 let db = self.open(&dir, ctx);
-                assert_eq!(db.recovery_stats().torn_bytes, 0, "{ctx}: torn bytes after a clean close");
+                assert_tail(db.recovery_stats(), 0, &format!("{ctx}: after a clean close"));
                 self.db = Some(db);
             }
             Op::DropReopen => {
                 self.db = None;
                 let dir = self.dir.clone();
                 let db = self.open(&dir, ctx);
-                assert_eq!(db.recovery_stats().torn_bytes, 0, "{ctx}: torn bytes after a drop");
+                assert_tail(db.recovery_stats(), 0, &format!("{ctx}: after a drop"));
                 self.db = Some(db);
             }
             Op::CrashReopen => {
@@ -1026,7 +1026,7 @@ impl Machine {
                 // Between writes, the only tail is the space the writer reserved: zeros.
                 let reserved = reserved_tail(&copy);
                 let db = self.open(&copy, ctx);
-                assert_eq!(db.recovery_stats().torn_bytes, reserved, "{ctx}: torn bytes after a crash between writes");
+                assert_tail(db.recovery_stats(), reserved, &format!("{ctx}: after a crash between writes"));
                 // The crashed process's backend goes; what it wrote is in the copy.
                 self.db = Some(db);
                 self.dir = copy;
@@ -1156,7 +1156,7 @@ impl Machine {
         // The current backend goes (dropped: closed); the checkpoint's copy takes its place.
         self.db = None;
         let db = self.open(&copy, ctx);
-        assert_eq!(db.recovery_stats().torn_bytes, expect_torn, "{ctx}: torn bytes after cutting {tear}");
+        assert_tail(db.recovery_stats(), expect_torn, &format!("{ctx}: after cutting {tear}"));
         self.db = Some(db);
         self.dir = copy;
         self.model = model;
@@ -1367,4 +1367,12 @@ pub fn decode_ops_input(data: &[u8]) -> (ModelConfig, Vec<Op>) {
 pub fn ops_model(data: &[u8]) {
     let (cfg, ops) = decode_ops_input(data);
     run_model(cfg, &ops);
+}
+
+/// An open found a tail of `torn` bytes, ending where the writes ended (no lost write with
+/// valid frames after it), and read the log through the page cache (no fdatasync failed).
+fn assert_tail(stats: RecoveryStats, torn: u64, ctx: &str) {
+    assert_eq!(stats.torn_bytes, torn, "{ctx}: torn bytes");
+    assert!(!stats.lost_write, "{ctx}: a lost write found where none was made");
+    assert!(!stats.reread_from_disk, "{ctx}: read from the disk though no fdatasync failed");
 }
