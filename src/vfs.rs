@@ -111,8 +111,8 @@ pub(crate) fn drop_cached_pages(file: &File) -> io::Result<bool> {
 #[cfg(target_os = "linux")]
 fn in_memory_fs(file: &File) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
     // SAFETY: an all-zero `statfs` is a valid value of that plain C struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs writes one `statfs` into `st`, which is ours and large enough; the
@@ -120,8 +120,10 @@ fn in_memory_fs(file: &File) -> io::Result<bool> {
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
-    let kind = st.f_type as i64;
+    // `f_type` is a signed word whose width differs between targets; the magic numbers are 32
+    // bits (RAMFS_MAGIC has its top bit set, so widening a 32-bit word would sign-extend it).
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as u32;
     Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
 }
 
@@ -130,9 +132,9 @@ pub(crate) fn drop_cached_pages(_file: &File) -> io::Result<bool> {
     Ok(false)
 }
 
-/// Whether any page of the first `len` bytes of `file` is in the page cache (`mincore`). Linux
-/// answers for file pages this process could not write or does not own only if they are mapped
-/// here; the engine's own files are both.
+/// Whether any page of the first `len` bytes of `file` is in the page cache (`mincore`). For a
+/// file this process neither owns nor may write, Linux (since 5.2) reports every page cached,
+/// so such a file never passes: the safe answer. The engine's own files are both.
 #[cfg(target_os = "linux")]
 fn any_page_cached(file: &File, len: u64) -> io::Result<bool> {
     let Ok(len) = usize::try_from(len) else { return Ok(true) };
@@ -278,6 +280,7 @@ mod tests {
         // while the map lives.
         let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
         assert_eq!(map[4096], bytes[4096]);
+        assert!(any_page_cached(&file, bytes.len() as u64).unwrap(), "mincore sees the touched page");
         assert_eq!(drop_cached_pages(&file).unwrap(), memory, "a touched page of a map stays cached");
         drop(map);
 

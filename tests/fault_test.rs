@@ -119,6 +119,8 @@ struct State {
     writes_after_sync_failure: Vec<(String, u64, usize)>,
     /// `drop_cached` fails to drop anything (another process maps the file).
     cache_held: bool,
+    /// Fail (EIO) every creation of a file whose name starts with this.
+    fail_creates: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -430,6 +432,11 @@ impl Vfs for FaultVfs {
             OpenMode::Read => OpenOptions::new().read(true).open(path)?,
             OpenMode::ReadWrite => OpenOptions::new().read(true).write(true).open(path)?,
             OpenMode::CreateNew => {
+                if st.fail_creates.is_some_and(|prefix| name.starts_with(prefix)) {
+                    let n = st.calls;
+                    st.injected.push((n, format!("EIO on create {name}")));
+                    return Err(injected(EIO));
+                }
                 match FaultVfs::verdict(&mut st, &format!("create {name}")) {
                     Verdict::Cut => return Err(injected(EIO)),
                     Verdict::Fail(f) => return Err(injected(if f == Fault::Enospc { ENOSPC } else { EIO })),
@@ -1130,17 +1137,44 @@ fn a_read_only_open_honours_sync_failed_without_changing_anything() {
 /// Linux then reports the error to the next fdatasync of the file (the open's), once, and keeps
 /// the pages in the page cache, marked clean, holding what the disk lost. The open reads the
 /// disk's copy instead (`RecoveryStats::reread_from_disk`): what it recovers, and what the
-/// backend acknowledges after, survives a power cut.
+/// backend acknowledges after, survives a power cut. It needs no `SYNC-FAILED` for that, so a
+/// disk failing that file's creation too (as a failing disk may) does not stop it.
 #[test]
 fn an_open_whose_fdatasync_fails_reads_the_disk_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let vfs = FaultVfs::new(&dir);
     dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+    vfs.lock().fail_creates = Some("SYNC-FAILED");
 
     let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
     assert!(db.recovery_stats().reread_from_disk);
-    assert!(!dir.join("SYNC-FAILED").exists(), "removed once the log is cut");
+    assert!(!dir.join("SYNC-FAILED").exists());
+    vfs.lock().fail_creates = None;
+    only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
+}
+
+/// A failed fdatasync may also have skipped the journal commit and the device's cache flush for
+/// the pages writeback did write, so after reading the disk's copy the open fdatasyncs again;
+/// if that fails too, the open fails and leaves `SYNC-FAILED`, and the next open (whose syncs
+/// work) reads the disk's copy.
+#[test]
+fn an_open_whose_second_fdatasync_fails_fails_and_leaves_the_mark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let vfs = FaultVfs::new(&dir);
+    dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+    vfs.lock().fail_next = None;
+    vfs.lock().fail_syncs_from = Some(0); // every sync of the log fails from now on
+
+    let e = Backend::open(syncing_when_told(&dir, &vfs)).expect_err("no fdatasync of the segment succeeded");
+    assert!(is_injected(&e) && e.to_string().contains("twice"), "{e}");
+    assert!(dir.join("SYNC-FAILED").exists(), "the failure is recorded for the next open");
+
+    vfs.lock().fail_syncs_from = None;
+    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
+    assert!(db.recovery_stats().reread_from_disk);
+    assert!(!dir.join("SYNC-FAILED").exists());
     only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
 }
 

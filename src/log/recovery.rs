@@ -76,12 +76,19 @@ pub fn open_log(
         Some(m) => m,
         None => return create_log(o),
     };
-    // Before anything of the last segment is read: what is read of it must be what the disk
-    // holds (see `read_disk_copy`).
+    // After a failed fdatasync of a segment, the transactions past the last one known durable
+    // may be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
+    // `manifest::SYNC_FAILED_NAME`). A number below the log's beginning cannot come from it.
     let mut sync_failed = manifest::read_sync_failed(o.dir)?;
+    let stop_after = match sync_failed {
+        Some(SyncFailed::After(durable)) if durable >= base_seq - 1 => Some(durable),
+        _ => None,
+    };
+    // Otherwise, before anything of the last segment is read: what is read of it must be what
+    // the disk holds, durably (see `read_disk_copy`).
     let mut reread_from_disk = false;
     if let Some(&last_id) = ids.last()
-        && !matches!(sync_failed, Some(SyncFailed::After(_)))
+        && stop_after.is_none()
     {
         let path = o.dir.join(super::segment::segment_file_name(last_id));
         if path.exists() {
@@ -103,13 +110,6 @@ pub fn open_log(
         segments.push(Arc::new(Segment::open(path, o.vfs, id, capacity, o.read_only, o.sync)?));
     }
 
-    // After a failed fdatasync of a segment, the transactions past the last one known durable
-    // may be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
-    // `manifest::SYNC_FAILED_NAME`). A number below the log's beginning cannot come from it.
-    let stop_after = match sync_failed {
-        Some(SyncFailed::After(durable)) if durable >= base_seq - 1 => Some(durable),
-        _ => None,
-    };
     let scan = scan(&segments, base_seq, stop_after, o.replay_batch_ops, &mut apply)?;
     if let Some(durable) = stop_after
         && scan.next_seq - 1 < durable
@@ -163,10 +163,10 @@ pub fn open_log(
     })
 }
 
-/// Makes what this open reads of the log's last segment (`path`) what the disk holds, before
-/// it reads any of it; returns what `SYNC-FAILED` says now, and whether the segment's pages
-/// were dropped from the page cache so that it is read from the disk. (`sync_failed` is never
-/// `After`: then the scan stops after the last transaction known durable instead.)
+/// Makes what this open reads of the log's last segment (`path`) what the disk holds, durably,
+/// before it reads any of it; returns what `SYNC-FAILED` says now, and whether the segment's
+/// pages were dropped from the page cache so that it is read from the disk. (Not called when
+/// `SYNC-FAILED` names a transaction: the scan stops after it instead.)
 ///
 /// A read-write open fdatasyncs the segment first: what a process wrote before it died may
 /// still be only in the page cache, and the log read back is reported durable (`Durability`
@@ -175,58 +175,73 @@ pub fn open_log(
 /// (Earlier segments were synced when they were sealed.)
 ///
 /// If that fdatasync fails — writeback already failed to write some of the dead process's
-/// pages, and Linux reports it to the next fdatasync of the file — those pages may be in the
-/// page cache, marked clean, holding bytes the disk does not: which ones, nothing says. Reading
-/// them would build the log on transactions a power cut or an eviction takes later, leaving a
-/// gap before what this backend goes on to acknowledge. So the segment's pages are dropped from
-/// the page cache and it is read from the disk, cut where the disk's copy ends. If they cannot
-/// all be dropped (dirty, or mapped by another process), the open fails, after leaving
-/// `SYNC-FAILED` saying [`SyncFailed::TailUnknown`]: the error is reported once, and a retry
-/// that found no mark would read the cached pages again. A read-only open that finds the mark
-/// drops the pages too, or fails.
+/// pages, and Linux reports it once, to the next fdatasync of the file — those pages may be in
+/// the page cache, marked clean, holding bytes the disk does not: which ones, nothing says.
+/// Reading them would build the log on transactions a power cut or an eviction takes later,
+/// leaving a gap before what this backend goes on to acknowledge. So the segment's pages are
+/// dropped from the page cache and it is read from the disk, cut where the disk's copy ends;
+/// and since a failed fdatasync may also have skipped the journal commit and the device's cache
+/// flush for what writeback did write (ext4 returns early), a second fdatasync must succeed
+/// before the open goes on. Pages that cannot be dropped (dirty, or mapped by another process)
+/// fail the open, after leaving `SYNC-FAILED` saying [`SyncFailed::TailUnknown`]: the error
+/// was reported once, and a retry that found no mark would read the cached pages again. Every
+/// open that finds the mark, read-only ones too, drops the pages and reads the disk's copy, or
+/// fails likewise. The drop comes before the mark so that a mark that cannot be written (the
+/// same failing disk) does not stop the drop that makes it unnecessary.
 fn read_disk_copy(
     o: &OpenOptions<'_>,
     path: &Path,
     sync_failed: Option<SyncFailed>,
 ) -> Result<(Option<SyncFailed>, bool)> {
+    let io = |context: String, e| Error::io(context, Some(path.to_path_buf()), e);
     let mode = if o.read_only { OpenMode::Read } else { OpenMode::ReadWrite };
-    let file = o.vfs.open(path, mode).map_err(|e| Error::io("open segment", Some(path.to_path_buf()), e))?;
-    let mut sync_failed = sync_failed;
-    let mut failure = None;
-    if !o.read_only
-        && o.sync
-        && let Err(e) = file.sync_data()
-    {
-        if sync_failed.is_none() {
-            manifest::write_sync_failed(o.dir, o.vfs, SyncFailed::TailUnknown, o.sync)?;
-            sync_failed = Some(SyncFailed::TailUnknown);
-        }
-        failure = Some(e);
+    let file = o.vfs.open(path, mode).map_err(|e| io("open segment".into(), e))?;
+    let syncing = !o.read_only && o.sync;
+    let failure = if syncing { file.sync_data().err() } else { None };
+    if failure.is_none() && sync_failed != Some(SyncFailed::TailUnknown) {
+        return Ok((sync_failed, false));
     }
-    if sync_failed.is_none() {
-        return Ok((None, false));
-    }
-    if failure.is_none() && (o.read_only || !o.sync) {
+    if failure.is_none() && !syncing {
         // Dirty pages cannot be dropped, and writing them back changes no byte of the file. (If
         // that fails, the pages it could not write are marked clean and are dropped below.)
         let _ = file.sync_data();
     }
-    const HELD: &str = "its pages could not be dropped from the page cache (dirty, or mapped by a process \
-                        reading the database), where they may hold what the disk lost; SYNC-FAILED is \
-                        left, and the next open tries again";
-    match file.drop_cached() {
-        Ok(true) => Ok((sync_failed, true)),
-        Ok(false) => Err(match failure {
-            Some(e) => {
-                Error::io(format!("fdatasync the last segment at open, and {HELD}"), Some(path.to_path_buf()), e)
-            }
-            None => Error::io(
-                "read the disk's copy of the last segment",
-                Some(path.to_path_buf()),
-                std::io::Error::other(HELD),
-            ),
-        }),
-        Err(e) => Err(Error::io("drop the last segment's pages from the page cache", Some(path.to_path_buf()), e)),
+    let dropped = file.drop_cached();
+    if let Ok(true) = dropped {
+        if failure.is_some()
+            && let Err(e) = file.sync_data()
+        {
+            let marked = mark_tail_unknown(o, sync_failed);
+            return Err(io(format!("fdatasync the last segment at open, twice ({marked})"), e));
+        }
+        return Ok((sync_failed, true));
+    }
+    let held = match dropped {
+        Ok(_) => "its pages could not be dropped from the page cache (dirty, or mapped by a process reading \
+                  the database; or the file is not ours to check)"
+            .to_string(),
+        Err(e) => format!("its pages could not be dropped from the page cache ({e})"),
+    };
+    let marked = if syncing { mark_tail_unknown(o, sync_failed) } else { "SYNC-FAILED is left".to_string() };
+    let why = format!("{held}, where they may hold what the disk lost; {marked}");
+    Err(match failure {
+        Some(e) => io(format!("fdatasync the last segment at open, and {why}"), e),
+        None => io("read the disk's copy of the last segment".into(), std::io::Error::other(why)),
+    })
+}
+
+/// Leaves `SYNC-FAILED` saying "tail unknown" (over a stale one naming a transaction before the
+/// log's beginning); says what became of it, for the error the open returns.
+fn mark_tail_unknown(o: &OpenOptions<'_>, sync_failed: Option<SyncFailed>) -> String {
+    if sync_failed == Some(SyncFailed::TailUnknown) {
+        return "SYNC-FAILED is left, and the next open tries again".into();
+    }
+    match manifest::write_sync_failed(o.dir, o.vfs, SyncFailed::TailUnknown, o.sync) {
+        Ok(()) => "SYNC-FAILED is left, and the next open tries again".into(),
+        Err(e) => format!(
+            "nor could SYNC-FAILED be written ({e}), so a later open could not tell: drop the page cache \
+             (or reboot) before opening again"
+        ),
     }
 }
 
