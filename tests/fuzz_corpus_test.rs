@@ -29,13 +29,21 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn replay_open_segments() {
+    let mut outcomes = BTreeMap::new();
     for (name, data) in corpus("open_segments") {
         eprintln!("open_segments {name}");
         let out = fuzzing::open_segments(&data);
         if name.starts_with("valid-") {
             assert!(out.read_only_ok && out.read_write_ok, "{name} does not open: {out:?}");
         }
+        outcomes.insert(name, out);
     }
+    // SYNC-FAILED's seeds reach what they are for: a cut, a full read from the disk, corruption.
+    let keys = |name: &str| outcomes[name].keys;
+    assert!(keys("valid-sync-failed-cut") < keys("valid-small-db"), "SYNC-FAILED cut nothing");
+    assert_eq!(keys("valid-sync-failed-tail-unknown"), keys("valid-small-db"));
+    let past_end = &outcomes["sync-failed-past-end"];
+    assert!(!past_end.read_only_ok && !past_end.read_write_ok, "{past_end:?}");
 }
 
 #[test]
@@ -230,6 +238,19 @@ fn write_seed_corpus() {
     torn.push(("seg-0000000005.log.tmp".into(), Vec::new()));
     let refs: Vec<(&str, &[u8])> = torn.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     seeds.insert(("open_segments", "valid-torn-tail-and-leftovers".into()), fuzzing::encode_open_input(0, &refs));
+    // SYNC-FAILED (left after a failed fdatasync): naming a transaction in the middle of the log
+    // (cut after it), saying "tail unknown" (the last segment read from the disk), and naming
+    // one past the log's end (synced data lost: corruption).
+    for (name, seq) in [
+        ("valid-sync-failed-cut", Some(5)),
+        ("valid-sync-failed-tail-unknown", None),
+        ("sync-failed-past-end", Some(1000)),
+    ] {
+        let mut marked = files.clone();
+        marked.push(("SYNC-FAILED".into(), fuzzing::sync_failed_file(seq)));
+        let refs: Vec<(&str, &[u8])> = marked.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+        seeds.insert(("open_segments", name.into()), fuzzing::encode_open_input(0, &refs));
+    }
     // A fresh database: a manifest and a header-only segment.
     let fresh = tempfile::tempdir().unwrap();
     Backend::open(seed_config(fresh.path())).unwrap().close().unwrap();

@@ -230,7 +230,7 @@ pub fn manifest_ids(b: &[u8]) -> Option<Vec<u32>> {
 // open_segments
 
 /// The file each selector byte of an [`open_segments`] input names (selector modulo the length).
-pub const OPEN_FILE_NAMES: [&str; 8] = [
+pub const OPEN_FILE_NAMES: [&str; 9] = [
     "MANIFEST",
     "seg-0000000001.log",
     "seg-0000000002.log",
@@ -239,7 +239,14 @@ pub const OPEN_FILE_NAMES: [&str; 8] = [
     "MANIFEST.tmp",
     "seg-0000000005.log.tmp",
     "notes.txt",
+    "SYNC-FAILED",
 ];
+
+/// The bytes of a `SYNC-FAILED` file naming transaction `seq` as the last one known durable, or
+/// (`None`) saying "tail unknown" (DESIGN.md §2.1, §5, §6).
+pub fn sync_failed_file(seq: Option<u64>) -> Vec<u8> {
+    crate::log::format::file_header(crate::log::format::KIND_SYNC_FAILED, seq.unwrap_or(u64::MAX)).to_vec()
+}
 
 /// Flag bit of the first input byte: recompute checksums before writing the files.
 pub const FLAG_FIX_CHECKSUMS: u8 = 1;
