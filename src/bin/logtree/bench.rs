@@ -142,9 +142,10 @@ pub struct BenchArgs {
     /// Segment size in bytes (Config::segment_size; accepts 4k, 64m).
     #[arg(long, value_name = "B", default_value = "67108864", value_parser = parse_count)]
     segment_size: u64,
-    /// Writer threads in the mixed, mvcc-put and mvcc-txn-put phases.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub writers: u64,
+    /// Writer threads in the mixed phase (default 2) and in the mvcc-put, mvcc-txn-put and
+    /// mvcc-long-range phases (default 1, as etcd's benchmark tool's --clients).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub writers: Option<u64>,
     /// Reader threads in the read, range, mixed and mvcc-range phases.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub readers: u64,
@@ -183,6 +184,16 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// Writer threads of the mixed phase.
+    pub fn mixed_writers(&self) -> u64 {
+        self.writers.unwrap_or(2)
+    }
+
+    /// Writer threads of the MVCC phases that put.
+    pub fn mvcc_writers(&self) -> u64 {
+        self.writers.unwrap_or(1)
+    }
+
     /// The threads receiving mvcc-watch's watchers: `--watch-streams`, at most one per watcher.
     pub fn watch_streams(&self) -> u64 {
         self.watch_streams.unwrap_or(self.watchers).clamp(1, self.watchers)
@@ -337,7 +348,10 @@ struct SettingsReport {
     batch_interval_ms: u64,
     segment_size: u64,
     sync: bool,
+    /// Writer threads of the mixed phase.
     writers: u64,
+    /// Writer threads of the MVCC phases that put.
+    mvcc_writers: u64,
     readers: u64,
     duration_s: f64,
     ops: Option<u64>,
@@ -523,13 +537,18 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     };
     writeln!(
         out,
-        "  batch limit {}, batch interval {} ms, segments of {}, fdatasync {}; {} readers, {} writers; {timed}",
+        "  batch limit {}, batch interval {} ms, segments of {}, fdatasync {}; {} readers, {} writers{}; {timed}",
         grouped(args.batch_limit),
         args.batch_interval,
         human_bytes(args.segment_size),
         if args.no_sync { "off" } else { "on" },
         args.readers,
-        args.writers,
+        args.mixed_writers(),
+        if args.writers.is_none() && args.workload.is_mvcc() {
+            format!(" ({} in the MVCC phases)", args.mvcc_writers())
+        } else {
+            String::new()
+        },
     )?;
     if args.workload.is_mvcc() {
         mvcc_bench::describe(out, args)?;
@@ -594,7 +613,7 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             human_ns(d.writer_max_latency_ns),
         )?;
     }
-    mvcc_bench::summary(out, &phases)?;
+    mvcc_bench::summary(out, &phases, args.mvcc_writers())?;
     writeln!(out, "total {}", human_duration(total))?;
 
     if let Some(json) = &mut json {
@@ -608,7 +627,8 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
                 batch_interval_ms: args.batch_interval,
                 segment_size: args.segment_size,
                 sync: !args.no_sync,
-                writers: args.writers,
+                writers: args.mixed_writers(),
+                mvcc_writers: args.mvcc_writers(),
                 readers: args.readers,
                 duration_s: args.duration,
                 ops: args.ops,
@@ -915,7 +935,8 @@ impl Bench<'_> {
         let c = self.ctx;
         let writer = c.writer(0x5eed_0003, 1);
         let reader = c.reader(0x5eed_0004);
-        let roles = [Role { threads: c.args.writers, body: &writer }, Role { threads: c.args.readers, body: &reader }];
+        let roles =
+            [Role { threads: c.args.mixed_writers(), body: &writer }, Role { threads: c.args.readers, body: &reader }];
         let (samples, elapsed) = c.run_timed("mixed", &roles)?;
         // What the group committer left pending; its cost is bounded by the batch interval.
         let t = Instant::now();
