@@ -1,9 +1,12 @@
 //! Online defrag: content and hash unchanged, space reclaimed, readers and the writer go on.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use logtree::vfs::{OpenMode, StdVfs, Vfs, VfsFile};
 use logtree::{Backend, Config, Error};
 
 fn config(dir: &std::path::Path) -> Config {
@@ -358,4 +361,181 @@ fn defrag_with_bucket_churn_keeps_content_hash_and_size_in_use() {
     let r = Backend::open(config(&t)).unwrap();
     assert_eq!(dump(&r), content);
     assert_eq!(r.size_in_use(), piu);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A failed fdatasync of the old log around the switch
+
+/// The hooks of [`HookVfs`]: the old log's active segment, whose next fdatasync fails (EIO),
+/// and the defrag's creation of `MANIFEST.tmp` (its switch), where the defrag waits a while for
+/// that failure.
+#[derive(Debug, Default)]
+struct Hooks {
+    /// File name of the segment whose next fdatasync fails; empty: none.
+    failing: std::sync::Mutex<String>,
+    failed: AtomicBool,
+    in_switch: AtomicBool,
+}
+
+/// The real file system, with [`Hooks`].
+#[derive(Debug)]
+struct HookVfs(Arc<Hooks>);
+
+#[derive(Debug)]
+struct HookFile {
+    inner: Box<dyn VfsFile>,
+    name: String,
+    hooks: Arc<Hooks>,
+}
+
+// SAFETY: every call goes to the real file `inner`, which `as_file` returns; `allocate` keeps
+// the default (declines), so every write goes through `write_all_at`.
+unsafe impl VfsFile for HookFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let mut failing = self.hooks.failing.lock().unwrap();
+        // A segment is created under a `.tmp` name and renamed into place.
+        if *failing == self.name.trim_end_matches(".tmp") {
+            failing.clear();
+            self.hooks.failed.store(true, Ordering::SeqCst);
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        drop(failing);
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+    fn as_file(&self) -> &std::fs::File {
+        self.inner.as_file()
+    }
+}
+
+impl Vfs for HookVfs {
+    fn open(&self, path: &Path, mode: OpenMode) -> std::io::Result<Box<dyn VfsFile>> {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if mode == OpenMode::CreateNew && name == "MANIFEST.tmp" && !self.0.failing.lock().unwrap().is_empty() {
+            self.0.in_switch.store(true, Ordering::SeqCst);
+            let waited = Instant::now();
+            while !self.0.failed.load(Ordering::SeqCst) && waited.elapsed() < Duration::from_millis(300) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(Box::new(HookFile { inner: StdVfs.open(path, mode)?, name, hooks: self.0.clone() }))
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.create_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdVfs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        StdVfs.sync_dir(path)
+    }
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
+        StdVfs.read_dir(path)
+    }
+}
+
+/// A group commit's fdatasync of the old log may run while a defrag switches logs (it needs no
+/// writer lock). Had it failed there, it would have left `SYNC-FAILED` numbering the old log's
+/// last durable transaction — before the new log's first, the image of every key — and the
+/// next open would have cut them all (found by review). The switch now holds the sync gate:
+/// the commit's sync waits for it, and then finds its transactions durable in the new log.
+#[test]
+fn a_commit_during_the_defrag_switch_waits_and_needs_no_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let hooks = Arc::new(Hooks::default());
+    let cfg = Config {
+        batch_interval: Duration::from_secs(3600),
+        vfs: Arc::new(HookVfs(hooks.clone())),
+        ..Config::new(&dir)
+    };
+    let db = Arc::new(Backend::open(cfg).unwrap());
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    for i in 0..100 {
+        tx.put("b", format!("k{i:03}"), "acknowledged").unwrap();
+    }
+    tx.commit().unwrap();
+    let mut tx = db.batch_tx();
+    tx.put("b", "pending", "written, not yet durable").unwrap();
+    tx.finish().unwrap();
+    let active = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("seg-") && n.ends_with(".log"))
+        .max()
+        .unwrap();
+    *hooks.failing.lock().unwrap() = active;
+
+    let committer = {
+        let (db, hooks) = (db.clone(), hooks.clone());
+        std::thread::spawn(move || {
+            while !hooks.in_switch.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            db.force_commit()
+        })
+    };
+    db.defrag().unwrap();
+    committer.join().unwrap().expect("the commit finds its transactions durable in the new log");
+    assert!(!hooks.failed.load(Ordering::SeqCst), "the old log was synced during or after the switch");
+    db.force_commit().expect("not poisoned");
+    assert!(!dir.join("SYNC-FAILED").exists());
+    drop(db);
+    let db = Backend::open(Config::new(&dir)).unwrap();
+    let r = db.read_tx();
+    assert_eq!(r.bucket_len("b").unwrap(), 101);
+    assert_eq!(r.get("b", "pending").unwrap(), Some(b"written, not yet durable".to_vec()));
+}
+
+/// A `SYNC-FAILED` that would cut a log's first transaction comes from the log a defrag
+/// replaced (the new one begins with an image synced before it was used) and is ignored, not
+/// obeyed by cutting every key; in a new database, whose first transaction may never have
+/// been synced, it is obeyed.
+#[test]
+fn a_sync_failed_before_the_image_is_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let db = Backend::open(Config::new(&dir)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.put("b", "k", "v").unwrap();
+    tx.commit().unwrap();
+    let mut tx = db.batch_tx();
+    tx.put("b", "k2", "v2").unwrap();
+    tx.commit().unwrap();
+    let image_seq = db.read_tx().seq();
+    db.defrag().unwrap();
+    db.close().unwrap();
+    std::fs::write(dir.join("SYNC-FAILED"), logtree::fuzzing::sync_failed_file(Some(image_seq - 1))).unwrap();
+    let ro = Backend::open(Config { read_only: true, ..Config::new(&dir) }).unwrap();
+    assert_eq!(ro.read_tx().bucket_len("b").unwrap(), 2, "read-only");
+    drop(ro);
+    let db = Backend::open(Config::new(&dir)).unwrap();
+    assert_eq!(db.read_tx().bucket_len("b").unwrap(), 2);
+    assert!(!dir.join("SYNC-FAILED").exists(), "removed");
+    drop(db);
+
+    // A new database whose first transaction was never synced: cut.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let db = Backend::open(Config::new(&dir)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.finish().unwrap();
+    drop(db);
+    std::fs::write(dir.join("SYNC-FAILED"), logtree::fuzzing::sync_failed_file(Some(0))).unwrap();
+    let db = Backend::open(Config::new(&dir)).unwrap();
+    assert!(db.read_tx().buckets().is_empty(), "transaction 1 cut");
 }

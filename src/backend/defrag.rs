@@ -262,6 +262,15 @@ impl Backend {
             new.log.active().give_back_reserve()?;
             new.log.active().sync()?;
             new.log.set_next_seq(old.next_seq());
+            // No fdatasync of the old log may run from here to the switch, and none may have
+            // failed before it: a failure leaves SYNC-FAILED numbering the old log's last
+            // durable transaction, which, read with the new log, can lie before the image (the
+            // new log's first transaction) and cut it, and with it every key (found by review).
+            // A sync waiting for the gate meanwhile runs after `switched`, which has made every
+            // transaction it covers durable in the new log.
+            let gate = old.config().sync_gate.clone();
+            let _no_syncs = gate.write().unwrap_or_else(|e| e.into_inner());
+            self.check_writable()?;
             new.manifest_attempted = true;
             let cfg = new.log.config();
             if let Err(e) = manifest::write(&cfg.dir, &cfg.vfs, &new.log.manifest(), cfg.sync) {

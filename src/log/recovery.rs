@@ -78,10 +78,14 @@ pub fn open_log(
     };
     // After a failed fdatasync of a segment, the transactions past the last one known durable
     // may be only in the page cache: they are cut as a torn tail would be (`SYNC-FAILED`, see
-    // `manifest::SYNC_FAILED_NAME`). A number below the log's beginning cannot come from it.
+    // `manifest::SYNC_FAILED_NAME`). A mark that would cut the log's first transaction cannot
+    // come from this log but in a new database (whose first transaction, 1, may never have been
+    // synced): a log that begins later begins with an image a defrag or a restore synced before
+    // the log was in use. Such a mark is stale (written for the log a defrag replaced): obeyed,
+    // it would cut every key.
     let mut sync_failed = manifest::read_sync_failed(o.dir)?;
     let stop_after = match sync_failed {
-        Some(SyncFailed::After(durable)) if durable >= base_seq - 1 => Some(durable),
+        Some(SyncFailed::After(durable)) if durable >= base_seq || (durable == 0 && base_seq == 1) => Some(durable),
         _ => None,
     };
     // Otherwise, before anything of the last segment is read: what is read of it must be what
