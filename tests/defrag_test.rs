@@ -1,7 +1,7 @@
 //! Online defrag: content and hash unchanged, space reclaimed, readers and the writer go on.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -428,21 +428,7 @@ impl Vfs for HookVfs {
         }
         Ok(Box::new(HookFile { inner: StdVfs.open(path, mode)?, name, hooks: self.0.clone() }))
     }
-    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.create_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        StdVfs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.remove_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-        StdVfs.sync_dir(path)
-    }
-    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
-        StdVfs.read_dir(path)
-    }
+    common::real_directory_ops!();
 }
 
 /// A group commit's fdatasync of the old log may run while a defrag switches logs (it needs no

@@ -1141,15 +1141,10 @@ fn a_read_only_open_honours_sync_failed_without_changing_anything() {
 /// disk failing that file's creation too (as a failing disk may) does not stop it.
 #[test]
 fn an_open_whose_fdatasync_fails_reads_the_disk_copy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("db");
-    let vfs = FaultVfs::new(&dir);
-    dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+    let (_tmp, dir, vfs) = dead_with_unsynced_pages_writeback_lost();
     vfs.lock().fail_creates = Some("SYNC-FAILED");
 
-    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
-    assert!(db.recovery_stats().reread_from_disk);
-    assert!(!dir.join("SYNC-FAILED").exists());
+    let db = reads_the_disk_copy(&dir, &vfs);
     vfs.lock().fail_creates = None;
     only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
 }
@@ -1160,10 +1155,7 @@ fn an_open_whose_fdatasync_fails_reads_the_disk_copy() {
 /// work) reads the disk's copy.
 #[test]
 fn an_open_whose_second_fdatasync_fails_fails_and_leaves_the_mark() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("db");
-    let vfs = FaultVfs::new(&dir);
-    dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+    let (_tmp, dir, vfs) = dead_with_unsynced_pages_writeback_lost();
     vfs.lock().fail_next = None;
     vfs.lock().fail_syncs_from = Some(0); // every sync of the log fails from now on
 
@@ -1172,10 +1164,7 @@ fn an_open_whose_second_fdatasync_fails_fails_and_leaves_the_mark() {
     assert!(dir.join("SYNC-FAILED").exists(), "the failure is recorded for the next open");
 
     vfs.lock().fail_syncs_from = None;
-    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
-    assert!(db.recovery_stats().reread_from_disk);
-    assert!(!dir.join("SYNC-FAILED").exists());
-    only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
+    only_acked_then_after_survives_a_power_cut(reads_the_disk_copy(&dir, &vfs), &dir, &vfs);
 }
 
 /// If the pages cannot be dropped from the page cache (another process maps them), the open
@@ -1184,10 +1173,7 @@ fn an_open_whose_second_fdatasync_fails_fails_and_leaves_the_mark() {
 /// copy.
 #[test]
 fn an_open_that_cannot_read_the_disk_copy_fails_and_leaves_the_mark() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("db");
-    let vfs = FaultVfs::new(&dir);
-    dead_with_unsynced_pages_writeback_lost(&dir, &vfs);
+    let (_tmp, dir, vfs) = dead_with_unsynced_pages_writeback_lost();
     vfs.lock().cache_held = true;
     let read_only = || Backend::open(Config { read_only: true, ..syncing_when_told(&dir, &vfs) });
 
@@ -1205,20 +1191,31 @@ fn an_open_that_cannot_read_the_disk_copy_fails_and_leaves_the_mark() {
     assert_eq!(ro.read_tx().get("b", "unsynced 0").unwrap(), None);
     drop(ro);
     assert!(dir.join("SYNC-FAILED").exists(), "a read-only open leaves it");
-    let db = Backend::open(syncing_when_told(&dir, &vfs)).unwrap();
-    assert!(db.recovery_stats().reread_from_disk);
-    assert!(!dir.join("SYNC-FAILED").exists());
-    only_acked_then_after_survives_a_power_cut(db, &dir, &vfs);
+    only_acked_then_after_survives_a_power_cut(reads_the_disk_copy(&dir, &vfs), &dir, &vfs);
 }
 
-/// A process that acknowledged `b/acked` and wrote three more transactions (`b/unsynced {i}`)
-/// dies; writeback then fails to write those, and the next fdatasync of the log will say so.
-fn dead_with_unsynced_pages_writeback_lost(dir: &Path, vfs: &FaultVfs) {
-    let db = acked_then_unsynced(dir, vfs, "unsynced", 3);
+/// A database (`dir` in the temporary directory, through the Vfs) whose process acknowledged
+/// `b/acked` and wrote three more transactions (`b/unsynced {i}`), then died; writeback then
+/// failed to write those, and the next fdatasync of the log will say so.
+fn dead_with_unsynced_pages_writeback_lost() -> (tempfile::TempDir, PathBuf, FaultVfs) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let vfs = FaultVfs::new(&dir);
+    let db = acked_then_unsynced(&dir, &vfs, "unsynced", 3);
     vfs.lock().cut_at = Some(0);
     drop(db);
     vfs.lock().cut_at = None;
     vfs.lock().fail_next = Some(("sync_data seg-", Fault::Eio));
+    (tmp, dir, vfs)
+}
+
+/// A read-write open that reads the last segment's copy on the disk, and removes (or leaves no)
+/// `SYNC-FAILED`.
+fn reads_the_disk_copy(dir: &Path, vfs: &FaultVfs) -> Backend {
+    let db = Backend::open(syncing_when_told(dir, vfs)).unwrap();
+    assert!(db.recovery_stats().reread_from_disk);
+    assert!(!dir.join("SYNC-FAILED").exists());
+    db
 }
 
 /// `db` holds `b/acked` and none of the unsynced transactions; it acknowledges `b/after`, and
@@ -1532,21 +1529,7 @@ impl Vfs for FullDisk {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn VfsFile>> {
         Ok(Box::new(FullDiskFile { inner: logtree::vfs::StdVfs.open(path, mode)?, full: self.full.clone() }))
     }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        logtree::vfs::StdVfs.create_dir_all(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        logtree::vfs::StdVfs.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        logtree::vfs::StdVfs.remove_file(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        logtree::vfs::StdVfs.sync_dir(path)
-    }
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        logtree::vfs::StdVfs.read_dir(path)
-    }
+    common::real_directory_ops!();
 }
 
 /// A full disk when the writer reserves space for its mapped appends: the commit that needed

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use logtree::mvcc::{KvStore, Op, RangeOptions, Revision};
 use logtree::{Backend, Config, Error};
 
+mod common;
+
 fn catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
 }
@@ -586,21 +588,7 @@ fn a_vfs_that_breaks_its_contract_cannot_crash_the_engine() {
             };
             Ok(Box::new(Lying { file: StdVfs.open(path, mode)?, other }))
         }
-        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
-            StdVfs.create_dir_all(path)
-        }
-        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-            StdVfs.rename(from, to)
-        }
-        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-            StdVfs.remove_file(path)
-        }
-        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
-            StdVfs.sync_dir(path)
-        }
-        fn read_dir(&self, path: &Path) -> std::io::Result<Vec<PathBuf>> {
-            StdVfs.read_dir(path)
-        }
+        common::real_directory_ops!();
     }
 
     let tmp = tempfile::tempdir().unwrap();

@@ -102,3 +102,28 @@ pub fn cas_increment(store: &logtree::kv::Store, k: &[u8]) -> u64 {
         }
     }
 }
+
+/// Inside `impl Vfs for …` of a test Vfs that only wraps files: the directory methods, those of
+/// the real file system.
+#[allow(unused_macros)] // each test crate uses only some helpers
+macro_rules! real_directory_ops {
+    () => {
+        fn create_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+            logtree::vfs::StdVfs.create_dir_all(path)
+        }
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            logtree::vfs::StdVfs.rename(from, to)
+        }
+        fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+            logtree::vfs::StdVfs.remove_file(path)
+        }
+        fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+            logtree::vfs::StdVfs.sync_dir(path)
+        }
+        fn read_dir(&self, path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+            logtree::vfs::StdVfs.read_dir(path)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use real_directory_ops;
