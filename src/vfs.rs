@@ -170,6 +170,38 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
 }
 
+/// Creates `dir` and whichever of its parents are missing, and makes each new directory's entry
+/// in its parent durable, from the top down.
+///
+/// Why: creating a directory changes its parent, and only an fsync of the parent makes that
+/// change durable. Without it a database created in a new directory (or a snapshot restored
+/// under a new path) could have every commit synced and still be gone after a power cut, its
+/// directory with it. ext4's journal happens to commit the creation with the first fsync
+/// inside; POSIX does not promise it, and other file systems need not do it.
+pub(crate) fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.as_os_str().is_empty() && fs::symlink_metadata(at).is_err() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    vfs.create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        vfs.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StdVfs;

@@ -793,3 +793,60 @@ fn reopen_rebuilds_exactly_what_was_written() {
     assert!(got.0 == want.0, "the reopened content differs");
     assert_eq!((got.1, got.2), (want.1, want.2), "live bytes and hash");
 }
+
+/// A Vfs that records which directories it synced, in order, and does the real thing.
+#[derive(Debug, Default)]
+struct DirSyncLog(std::sync::Mutex<Vec<std::path::PathBuf>>);
+
+impl logtree::vfs::Vfs for DirSyncLog {
+    fn open(
+        &self,
+        path: &std::path::Path,
+        mode: logtree::vfs::OpenMode,
+    ) -> std::io::Result<Box<dyn logtree::vfs::VfsFile>> {
+        logtree::vfs::StdVfs.open(path, mode)
+    }
+    fn create_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        logtree::vfs::StdVfs.create_dir_all(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        logtree::vfs::StdVfs.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        logtree::vfs::StdVfs.remove_file(path)
+    }
+    fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(path.to_path_buf());
+        logtree::vfs::StdVfs.sync_dir(path)
+    }
+    fn read_dir(&self, path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        logtree::vfs::StdVfs.read_dir(path)
+    }
+}
+
+/// Creating a database in a new directory makes the directory itself durable: each directory
+/// the open creates is synced into its parent, top down, so that a power cut after the first
+/// commit cannot take the database's directory (and every synced commit in it) away. An open
+/// of an existing database syncs none of its parents.
+#[test]
+fn an_open_that_creates_directories_syncs_their_parents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a").join("b").join("db");
+    let log = Arc::new(DirSyncLog::default());
+    let mut c = Config::new(&dir);
+    c.vfs = log.clone();
+    let db = Backend::open(c.clone()).unwrap();
+    let synced = std::mem::take(&mut *log.0.lock().unwrap());
+    let parents = [tmp.path().to_path_buf(), tmp.path().join("a"), tmp.path().join("a").join("b")];
+    let first = synced.iter().position(|p| *p == parents[0]).expect("the top parent is synced");
+    assert_eq!(synced[first..first + 3], parents, "each new directory's parent, top down: {synced:?}");
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.put("b", "k", "v").unwrap();
+    tx.commit().unwrap();
+    db.close().unwrap();
+    let again = Backend::open(c).unwrap();
+    again.close().unwrap();
+    let synced = log.0.lock().unwrap().clone();
+    assert!(synced.iter().all(|p| p == &dir), "an existing database's parents are not synced: {synced:?}");
+}

@@ -114,7 +114,8 @@ impl Backend {
         let dir = config.path.clone();
         let vfs = config.vfs.clone();
         if !config.read_only {
-            vfs.create_dir_all(&dir).map_err(|e| Error::io("create database directory", Some(dir.clone()), e))?;
+            crate::vfs::create_dir_durably(&*vfs, &dir)
+                .map_err(|e| Error::io("create database directory", Some(dir.clone()), e))?;
         }
         let lock = lock_dir(&config)?;
 

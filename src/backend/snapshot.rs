@@ -431,7 +431,8 @@ pub fn restore(from: &mut dyn Read, dir: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io("create restore parent", Some(parent.clone()), e))?;
+    crate::vfs::create_dir_durably(&crate::vfs::StdVfs, &parent)
+        .map_err(|e| Error::io("create restore parent", Some(parent.clone()), e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".logtree-restore-")
         .tempdir_in(&parent)
