@@ -125,20 +125,42 @@ pub(super) struct Keys {
 // this thread, so that the copies each transaction makes do not go through the allocator.
 impl Clone for Keys {
     fn clone(&self) -> Keys {
-        self.copy_with_room(0, 0)
+        Keys {
+            data: pool::copy_of(&self.data),
+            ends: pool::copy_of(&self.ends),
+            heads: pool::copy_of(&self.heads),
+            prefix: self.prefix,
+        }
     }
 }
 
 impl Keys {
-    /// A copy with room for `keys` more keys of `bytes` bytes in all, so that inserting them
-    /// does not grow (copy again) the arrays just copied.
-    fn copy_with_room(&self, keys: usize, bytes: usize) -> Keys {
-        Keys {
-            data: pool::copy_with_room(&self.data, bytes),
-            ends: pool::copy_with_room(&self.ends, keys),
-            heads: pool::copy_with_room(&self.heads, keys),
-            prefix: self.prefix,
+    /// A copy with `key` inserted as key `i`, made in one pass: what a shared node about to
+    /// get a new key is replaced with. (A copy and then an insert would move the keys after
+    /// `i` twice.)
+    fn copy_inserting(&self, i: usize, key: &[u8]) -> Keys {
+        let n = self.len();
+        let p = self.prefix as usize;
+        let shares = n > 0 && key.len() >= p && key[..p] == self.data[..p];
+        let pos = self.start(i);
+        let mut data = pool::take(self.data.len() + key.len());
+        data.extend_from_slice(&self.data[..pos]);
+        data.extend_from_slice(key);
+        data.extend_from_slice(&self.data[pos..]);
+        let mut ends = pool::take(n + 1);
+        ends.extend_from_slice(&self.ends[..i]);
+        ends.push(off(pos + key.len()));
+        let k32 = off(key.len());
+        ends.extend(self.ends[i..].iter().map(|e| e + k32));
+        let mut heads = pool::take(n + 1);
+        heads.extend_from_slice(&self.heads[..i]);
+        heads.push(head(key.get(p..).unwrap_or_default()));
+        heads.extend_from_slice(&self.heads[i..]);
+        let mut keys = Keys { data, ends, heads, prefix: self.prefix };
+        if !shares {
+            keys.reprefix();
         }
+        keys
     }
 }
 
@@ -384,15 +406,18 @@ pub(super) struct Leaf {
 
 impl Clone for Leaf {
     fn clone(&self) -> Leaf {
-        self.copy_with_room(0, 0)
+        Leaf { keys: self.keys.clone(), vals: pool::copy_of(&self.vals) }
     }
 }
 
 impl Leaf {
-    /// A copy with room for `entries` more entries whose keys have `bytes` bytes in all: with
-    /// room for one, what a shared leaf about to get a new key is copied into (see `insert`).
-    fn copy_with_room(&self, entries: usize, bytes: usize) -> Leaf {
-        Leaf { keys: self.keys.copy_with_room(entries, bytes), vals: pool::copy_with_room(&self.vals, entries) }
+    /// A copy with `(key, val)` inserted as entry `i`, in one pass (see `Keys::copy_inserting`).
+    fn copy_inserting(&self, i: usize, key: &[u8], val: ValueRef) -> Leaf {
+        let mut vals = pool::take(self.vals.len() + 1);
+        vals.extend_from_slice(&self.vals[..i]);
+        vals.push(val);
+        vals.extend_from_slice(&self.vals[i..]);
+        Leaf { keys: self.keys.copy_inserting(i, key), vals }
     }
 }
 
@@ -887,15 +912,23 @@ pub(super) fn insert(
     rightmost: bool,
 ) -> Option<ValueRef> {
     node.prefetch_for_search();
-    // A shared leaf is copied before it changes. If the change is a new key, copy it with room
-    // for that key: `make_mut`'s exact copy would be grown — copied again, through the
-    // allocator — by the insert. (Only the writer can add owners of a node, so a count of one
-    // seen here stays one.) The search is done once: the copy holds the same keys.
+    // A shared leaf is copied before it changes. If the change is a new key, the copy is made
+    // with the key in place, in one pass: `make_mut`'s exact copy would be grown — copied
+    // again, through the allocator — by the insert, and the insert would move the keys after
+    // it once more. (Only the writer can add owners of a node, so a count of one seen here
+    // stays one.) The search is done once: the copy holds the same keys.
     let mut leaf_slot = None;
     if let Node::Leaf(leaf) = &**node {
         let slot = leaf.keys.search(key);
-        if slot.is_err() && Arc::strong_count(node) > 1 {
-            *node = Arc::new(Node::Leaf(leaf.copy_with_room(1, key.len())));
+        if let Err(i) = slot
+            && Arc::strong_count(node) > 1
+        {
+            let mut copy = leaf.copy_inserting(i, key, val);
+            if copy.is_overfull() {
+                copy.split(i == leaf.len(), out);
+            }
+            *node = Arc::new(Node::Leaf(copy));
+            return None;
         }
         leaf_slot = Some(slot);
     }

@@ -215,12 +215,7 @@ pub(super) fn take<T: Pooled>(n: usize) -> Vec<T> {
 
 /// A copy of `items` in a buffer from [`take`].
 pub(super) fn copy_of<T: Pooled + Clone>(items: &[T]) -> Vec<T> {
-    copy_with_room(items, 0)
-}
-
-/// A copy of `items` in a buffer from [`take`] with room for `extra` more elements.
-pub(super) fn copy_with_room<T: Pooled + Clone>(items: &[T], extra: usize) -> Vec<T> {
-    let mut v = take(items.len() + extra);
+    let mut v = take(items.len());
     v.extend_from_slice(items);
     v
 }
