@@ -82,6 +82,24 @@ pub(crate) unsafe fn discard(map: &MmapRaw, off: usize, len: usize) -> bool {
     }
 }
 
+/// Asks the kernel to start writing back the dirty pages of `len` bytes of `file` at `off`,
+/// without waiting for them (`sync_file_range` with `SYNC_FILE_RANGE_WRITE` alone, Linux; a
+/// no-op elsewhere). A hint: it makes nothing durable and reports nothing — an error writing
+/// the pages back is kept for the file's next fdatasync, which this call does not consume.
+pub(crate) fn start_writeback(file: &std::fs::File, off: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(at), Ok(n)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len)) else { return };
+        // SAFETY: a plain system call on an open descriptor; it changes no memory of ours.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), at, n, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, off, len);
+    }
+}
+
 /// Advises `map` `MADV_HUGEPAGE`: the kernel then reads the file through it a huge page at a
 /// time, in 2 MiB pages where the file system allows. False if refused, and on other platforms.
 pub(crate) fn advise_huge(map: &Mmap) -> bool {

@@ -369,6 +369,14 @@ impl Backend {
         }
     }
 
+    /// Has the committer thread start writing back `seg`'s recent writes (see
+    /// `Segment::start_writeback`), without waiting.
+    pub(crate) fn start_writeback(&self, seg: &Arc<Segment>) {
+        if let Some(c) = &self.committer {
+            c.write_back(seg);
+        }
+    }
+
     pub(crate) fn sync_written(&self) -> Result<()> {
         match &self.durability {
             Some(d) => d.sync_written(),

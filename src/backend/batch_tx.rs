@@ -212,6 +212,7 @@ impl<'a> BatchTx<'a> {
     pub(crate) fn put_ref(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) -> Result<ValueRef> {
         check_key(key)?;
         check_value(value)?;
+        let backend = self.backend;
         let w = self.writable()?;
         let Writer { log, catalog, .. } = w;
         let b = catalog.get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
@@ -219,6 +220,13 @@ impl<'a> BatchTx<'a> {
         match r {
             Ok(v) => {
                 b.put(key, v);
+                // A large transaction writes its frames as it goes (`FRAME_TX_PART`): their
+                // write-back starts before its commit's fdatasync too.
+                if let Some(log) = log.as_ref()
+                    && log.active().wants_writeback()
+                {
+                    backend.start_writeback(log.active());
+                }
                 self.ops += 1;
                 Ok(v)
             }
@@ -333,6 +341,9 @@ impl<'a> BatchTx<'a> {
                         let old = self.backend.publish(view);
                         if self.backend.wrote(seq, self.ops, log.active()) {
                             limit_reached = Some(seq);
+                        }
+                        if log.active().wants_writeback() {
+                            self.backend.start_writeback(log.active());
                         }
                         replaced = Some((old, seq));
                     }

@@ -312,6 +312,15 @@ impl Durability {
         let _ = self.sync_as(seq, true);
     }
 
+    /// A write-back request: starts writing back `seg`'s recent pages, unless a write or
+    /// fdatasync of the log has failed (nothing more is done for a failed log).
+    fn write_back(&self, seg: &Segment) {
+        if self.failed.load(Ordering::SeqCst) || self.lock().poisoned.is_some() {
+            return;
+        }
+        seg.start_writeback();
+    }
+
     /// The committer's tick: sync if anything is pending and nobody is poisoned.
     fn sync_if_pending(&self) {
         let target = {
@@ -331,6 +340,9 @@ pub struct Committer {
     stop: Option<Sender<()>>,
     /// Asks for a sync now (see [`kick`](Self::kick)).
     kick: Sender<u64>,
+    /// Asks for the active segment's recent writes to be written back (see
+    /// [`write_back`](Self::write_back)).
+    writeback: Sender<Arc<Segment>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -338,6 +350,7 @@ impl Committer {
     pub fn start(dur: Arc<Durability>, interval: Duration) -> Result<Committer> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (kick_tx, kick_rx) = crossbeam_channel::bounded::<u64>(1);
+        let (writeback_tx, writeback_rx) = crossbeam_channel::bounded::<Arc<Segment>>(1);
         let handle = std::thread::Builder::new()
             .name("logtree-committer".into())
             .spawn(move || {
@@ -347,11 +360,12 @@ impl Committer {
                         recv(stop_rx) -> _ => return,
                         recv(ticker) -> _ => dur.sync_if_pending(),
                         recv(kick_rx) -> seq => if let Ok(seq) = seq { dur.sync_if_behind(seq) },
+                        recv(writeback_rx) -> seg => if let Ok(seg) = seg { dur.write_back(&seg) },
                     }
                 }
             })
             .map_err(|e| Error::io("start the committer thread", None, e))?;
-        Ok(Committer { stop: Some(stop_tx), kick: kick_tx, handle: Some(handle) })
+        Ok(Committer { stop: Some(stop_tx), kick: kick_tx, writeback: writeback_tx, handle: Some(handle) })
     }
 
     /// Has the thread make transaction `seq` durable now, without waiting for it: a
@@ -360,6 +374,12 @@ impl Committer {
     /// everything written by then); a kick handled after `seq` became durable does nothing.
     pub fn kick(&self, seq: u64) {
         let _ = self.kick.try_send(seq);
+    }
+
+    /// Has the thread start writing back what was written to `seg` since it last did, without
+    /// waiting (`Segment::start_writeback`). A request already pending stands for this one.
+    pub fn write_back(&self, seg: &Arc<Segment>) {
+        let _ = self.writeback.try_send(seg.clone());
     }
 
     /// Stops the thread and waits for it (a sync it is running finishes first).

@@ -69,6 +69,9 @@ pub struct Segment {
     /// How appends reach the file (the writer's business; others lock it only to read the
     /// reserve's size, so it is rarely contended).
     appends: Mutex<Appends>,
+    /// Where the last `start_writeback` ended: the bytes below it were handed to the kernel to
+    /// write back (or were written before this process).
+    written_back: AtomicU64,
 }
 
 /// How far bytes may be copied into the writable map (see the module documentation).
@@ -77,6 +80,10 @@ pub const RESERVE_STEP: u64 = 2 << 20;
 /// The context of the error a failed fdatasync of a segment returns (`Error::Io`): the failure
 /// after which pages the disk lost may still be in the page cache (see `Durability::poison`).
 pub const SYNC_CONTEXT: &str = "fdatasync segment";
+
+/// Bytes written to a segment between two requests to start writing them back
+/// (`Segment::start_writeback`; DESIGN.md §5).
+pub const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// Appends longer than this use `pwrite` even where the map could take them: one system call
 /// is nothing beside their copy, while copying through the map takes a page fault per 4 KiB.
@@ -148,6 +155,7 @@ impl Segment {
             sync,
             obsolete: AtomicBool::new(false),
             vfs: vfs.clone(),
+            written_back: AtomicU64::new(SEGMENT_HEADER_LEN),
             appends: Mutex::new(Appends {
                 reserved: SEGMENT_HEADER_LEN,
                 map: None,
@@ -201,6 +209,7 @@ impl Segment {
             sync,
             obsolete: AtomicBool::new(false),
             vfs: vfs.clone(),
+            written_back: AtomicU64::new(len),
             appends: Mutex::new(Appends {
                 reserved: len,
                 map: None,
@@ -423,6 +432,52 @@ impl Segment {
         Ok(())
     }
 
+    /// Whether [`WRITEBACK_STEP`] bytes or more were written since the last
+    /// [`start_writeback`](Self::start_writeback) (never with `sync: false`).
+    #[inline]
+    pub fn wants_writeback(&self) -> bool {
+        self.sync && self.len() >= self.written_back.load(Ordering::Relaxed) + WRITEBACK_STEP
+    }
+
+    /// Asks the kernel to start writing back the whole pages written since the last call,
+    /// without waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), after removing the
+    /// writable map's entries for them as a sync does (see `unmap_for_writeback`). For one
+    /// thread at a time (the committer's).
+    ///
+    /// Why: the next fdatasync then finds most of what it must write already on its way to the
+    /// disk, and it holds the sync gate, which every write of the log waits for, for that much
+    /// less time (DESIGN.md §5). Durability is unchanged: what is durable is still what an
+    /// fdatasync covered, and a write-back error is reported to the next fdatasync (this call
+    /// does not wait, so it takes no error from the file's error sequence).
+    pub fn start_writeback(&self) {
+        if !self.sync {
+            return;
+        }
+        let from = self.written_back.load(Ordering::Relaxed);
+        let to = self.len() / 4096 * 4096;
+        if to < from + WRITEBACK_STEP {
+            return;
+        }
+        {
+            let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+            let a = &mut *appends;
+            if let Some(map) = a.map.as_ref() {
+                let end = to.min(map.len() as u64);
+                // SAFETY: `map` is the segment file's shared map (`map_raw` maps `MAP_SHARED`)
+                // and the range ends inside it (`end` is capped by its length). Nothing holds
+                // a reference into it: the writer copies through a raw pointer under
+                // `appends`, held here.
+                if end > a.unmapped
+                    && unsafe { populate::discard(map, a.unmapped as usize, (end - a.unmapped) as usize) }
+                {
+                    a.unmapped = end;
+                }
+            }
+        }
+        populate::start_writeback(self.file.as_file(), from, to - from);
+        self.written_back.store(to, Ordering::Relaxed);
+    }
+
     /// fdatasync, after [`unmap_for_writeback`](Self::unmap_for_writeback) (both no-ops when
     /// the backend runs with `sync: false`).
     pub fn sync(&self) -> Result<()> {
@@ -563,6 +618,55 @@ mod tests {
         expect.extend_from_slice(b"after");
         assert_eq!(seg.written(), &expect[..]);
         assert_eq!(&std::fs::read(&seg.path).unwrap()[..expect.len()], &expect[..]);
+    }
+
+    /// A write-back is asked for once a step's bytes are written since the last one (never
+    /// with `sync: false`); it covers the whole pages written, unmaps them from the writable map
+    /// as a sync does, and changes no byte: appends and a sync after it go on as before.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn writeback_starts_after_a_step_and_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let vfs: Arc<dyn Vfs> = Arc::new(crate::vfs::StdVfs);
+        let seg = Segment::create(dir.path(), &vfs, 1, 4 * RESERVE_STEP, true).unwrap();
+        let mut expect = seg.written().to_vec();
+        let append = |seg: &Segment, expect: &mut Vec<u8>, i: u32| {
+            let buf = vec![(i % 251) as u8 + 1; 4000];
+            seg.append(&buf, seg.len(), None).unwrap();
+            expect.extend_from_slice(&buf);
+        };
+        for i in 0..250u32 {
+            append(&seg, &mut expect, i);
+        }
+        assert!(!seg.wants_writeback(), "under a step: {} bytes", seg.len());
+        seg.start_writeback();
+        assert_eq!(seg.written_back.load(Ordering::Relaxed), SEGMENT_HEADER_LEN, "under a step, nothing is asked");
+        for i in 250..300u32 {
+            append(&seg, &mut expect, i);
+        }
+        assert!(seg.wants_writeback(), "past a step: {} bytes", seg.len());
+        let map = seg.appends.lock().unwrap().map.clone().expect("appends went through the map");
+        let resident = || populate::smaps_kib(map.as_ptr() as usize, "Rss:").expect("the map's Rss");
+        let before = resident();
+        seg.start_writeback();
+        let back = seg.written_back.load(Ordering::Relaxed);
+        assert_eq!(back, seg.len() / 4096 * 4096, "whole pages up to the end");
+        assert!(!seg.wants_writeback());
+        let after = resident();
+        assert!(after + 900 <= before, "the pages written back are unmapped: {before} -> {after} KiB");
+        assert_eq!(seg.written(), &expect[..]);
+        for i in 300..320u32 {
+            append(&seg, &mut expect, i);
+        }
+        seg.sync().unwrap();
+        assert_eq!(seg.written(), &expect[..]);
+        assert_eq!(&std::fs::read(&seg.path).unwrap()[..expect.len()], &expect[..]);
+
+        let unsynced = Segment::create(dir.path(), &vfs, 2, 4 * RESERVE_STEP, false).unwrap();
+        for i in 0..300u32 {
+            unsynced.append(&[i as u8; 4000], unsynced.len(), None).unwrap();
+        }
+        assert!(!unsynced.wants_writeback(), "a backend that does not sync writes nothing back");
     }
 
     /// Settling reads a sealed segment again in huge pages without changing a byte; it leaves a
