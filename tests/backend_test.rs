@@ -806,22 +806,11 @@ impl logtree::vfs::Vfs for DirSyncLog {
     ) -> std::io::Result<Box<dyn logtree::vfs::VfsFile>> {
         logtree::vfs::StdVfs.open(path, mode)
     }
-    fn create_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
-        logtree::vfs::StdVfs.create_dir_all(path)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        logtree::vfs::StdVfs.rename(from, to)
-    }
-    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
-        logtree::vfs::StdVfs.remove_file(path)
-    }
     fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
         self.0.lock().unwrap().push(path.to_path_buf());
         logtree::vfs::StdVfs.sync_dir(path)
     }
-    fn read_dir(&self, path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-        logtree::vfs::StdVfs.read_dir(path)
-    }
+    common::real_directory_ops!(@but_sync_dir);
 }
 
 /// Creating a database in a new directory makes the directory itself durable: each directory
