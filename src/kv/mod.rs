@@ -343,7 +343,12 @@ fn scan(
             }
             r => r?,
         };
-        rev = r.rev;
+        // The first page was read at the current revision, which `r.rev` is; the others are
+        // read at it too. (`r.rev` of a later page is the store's current revision then, not the
+        // one read at: taking it would move the walk forward page by page.)
+        if rev == 0 {
+            rev = r.rev;
+        }
         let more = r.count > r.kvs.len();
         let Some(last) = r.kvs.last().map(|kv| kv.key.clone()) else { return Ok(()) };
         let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
