@@ -976,3 +976,35 @@ fn ranges_below_a_compaction_in_pieces_are_whole_or_compacted() {
     }
     eprintln!("whole reads {}, compacted {}", whole.load(Relaxed), compacted.load(Relaxed));
 }
+
+/// A watcher asking for previous values, registered while the feed holds revisions without
+/// them, reads those from history (with their previous values) and the rest from the feed —
+/// and the watchers already reading the feed keep reading it: a compaction after the
+/// registration ends none of them. (Registering one used to restart the feed, sending every
+/// watcher to history for revisions it was live for, where the compaction ended it with
+/// `Compacted`; found by review.)
+#[test]
+fn a_prev_kv_watcher_registering_sends_no_live_watcher_to_history() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    let live = s.watch_with(b"k", b"", WatchOptions { start_rev: 0, prev_kv: false }).unwrap();
+    let r1 = s.put(b"k", b"1", 0).unwrap();
+    let r2 = s.put(b"k", b"2", 0).unwrap();
+    let with_prev = s.watch_with(b"k", b"", WatchOptions { start_rev: r1, prev_kv: true }).unwrap();
+    let r3 = s.put(b"k", b"3", 0).unwrap();
+    let wait = Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = with_prev.recv_timeout(wait).unwrap().expect("an event with its previous value");
+        got.push((e.kv.mod_revision, e.prev_kv.map(|p| p.value)));
+    }
+    assert_eq!(got, [(r1, None), (r2, Some(b"1".to_vec())), (r3, Some(b"2".to_vec()))]);
+    s.compact(s.current_revision()).unwrap();
+    let mut revs = Vec::new();
+    while revs.len() < 3 {
+        let e = live.recv_timeout(wait).unwrap().expect("the live watcher's events");
+        assert!(e.prev_kv.is_none(), "it did not ask for previous values");
+        revs.push(e.kv.mod_revision);
+    }
+    assert_eq!(revs, [r1, r2, r3]);
+}

@@ -670,7 +670,7 @@ impl KvStore {
             return Err(Error::Compacted { requested: start_rev, compacted: st.compacted });
         }
         let next = if start_rev == 0 || start_rev > st.current { start_rev.max(st.current + 1) } else { start_rev };
-        self.inner.hub.catch_up(st.current + 1, prev_kv);
+        self.inner.hub.catch_up(st.current + 1);
         drop(st);
         let inner: Arc<dyn watch::History + Send + Sync> = self.inner.clone();
         let history = Arc::downgrade(&inner);

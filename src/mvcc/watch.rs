@@ -234,11 +234,12 @@ struct Feed {
     bytes: usize,
     /// The revision the next append gets.
     next_rev: i64,
-    /// Whether every revision in the feed carries its events' previous values. The writer
-    /// reads them only while a watcher asks for them (`WatchOptions::prev_kv`); a watcher
-    /// that asks when they are missing restarts the feed, and reads older revisions from
-    /// history.
-    with_prev: bool,
+    /// From which revision on every revision in the feed carries its events' previous values.
+    /// The writer reads them only while a watcher asks for them (`WatchOptions::prev_kv`); a
+    /// watcher that asks for them reads the revisions before this one from history. (The feed
+    /// is not restarted for it: that would send every other watcher still reading the feed to
+    /// history too, where a compaction could end a watch that had kept up.)
+    prev_from: i64,
 }
 
 impl Feed {
@@ -311,7 +312,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Hub {
     pub fn new(next_rev: i64) -> Hub {
         Hub {
-            feed: Padded(Mutex::new(Feed { segments: VecDeque::new(), bytes: 0, next_rev, with_prev: true })),
+            feed: Padded(Mutex::new(Feed { segments: VecDeque::new(), bytes: 0, next_rev, prev_from: next_rev })),
             watchers: Padded(Registered::default()),
             waiting: Padded(AtomicUsize::new(0)),
             sleepers: Padded(Mutex::new(Vec::new())),
@@ -330,11 +331,10 @@ impl Hub {
     }
 
     /// Called by `watch`, serialized with the writer: if the feed fell behind while nobody
-    /// watched (the writer then appends nothing), or the new watcher wants previous values and
-    /// the feed lacks them, it restarts empty at `next_rev`.
-    pub fn catch_up(&self, next_rev: i64, prev_kv: bool) {
+    /// watched (the writer then appends nothing), it restarts empty at `next_rev`.
+    pub fn catch_up(&self, next_rev: i64) {
         let mut feed = lock(&self.feed);
-        if feed.next_rev != next_rev || (prev_kv && !feed.with_prev) {
+        if feed.next_rev != next_rev {
             // Sealed where it stopped, so that a watcher reading it, waiting for the next slot,
             // looks for the next revision in the restarted feed instead of waiting forever.
             if let Some((last, _)) = feed.segments.back() {
@@ -343,7 +343,7 @@ impl Hub {
             feed.segments.clear();
             feed.bytes = 0;
             feed.next_rev = next_rev;
-            feed.with_prev = true;
+            feed.prev_from = next_rev;
         }
     }
 
@@ -398,10 +398,13 @@ impl Hub {
         let _ = self.wake_all();
     }
 
-    fn position(&self, rev: i64) -> Position {
+    /// Where revision `rev` is for a watcher; `prev_kv`: one that wants previous values, for
+    /// which the feed's revisions without them are history.
+    fn position(&self, rev: i64, prev_kv: bool) -> Position {
         let feed = lock(&self.feed);
-        if rev < feed.first_rev() {
-            return Position::History(feed.first_rev());
+        let first = if prev_kv { feed.first_rev().max(feed.prev_from) } else { feed.first_rev() };
+        if rev < first {
+            return Position::History(first);
         }
         match feed.segments.iter().rev().find(|(s, _)| s.covers(rev)) {
             Some((s, _)) => Position::Feed(s.clone()),
@@ -446,7 +449,9 @@ impl FeedGuard<'_> {
             return false;
         }
         let feed = &mut *self.feed;
-        feed.with_prev &= with_prev;
+        if !with_prev {
+            feed.prev_from = rev + 1;
+        }
         if !feed.segments.back().is_some_and(|(s, _)| s.covers(rev)) {
             feed.segments.push_back((Arc::new(Segment::new(rev, &self.hub.spare)), 0));
         }
@@ -657,7 +662,7 @@ impl Watcher {
         if c.seg.as_ref().is_some_and(|s| s.covers(c.next_rev)) {
             return Ok(false); // waiting for the writer to append it
         }
-        match self.hub.position(c.next_rev) {
+        match self.hub.position(c.next_rev, self.prev_kv) {
             Position::Feed(seg) => {
                 c.seg = Some(seg);
                 Ok(true)
@@ -820,9 +825,9 @@ mod tests {
             let bytes = lock(&hub.feed).bytes;
             assert!(bytes <= FEED_BYTES, "revision {rev}: the feed holds {bytes} bytes");
         }
-        assert!(matches!(hub.position(1), Position::History(_)), "old revisions come from history");
-        assert!(matches!(hub.position(100), Position::Feed(_)));
-        assert!(matches!(hub.position(101), Position::Ahead));
+        assert!(matches!(hub.position(1, false), Position::History(_)), "old revisions come from history");
+        assert!(matches!(hub.position(100, false), Position::Feed(_)));
+        assert!(matches!(hub.position(101, false), Position::Ahead));
         // Consecutive segments cover consecutive revisions, with no gap where one was sealed.
         let feed = lock(&hub.feed);
         let first = feed.first_rev();
