@@ -1008,3 +1008,26 @@ fn a_prev_kv_watcher_registering_sends_no_live_watcher_to_history() {
     }
     assert_eq!(revs, [r1, r2, r3]);
 }
+
+/// A watcher of a key written once, after a long history of another key, from revision 2: its
+/// history is read in many bounded reads (each holding the store's lock briefly), and it gets
+/// its one event, with a timeout or by polling with none.
+#[test]
+fn a_narrow_watch_over_a_long_history_gets_its_event() {
+    let d = tempfile::tempdir().unwrap();
+    let s = store_at(d.path());
+    for i in 0..20_000 {
+        s.put(b"a", format!("{i}").as_bytes(), 0).unwrap();
+    }
+    let rev = s.put(b"b", b"1", 0).unwrap();
+    let waiting = s.watch_with(b"b", b"", WatchOptions { start_rev: 2, prev_kv: false }).unwrap();
+    let e = waiting.recv_timeout(Duration::from_secs(10)).unwrap().expect("the event");
+    assert_eq!((e.kv.key.as_slice(), e.kv.mod_revision), (&b"b"[..], rev));
+    let polling = s.watch_with(b"b", b"", WatchOptions { start_rev: 2, prev_kv: false }).unwrap();
+    let e = loop {
+        if let Some(e) = polling.recv_timeout(Duration::ZERO).unwrap() {
+            break e;
+        }
+    };
+    assert_eq!(e.kv.mod_revision, rev);
+}

@@ -59,6 +59,11 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 pub const HISTORY_BATCH: usize = 1024;
 /// Bytes of values (and previous values) a watcher reads from history at a time, likewise.
 pub const HISTORY_BYTES: usize = 16 << 20;
+/// Entries of the `key` bucket a watcher looks at in one history read, whether in its range or
+/// not (whole revisions, so it may be more): the read holds the store's index lock, which a
+/// writer waits for, so a watcher of a rarely written key starting far back must not walk the
+/// whole history in one read.
+pub const HISTORY_SCAN: usize = 4096;
 
 /// Bytes of a segment's storage block: revisions' events are copied one after another into
 /// blocks of this size (one of its own for a larger revision).
@@ -511,8 +516,9 @@ impl Ended {
 }
 
 /// Reads the store's history for a watcher: the events of revisions `from..to` in `key..end`,
-/// whole revisions, about `HISTORY_BATCH` events or `HISTORY_BYTES` of values at most; returns
-/// them and the revision after the last one read.
+/// whole revisions, about `HISTORY_BATCH` events, `HISTORY_BYTES` of values or `HISTORY_SCAN`
+/// entries looked at, at most; returns them (possibly none) and the revision after the last one
+/// read.
 pub(crate) trait History {
     /// `prev_kv`: whether to read each event's previous value.
     fn read(&self, key: &[u8], end: &[u8], from: i64, to: i64, prev_kv: bool) -> Result<(Vec<WatchEvent>, i64)>;
@@ -594,6 +600,16 @@ impl Watcher {
                 return Ok(n);
             }
             match self.refill(&mut c) {
+                Ok(true) if !timeout.is_zero() && c.seg.is_none() && c.backlog.is_empty() => {
+                    // A history read found nothing in range: read on, unless the time is up.
+                    // (Each read holds the store's lock for a bounded walk; a long history of
+                    // other keys takes many.)
+                    let now = Instant::now();
+                    if now >= *until.get_or_insert_with(|| now + timeout.min(FOREVER)) {
+                        return Ok(0);
+                    }
+                    continue;
+                }
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
