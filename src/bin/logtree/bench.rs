@@ -49,6 +49,9 @@ const DEFAULT_KEYS: u64 = 1_000_000;
 const DEFAULT_VALUE_SIZE: u64 = 150;
 const DEFAULT_MVCC_KEYS: u64 = 100_000;
 const DEFAULT_MVCC_VALUE_SIZE: u64 = 256;
+/// `--watch-streams` when not given: etcd's `benchmark watch-latency` serves its watchers over
+/// 10 streams (10 watchers each by default), not one stream per watcher.
+const DEFAULT_WATCH_STREAMS: u64 = 10;
 
 /// Which phases `bench` runs. A load phase always runs first: the others need its keys
 /// (`load` for the engine's workloads, `mvcc-load` for the MVCC ones).
@@ -160,12 +163,13 @@ pub struct BenchArgs {
     /// Which phases to run (a load always runs first).
     #[arg(long, value_name = "W", value_enum, default_value_t = Workload::All)]
     pub workload: Workload,
-    /// Watchers of every key in the mvcc-watch phase (each with a thread receiving its events).
+    /// Watchers of every key in the mvcc-watch phase (received by `--watch-streams` threads).
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub watchers: u64,
     /// Threads that receive the mvcc-watch phase's watchers, each serving an equal share of
-    /// them in turn, as etcd's benchmark multiplexes watchers over its streams (default: one
-    /// thread per watcher).
+    /// them in turn, as etcd's benchmark multiplexes watchers over its streams. Default 10
+    /// (at most one per watcher), etcd's `watch-latency` default (10 streams of 10 watchers);
+    /// `--watch-streams` equal to `--watchers` gives each watcher a thread of its own.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub watch_streams: Option<u64>,
     /// Ask mvcc-watch's watchers for previous values (etcd's `WithPrevKV`): the writer then
@@ -196,7 +200,7 @@ impl BenchArgs {
 
     /// The threads receiving mvcc-watch's watchers: `--watch-streams`, at most one per watcher.
     pub fn watch_streams(&self) -> u64 {
-        self.watch_streams.unwrap_or(self.watchers).clamp(1, self.watchers)
+        self.watch_streams.unwrap_or(DEFAULT_WATCH_STREAMS).clamp(1, self.watchers)
     }
 
     /// `--keys`, or the workload's default.

@@ -478,9 +478,21 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Delays a watcher keeps before it records them in its histogram, all at once.
+///
+/// Why not record each one as it comes: a histogram of three significant digits spreads
+/// delays of 1–10 ms over some 27 KB of counters, a hundred watchers' histograms over 2.7 MB,
+/// and a watcher came back to its own only after the others' and the feed's bytes had pushed it
+/// out of the cache. Every recording was a miss: a quarter of the watchers' time with 10
+/// streams, taken from the writer it measures. Recorded a few thousand at a time, the
+/// counters they hit stay in the cache for the rest of the batch.
+const DELAYS_BATCH: usize = 4096;
+
 /// What one watcher's thread saw.
 struct Received {
     delays: Sample,
+    /// Delays not yet in `delays` (see `DELAYS_BATCH`).
+    pending: Vec<Duration>,
     received: u64,
     out_of_order: u64,
     wrong_prev: u64,
@@ -489,6 +501,14 @@ struct Received {
     next: i64,
     /// When it had received everything.
     done: Option<Instant>,
+}
+
+impl Received {
+    fn record_pending(&mut self) {
+        for d in self.pending.drain(..) {
+            self.delays.record(d);
+        }
+    }
 }
 
 /// The body of a receiving thread (a stream): serves its watchers in turn until each has
@@ -510,6 +530,7 @@ fn receive(
         .map(|_| {
             Ok(Received {
                 delays: Sample::new()?,
+                pending: Vec::with_capacity(DELAYS_BATCH),
                 received: 0,
                 out_of_order: 0,
                 wrong_prev: 0,
@@ -547,6 +568,7 @@ fn receive(
             }
         }
     }
+    rs.iter_mut().for_each(Received::record_pending);
     Ok(rs)
 }
 
@@ -574,7 +596,10 @@ fn take(w: &Watcher, prev_kv: bool, r: &mut Received, timeout: Duration, stamps:
             if d.is_zero() {
                 r.early += 1;
             }
-            r.delays.record(d);
+            r.pending.push(d);
+            if r.pending.len() == DELAYS_BATCH {
+                r.record_pending();
+            }
         }
     })?;
     Ok(n)
