@@ -84,7 +84,14 @@ impl<'a> Reader<'a> {
 
     pub fn scan(&self, bucket: &[u8], start: &[u8], end: Option<&[u8]>) -> Result<Iter<'a>> {
         let tree = &self.bucket(bucket)?.tree;
-        Ok(Iter { inner: tree.range(start, end), reader: *self })
+        let it = Iter { inner: tree.range(start, end), reader: *self };
+        // `next` asks for the value `SCAN_PREFETCH_AHEAD` entries on; the ones before that
+        // are asked for here, so that a short scan's first values are not read one miss after
+        // another.
+        for n in 0..SCAN_PREFETCH_AHEAD {
+            it.prefetch_value(n);
+        }
+        Ok(it)
     }
 
     pub fn range(&self, bucket: &[u8], start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -133,13 +140,21 @@ impl<'a> Iterator for Iter<'a> {
         // Neighbouring keys' values lie wherever they were written in the log, each a cache
         // (and often a TLB) miss of its own; asking for the value a few entries ahead lets
         // those misses overlap instead of following one another.
-        if let Some(ahead) = self.inner.peek_value(SCAN_PREFETCH_AHEAD)
+        self.prefetch_value(SCAN_PREFETCH_AHEAD);
+        let (k, v) = self.inner.next()?;
+        Some(self.reader.value(v).map(|v| (k, v)))
+    }
+}
+
+impl Iter<'_> {
+    /// Asks for the first bytes of the value `n` entries after the next one.
+    #[inline]
+    fn prefetch_value(&self, n: usize) {
+        if let Some(ahead) = self.inner.peek_value(n)
             && let Some(bytes) = self.reader.values.value(ahead)
         {
             crate::prefetch::prefetch_all(&bytes[..bytes.len().min(SCAN_PREFETCH_BYTES)]);
         }
-        let (k, v) = self.inner.next()?;
-        Some(self.reader.value(v).map(|v| (k, v)))
     }
 }
 
