@@ -49,6 +49,13 @@ impl<T> WriterFirstLock<T> {
         drop(turn);
         guard
     }
+
+    /// Whether exclusive access could be had right now (nobody holds the lock), without
+    /// waiting or taking it.
+    #[cfg(test)]
+    pub fn is_free(&self) -> bool {
+        self.lock.try_write().is_ok()
+    }
 }
 
 #[cfg(test)]

@@ -147,6 +147,7 @@ impl Segment {
     }
 
     /// The events of `rev`, if the writer has appended it. Requires `covers(rev)`.
+    #[cfg(test)]
     fn get(&self, rev: i64) -> Option<&[u8]> {
         self.appended().get(rev)
     }
@@ -276,6 +277,9 @@ pub(crate) struct Hub {
     watchers: Padded<Registered>,
     /// Watchers waiting for a revision.
     waiting: Padded<AtomicUsize>,
+    /// The feed's `next_rev`, for a waiting watcher to check without the feed's lock whether
+    /// the revision it waits for has been appended (see `appended_past`).
+    next_rev: Padded<AtomicI64>,
     /// The threads of waiting watchers, to unpark. Not a condition variable: woken at once, a
     /// hundred watchers then queued on its mutex, each put back to sleep and woken again, and
     /// the scheduling took more of a 2-core machine than their reading did.
@@ -320,6 +324,7 @@ impl Hub {
             feed: Padded(Mutex::new(Feed { segments: VecDeque::new(), bytes: 0, next_rev, prev_from: next_rev })),
             watchers: Padded(Registered::default()),
             waiting: Padded(AtomicUsize::new(0)),
+            next_rev: Padded(AtomicI64::new(next_rev)),
             sleepers: Padded(Mutex::new(Vec::new())),
             closed: AtomicBool::new(false),
             spare: Arc::default(),
@@ -349,6 +354,7 @@ impl Hub {
             feed.bytes = 0;
             feed.next_rev = next_rev;
             feed.prev_from = next_rev;
+            self.next_rev.store(next_rev, Ordering::SeqCst);
         }
     }
 
@@ -417,8 +423,15 @@ impl Hub {
         }
     }
 
-    /// Waits until `ready` holds, the hub closes, or `until` (at most one wait slice).
-    fn wait(&self, until: Instant, ready: impl Fn() -> bool) {
+    /// Whether revision `rev` is below the feed's next one: appended, or gone from the feed
+    /// to history. Either way a watcher waiting for it has something to do.
+    fn appended_past(&self, rev: i64) -> bool {
+        self.next_rev.load(Ordering::SeqCst) > rev
+    }
+
+    /// Waits until `ready` holds, the hub closes, or `until` (at most one wait slice). Returns
+    /// whether `ready` held when checked, before any wait.
+    fn wait(&self, until: Instant, ready: impl Fn() -> bool) -> bool {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         // On the list before `ready` is checked: a revision appended after the check finds
@@ -428,7 +441,8 @@ impl Hub {
         // lock orders it before the check). `close` is ordered likewise.
         let me = Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
         lock(&self.sleepers).push(me.clone());
-        if !ready() && !self.closed.load(Ordering::SeqCst) {
+        let ready = ready();
+        if !ready && !self.closed.load(Ordering::SeqCst) {
             std::thread::park_timeout(until.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
         }
         if !me.woken.load(Ordering::Acquire) {
@@ -436,6 +450,7 @@ impl Hub {
             lock(&self.sleepers).retain(|s| !Arc::ptr_eq(s, &me));
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        ready
     }
 }
 
@@ -469,6 +484,7 @@ impl FeedGuard<'_> {
         }
         feed.bytes += len;
         feed.next_rev = rev + 1;
+        self.hub.next_rev.store(rev + 1, Ordering::SeqCst);
         // Never the segment being filled: it holds the revision just appended.
         while feed.segments.len() > KEPT_SEGMENTS || (feed.segments.len() > 1 && feed.bytes > FEED_BYTES) {
             if let Some((_, bytes)) = feed.segments.pop_front() {
@@ -568,6 +584,11 @@ impl Watcher {
     /// feed rather than copied for each watcher, which is what makes many watchers cheap: use
     /// this rather than [`recv_timeout`](Self::recv_timeout) to keep up with a busy store.
     ///
+    /// If `f` panics, the panic goes on to the caller and the watch stays usable: the next
+    /// call hands out again the event `f` panicked on, and with it the events of the same
+    /// revision that came before it (a revision counts as delivered once all of its events
+    /// were), so a caller that catches the panic may see some events twice but never misses one.
+    ///
     /// ```
     /// use std::{sync::Arc, time::Duration};
     /// let (backend, _dir) = logtree::Backend::open_temp()?;
@@ -631,10 +652,18 @@ impl Watcher {
             if now >= until {
                 return Ok(0);
             }
-            let next = c.next_rev;
-            let seg = c.seg.clone();
-            self.hub.wait(until, || seg.as_ref().is_some_and(|s| s.covers(next) && s.get(next).is_some()));
+            self.wait_for_next(&c, until);
         }
+    }
+
+    /// Waits (one wait slice at most, see `Hub::wait`) for the revision after the cursor's;
+    /// returns whether it was there already. The check asks the hub, not the cursor's
+    /// segment: a cursor with no segment yet (its revision was ahead of the feed) or at the end
+    /// of a sealed one would otherwise miss a revision appended between its last look and its
+    /// wait, for which nobody wakes it, and sleep the whole slice (found by review).
+    fn wait_for_next(&self, c: &Cursor, until: Instant) -> bool {
+        let next = c.next_rev;
+        self.hub.wait(until, || self.hub.appended_past(next))
     }
 
     /// Hands out up to `max` events from the backlog, then from the feed segment the cursor is
@@ -643,8 +672,11 @@ impl Watcher {
     fn deliver(&self, c: &mut Cursor, max: usize, f: &mut impl FnMut(&WatchEventRef<'_>)) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(e) = c.backlog.pop_front() else { break };
+            // Taken off only once `f` returns, as events of the feed are: if `f` panics, the
+            // next call hands the event out again rather than losing it.
+            let Some(e) = c.backlog.front() else { break };
             f(&e.as_ref());
+            c.backlog.pop_front();
             n += 1;
         }
         if n > 0 || !c.backlog.is_empty() {
@@ -746,6 +778,56 @@ mod tests {
     /// A segment's storage gives back exactly the bytes pushed, for revisions that fill a block
     /// exactly, overflow it, exceed a block on their own, or are empty; nothing is readable
     /// before it is pushed, and earlier revisions stay intact while later ones are written.
+    struct NoHistory;
+    impl History for NoHistory {
+        fn read(&self, _: &[u8], _: &[u8], _: i64, _: i64, _: bool) -> Result<(Vec<WatchEvent>, i64)> {
+            unreachable!("the feed holds every revision of these tests")
+        }
+    }
+
+    fn one_put(rev: i64) -> EventsBuf {
+        let kv =
+            crate::mvcc::KeyValue { key: b"k".to_vec(), value: b"v".to_vec(), mod_revision: rev, ..Default::default() };
+        let mut e = EventsBuf::default();
+        e.push(EventKind::Put, &kv.encode(), None);
+        e
+    }
+
+    /// A watcher whose next revision had no segment yet when it looked (ahead of the feed),
+    /// and which the writer appends before the watcher waits, finds it when it goes to wait
+    /// instead of sleeping its whole wait slice: nobody wakes it, since nobody waited when the
+    /// writer appended. (Found by review: the check before parking looked only in the
+    /// cursor's segment, which it did not have.)
+    #[test]
+    fn a_revision_appended_before_the_wait_is_seen_by_it() {
+        let history: Arc<dyn History + Send + Sync> = Arc::new(NoHistory);
+        // Ahead of the feed: no segment yet.
+        let hub = Arc::new(Hub::new(1));
+        let w = Watcher::new(b"k".to_vec(), Vec::new(), false, 1, hub.clone(), Arc::downgrade(&history));
+        let mut c = lock(&w.cursor);
+        assert_eq!(w.deliver(&mut c, usize::MAX, &mut |_| {}), 0);
+        assert!(!w.refill(&mut c).unwrap(), "nothing to read yet");
+        assert!(c.seg.is_none(), "revision 1 is ahead of the feed");
+        assert!(!hub.lock_feed().append(1, one_put(1), false), "nobody waits yet, so nobody is woken");
+        let until = Instant::now() + Duration::from_secs(60);
+        assert!(w.wait_for_next(&c, until), "revision 1 was appended before the wait");
+        drop(c);
+        // After a segment sealed early (its events reached their share of the feed's bytes)
+        // and read to its end, the next revision is ahead of the feed again.
+        let mut c = lock(&w.cursor);
+        assert_eq!(w.deliver(&mut c, usize::MAX, &mut |_| {}), 0, "not in a segment yet");
+        assert!(w.refill(&mut c).unwrap());
+        assert_eq!(w.deliver(&mut c, usize::MAX, &mut |_| {}), 1);
+        c.seg.as_ref().unwrap().end_rev.store(2, Ordering::Release);
+        assert!(!w.refill(&mut c).unwrap(), "revision 2 is ahead of the feed");
+        assert!(!hub.lock_feed().append(2, one_put(2), false));
+        assert!(w.wait_for_next(&c, until), "revision 2 was appended before the wait");
+        // And with nothing appended, the wait does wait (and finds nothing).
+        assert!(w.refill(&mut c).unwrap());
+        assert_eq!(w.deliver(&mut c, usize::MAX, &mut |_| {}), 1);
+        assert!(!w.wait_for_next(&c, Instant::now() + Duration::from_millis(1)));
+    }
+
     #[test]
     fn segment_blocks_return_every_revision_intact() {
         let seg = Segment::new(100, &Arc::default());
