@@ -1185,6 +1185,37 @@ mod tests {
         assert_eq!(got, [(txn.revision, b"b".to_vec())], "the one event in range, once");
     }
 
+    /// A call that does not wait (`try_recv`) reads a bounded part of history: a watcher of a
+    /// key written once, at the end of a long history of other keys, gets `None` from the first
+    /// call instead of walking all of it, and later calls go on from where it stopped and find
+    /// the event, once. (Found by review: `try_recv` read history until it found an event.)
+    #[test]
+    fn a_call_that_does_not_wait_reads_a_bounded_part_of_history() {
+        let (backend, _dir) = Backend::open_temp().unwrap();
+        let store = KvStore::open(Arc::new(backend)).unwrap();
+        let n = (watch::NO_WAIT_HISTORY_READS + 2) * watch::HISTORY_SCAN;
+        for i in 0..n {
+            store.put(b"a", i.to_string().as_bytes(), 0).unwrap();
+        }
+        let rev = store.put(b"b", b"1", 0).unwrap();
+        // Nobody watched the puts, so from revision 2 on everything is history.
+        let w = store.watch(b"b", b"", 2).unwrap();
+        assert_eq!(w.try_recv().unwrap(), None, "the first call stops before the end of history");
+        let mut calls = 1;
+        let event = loop {
+            calls += 1;
+            assert!(calls <= n / watch::HISTORY_SCAN + 2, "{calls} calls and no event");
+            if let Some(e) = w.try_recv().unwrap() {
+                break e;
+            }
+        };
+        assert_eq!((event.kv.key.as_slice(), event.kv.mod_revision), (&b"b"[..], rev));
+        assert_eq!(w.try_recv().unwrap(), None);
+        store.put(b"b", b"2", 0).unwrap();
+        let next = w.recv_timeout(Duration::from_secs(10)).unwrap().expect("the next put");
+        assert_eq!(next.kv.mod_revision, rev + 1);
+    }
+
     /// Twice the cores at a time, and never more than `WAKE_GROUPS_MAX` groups, so that waking
     /// any number of watchers takes a bounded time.
     #[test]

@@ -22,14 +22,15 @@
 //! **Waking.** A watcher with nothing to read puts its thread on the hub's list of sleepers and
 //! parks it. The writer does not wake it: if anyone waits, it asks the store's notifier thread (a non-blocking send
 //! to a channel of one slot), which wakes the waiters a few at a time and then pauses briefly,
-//! so that wake-ups are batched and the writer makes at most one cheap system call per pause. A 10 ms timeout on
-//! every wait bounds the delay if a wake-up is ever missed.
+//! so that wake-ups are batched and the writer makes at most one cheap system call per pause. A
+//! waiting watcher sleeps until it is woken or its caller's timeout ends, never polls: an idle
+//! watcher costs no CPU, however many there are.
 //!
 //! Every watcher remembers `next_rev`, the first revision it has not been given, and only moves
 //! it forward, so it never loses or repeats an event. Dropping a [`Watcher`] ends it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU8, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -53,8 +54,9 @@ pub const KEPT_SEGMENTS: usize = 64;
 pub const FEED_BYTES: usize = 64 << 20;
 /// The longest wait a watcher's timeout stands for (over a century): longer ones are capped.
 const FOREVER: Duration = Duration::from_secs(1 << 32);
-/// The longest a watcher sleeps before it looks again, whether woken or not.
-const WAIT_SLICE: Duration = Duration::from_millis(10);
+/// Sleepers that timed out stay on the hub's list, marked, until this many (or as many as there
+/// are watchers waiting, if more) have piled up: then the list is swept.
+const SWEEP_LEFT: usize = 64;
 /// Events a watcher reads from history at a time (whole revisions, so it may be more).
 pub const HISTORY_BATCH: usize = 1024;
 /// Bytes of values (and previous values) a watcher reads from history at a time, likewise.
@@ -64,6 +66,9 @@ pub const HISTORY_BYTES: usize = 16 << 20;
 /// writer waits for, so a watcher of a rarely written key starting far back must not walk the
 /// whole history in one read.
 pub const HISTORY_SCAN: usize = 4096;
+/// History reads that find nothing in range a call that does not wait (`try_recv`, a zero
+/// timeout) makes at most before it returns empty-handed: about 16,000 entries of other keys.
+pub const NO_WAIT_HISTORY_READS: usize = 4;
 
 /// Bytes of a segment's storage block: revisions' events are copied one after another into
 /// blocks of this size (one of its own for a larger revision).
@@ -283,17 +288,41 @@ pub(crate) struct Hub {
     /// The threads of waiting watchers, to unpark. Not a condition variable: woken at once, a
     /// hundred watchers then queued on its mutex, each put back to sleep and woken again, and
     /// the scheduling took more of a 2-core machine than their reading did.
-    sleepers: Padded<Mutex<Vec<Arc<Sleeper>>>>,
+    sleepers: Padded<Mutex<Sleepers>>,
     closed: AtomicBool,
     /// Storage for new segments (see [`Spare`]).
     spare: Arc<Mutex<Spare>>,
+    /// How many times a watcher parked (tests count them).
+    #[cfg(test)]
+    parks: AtomicUsize,
+}
+
+/// The waiting watchers' threads.
+#[derive(Default)]
+struct Sleepers {
+    list: Vec<Arc<Sleeper>>,
+    /// About how many on `list` have left (timed out): a hint for when to sweep it, which may
+    /// count one that a wake-up took off meanwhile.
+    left: usize,
 }
 
 /// A parked watcher's thread.
 struct Sleeper {
     thread: std::thread::Thread,
-    /// Set when the notifier takes it off the list (before it unparks it).
-    woken: AtomicBool,
+    /// `WAITING`, then `WOKEN` (by the notifier, which then unparks it) or `LEFT` (by the
+    /// watcher, which timed out), whichever comes first.
+    state: AtomicU8,
+}
+
+const WAITING: u8 = 0;
+const WOKEN: u8 = 1;
+const LEFT: u8 = 2;
+
+impl Sleeper {
+    /// Moves it out of `WAITING`; false if something else did first.
+    fn leave(&self, to: u8) -> bool {
+        self.state.compare_exchange(WAITING, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 /// How many watchers are registered, and how many of them want previous values.
@@ -325,9 +354,11 @@ impl Hub {
             watchers: Padded(Registered::default()),
             waiting: Padded(AtomicUsize::new(0)),
             next_rev: Padded(AtomicI64::new(next_rev)),
-            sleepers: Padded(Mutex::new(Vec::new())),
+            sleepers: Padded(Mutex::default()),
             closed: AtomicBool::new(false),
             spare: Arc::default(),
+            #[cfg(test)]
+            parks: AtomicUsize::new(0),
         }
     }
 
@@ -389,18 +420,24 @@ impl Hub {
     /// Those taken off the list but not yet woken stay parked until their group's turn: at
     /// worst a revision reaches them a few milliseconds later, never not at all.
     pub fn wake_staggered(&self, group: impl FnOnce(usize) -> usize, gap: Duration) -> usize {
-        let sleepers = std::mem::take(&mut *lock(&self.sleepers));
-        let group = group(sleepers.len()).max(1);
-        for (i, chunk) in sleepers.chunks(group).enumerate() {
+        let taken = std::mem::take(&mut *lock(&self.sleepers)).list;
+        // Those that already left are skipped (and so are any that leave before their turn).
+        let waiting: Vec<Arc<Sleeper>> =
+            taken.into_iter().filter(|s| s.state.load(Ordering::Acquire) == WAITING).collect();
+        let group = group(waiting.len()).max(1);
+        let mut woken = 0;
+        for (i, chunk) in waiting.chunks(group).enumerate() {
             if i > 0 && !gap.is_zero() {
                 std::thread::sleep(gap);
             }
             for s in chunk {
-                s.woken.store(true, Ordering::Release);
-                s.thread.unpark();
+                if s.leave(WOKEN) {
+                    s.thread.unpark();
+                    woken += 1;
+                }
             }
         }
-        sleepers.len()
+        woken
     }
 
     /// Ends every watch: the store is gone.
@@ -429,8 +466,14 @@ impl Hub {
         self.next_rev.load(Ordering::SeqCst) > rev
     }
 
-    /// Waits until `ready` holds, the hub closes, or `until` (at most one wait slice). Returns
-    /// whether `ready` held when checked, before any wait.
+    /// Waits until `ready` holds, the hub closes, or `until`; returns whether `ready` held when
+    /// checked, before any wait. It may return early (a spurious unpark): callers look again.
+    ///
+    /// It does not poll: it relies on being woken, which the ordering below guarantees. (It
+    /// used to wake every 10 ms to look again "in case a wake-up was missed", so each idle
+    /// watcher cost a hundred wake-ups a second, and each of those a sweep of the whole list:
+    /// with thousands of idle watchers, a core. A missed wake-up would now show as a watcher
+    /// stuck until its timeout, which the tests would see, rather than as 10 ms of delay.)
     fn wait(&self, until: Instant, ready: impl Fn() -> bool) -> bool {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -439,15 +482,24 @@ impl Hub {
         // takes the list after this push (the list's lock orders them) and unparks this thread,
         // or, if it took the list before the push, the append is visible to `ready` (the same
         // lock orders it before the check). `close` is ordered likewise.
-        let me = Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) });
-        lock(&self.sleepers).push(me.clone());
+        let me = Arc::new(Sleeper { thread: std::thread::current(), state: AtomicU8::new(WAITING) });
+        lock(&self.sleepers).list.push(me.clone());
         let ready = ready();
         if !ready && !self.closed.load(Ordering::SeqCst) {
-            std::thread::park_timeout(until.saturating_duration_since(Instant::now()).min(WAIT_SLICE));
+            #[cfg(test)]
+            self.parks.fetch_add(1, Ordering::Relaxed);
+            std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
         }
-        if !me.woken.load(Ordering::Acquire) {
-            // Timed out (or woken spuriously): still on the list, unless just taken off.
-            lock(&self.sleepers).retain(|s| !Arc::ptr_eq(s, &me));
+        if me.leave(LEFT) {
+            // Timed out (or unparked spuriously) and still on the list: it stays there, marked,
+            // and the list is swept once enough have left, so that leaving costs O(1) however
+            // many watchers wait (it used to sweep the list every time).
+            let mut sleepers = lock(&self.sleepers);
+            sleepers.left += 1;
+            if sleepers.left > SWEEP_LEFT.max(self.waiting.load(Ordering::Relaxed)) {
+                sleepers.list.retain(|s| s.state.load(Ordering::Acquire) == WAITING);
+                sleepers.left = 0;
+            }
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         ready
@@ -574,7 +626,12 @@ impl Watcher {
         Ok(first)
     }
 
-    /// The next event if one is ready.
+    /// The next event if one is ready. It does not wait, and it reads a bounded part of
+    /// history (four reads of at most 4,096 entries, and only when the watcher is behind): a
+    /// watcher of a rarely written key that starts far in the past may get `Ok(None)` while
+    /// its next event is still further on in history; each call goes on from where the last
+    /// one stopped. The same holds for [`recv_with`](Self::recv_with) and
+    /// [`recv_timeout`](Self::recv_timeout) with a zero timeout.
     pub fn try_recv(&self) -> Result<Option<WatchEvent>> {
         self.recv_timeout(Duration::ZERO)
     }
@@ -611,6 +668,7 @@ impl Watcher {
         // The deadline is read from the clock only once there is nothing to deliver: a busy
         // reader calls this with a zero timeout for every batch.
         let mut until = None;
+        let mut empty_reads = 0;
         let mut c = lock(&self.cursor);
         loop {
             if let Some(e) = c.ended {
@@ -621,10 +679,18 @@ impl Watcher {
                 return Ok(n);
             }
             match self.refill(&mut c) {
-                Ok(true) if !timeout.is_zero() && c.seg.is_none() && c.backlog.is_empty() => {
+                Ok(true) if c.seg.is_none() && c.backlog.is_empty() => {
                     // A history read found nothing in range: read on, unless the time is up.
                     // (Each read holds the store's lock for a bounded walk; a long history of
-                    // other keys takes many.)
+                    // other keys takes many.) A call that does not wait reads a bounded number
+                    // of times, so that it returns at once however long that history is.
+                    if timeout.is_zero() {
+                        empty_reads += 1;
+                        if empty_reads >= NO_WAIT_HISTORY_READS {
+                            return Ok(0);
+                        }
+                        continue;
+                    }
                     let now = Instant::now();
                     if now >= *until.get_or_insert_with(|| now + timeout.min(FOREVER)) {
                         return Ok(0);
@@ -656,11 +722,12 @@ impl Watcher {
         }
     }
 
-    /// Waits (one wait slice at most, see `Hub::wait`) for the revision after the cursor's;
-    /// returns whether it was there already. The check asks the hub, not the cursor's
+    /// Waits (until `until`, or a wake-up; see `Hub::wait`) for the revision after the
+    /// cursor's; returns whether it was there already. The check asks the hub, not the cursor's
     /// segment: a cursor with no segment yet (its revision was ahead of the feed) or at the end
     /// of a sealed one would otherwise miss a revision appended between its last look and its
-    /// wait, for which nobody wakes it, and sleep the whole slice (found by review).
+    /// wait, for which nobody wakes it (found by review: it then slept its 10 ms poll, and would
+    /// now sleep until its timeout).
     fn wait_for_next(&self, c: &Cursor, until: Instant) -> bool {
         let next = c.next_rev;
         self.hub.wait(until, || self.hub.appended_past(next))
@@ -757,10 +824,8 @@ mod tests {
     fn staggered_wakes_reach_every_waiting_watcher() {
         for (waiting, group) in [(0, 4), (1, 4), (7, 3), (100, 4), (250, 5), (9, usize::MAX)] {
             let hub = Hub::new(1);
-            let sleepers: Vec<Arc<Sleeper>> = (0..waiting)
-                .map(|_| Arc::new(Sleeper { thread: std::thread::current(), woken: AtomicBool::new(false) }))
-                .collect();
-            lock(&hub.sleepers).extend(sleepers.iter().cloned());
+            let sleepers: Vec<Arc<Sleeper>> = (0..waiting).map(|_| sleeper()).collect();
+            lock(&hub.sleepers).list.extend(sleepers.iter().cloned());
             let mut seen = None;
             let woken = hub.wake_staggered(
                 |n| {
@@ -770,9 +835,68 @@ mod tests {
                 Duration::from_micros(1),
             );
             assert_eq!((woken, seen), (waiting, Some(waiting)));
-            assert!(sleepers.iter().all(|s| s.woken.load(Ordering::Acquire)), "{waiting} in groups of {group}");
-            assert!(lock(&hub.sleepers).is_empty());
+            assert!(
+                sleepers.iter().all(|s| s.state.load(Ordering::Acquire) == WOKEN),
+                "{waiting} in groups of {group}"
+            );
+            assert!(lock(&hub.sleepers).list.is_empty());
         }
+    }
+
+    fn sleeper() -> Arc<Sleeper> {
+        Arc::new(Sleeper { thread: std::thread::current(), state: AtomicU8::new(WAITING) })
+    }
+
+    /// A sleeper that left (timed out) is neither woken nor counted, and one woken first cannot
+    /// leave: each sleeper ends exactly one way.
+    #[test]
+    fn a_sleeper_is_either_woken_or_gone() {
+        let hub = Hub::new(1);
+        let sleepers: Vec<Arc<Sleeper>> = (0..10).map(|_| sleeper()).collect();
+        lock(&hub.sleepers).list.extend(sleepers.iter().cloned());
+        for s in sleepers.iter().step_by(3) {
+            assert!(s.leave(LEFT));
+        }
+        assert_eq!(hub.wake_staggered(|n| n, Duration::ZERO), 6, "10 waited, 4 left");
+        for (i, s) in sleepers.iter().enumerate() {
+            let want = if i % 3 == 0 { LEFT } else { WOKEN };
+            assert_eq!(s.state.load(Ordering::Acquire), want, "sleeper {i}");
+            assert!(!s.leave(LEFT), "sleeper {i} already ended");
+        }
+    }
+
+    /// An idle watcher waits for its whole timeout in one sleep, not in slices: it used to
+    /// wake every 10 ms to look again, so that thousands of idle watchers kept a core busy.
+    /// The sleepers that time out are swept from the list in bulk, so it stays bounded.
+    #[test]
+    fn an_idle_watcher_sleeps_until_its_timeout() {
+        let history: Arc<dyn History + Send + Sync> = Arc::new(NoHistory);
+        let hub = Arc::new(Hub::new(1));
+        let w = Watcher::new(b"k".to_vec(), Vec::new(), false, 1, hub.clone(), Arc::downgrade(&history));
+        let timeout = Duration::from_millis(300);
+        let start = Instant::now();
+        assert_eq!(w.recv_timeout(timeout).unwrap(), None);
+        assert!(start.elapsed() >= timeout, "returned after {:?}", start.elapsed());
+        let parks = hub.parks.load(Ordering::Relaxed);
+        // One, and a spurious unpark or two at most (a 10 ms poll made it 30).
+        assert!((1..=3).contains(&parks), "{parks} sleeps for one timeout");
+        for _ in 0..10 * SWEEP_LEFT {
+            assert_eq!(w.recv_timeout(Duration::from_micros(1)).unwrap(), None);
+        }
+        let listed = lock(&hub.sleepers).list.len();
+        assert!(listed <= SWEEP_LEFT + 1, "{listed} timed-out sleepers still listed");
+        // And a revision still wakes a waiting watcher at once.
+        let waiter = std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| w.recv_timeout(Duration::from_secs(60)));
+            while hub.waiting.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            if hub.lock_feed().append(1, one_put(1), false) {
+                hub.wake_all();
+            }
+            waiting.join().unwrap()
+        });
+        assert_eq!(waiter.unwrap().map(|e| e.kv.mod_revision), Some(1));
     }
 
     /// A segment's storage gives back exactly the bytes pushed, for revisions that fill a block
