@@ -70,6 +70,9 @@ pub const HISTORY_SCAN: usize = 4096;
 /// timeout) makes at most before it returns empty-handed: about 16,000 entries of other keys.
 pub const NO_WAIT_HISTORY_READS: usize = 4;
 
+/// Bytes of a block the writer asks the cache for ahead of its appends (a few revisions').
+const WRITE_AHEAD: usize = 1024;
+
 /// Bytes of a segment's storage block: revisions' events are copied one after another into
 /// blocks of this size (one of its own for a larger revision).
 const BLOCK_BYTES: usize = 64 << 10;
@@ -92,8 +95,11 @@ pub(crate) struct Segment {
     /// Where each revision's events are in `blocks`, encoded (see `EventsBuf`).
     slots: Box<[Slot]>,
     /// The storage. Only the writer locks it, to append; watchers read published bytes through
-    /// their slots' pointers, never through this.
-    blocks: Mutex<Vec<Vec<u8>>>,
+    /// their slots' pointers, never through this. On cache lines of its own: the writer locks
+    /// and unlocks it for every revision, and on the lines of `first_rev` and `end_rev`, which
+    /// every watcher reads for every revision, each unlock waited for the line to come back
+    /// from the watchers' core (the unlock alone was half of the watched writer's `append`).
+    blocks: Padded<Mutex<Vec<Vec<u8>>>>,
     /// Where the slots and the standard-sized blocks go when the segment is dropped, for the
     /// segments after it.
     spare: Arc<Mutex<Spare>>,
@@ -140,7 +146,7 @@ impl Segment {
             end_rev: AtomicI64::new(i64::MAX),
             published: Padded(AtomicUsize::new(0)),
             slots,
-            blocks: Mutex::new(Vec::new()),
+            blocks: Padded(Mutex::new(Vec::new())),
             spare: spare.clone(),
         }
     }
@@ -214,6 +220,11 @@ impl Segment {
         }
         // SAFETY: the `need` bytes after the old length were initialized just above.
         unsafe { block.set_len(start + need) };
+        // The next revisions' bytes go after these, into memory not touched since the block
+        // was last used (or ever): asked for now, their lines are in the cache when they are
+        // written, instead of each write missing and the feed's unlock waiting for all of them.
+        let ahead = (block.capacity() - block.len()).min(WRITE_AHEAD);
+        crate::prefetch::prefetch_range(block.as_ptr() as usize + block.len(), ahead);
         let ptr = block.as_ptr().wrapping_add(start).cast_mut();
         self.slots[i].ptr.store(ptr, Ordering::Relaxed);
         self.slots[i].len.store(need, Ordering::Relaxed);
@@ -228,7 +239,7 @@ impl Drop for Segment {
             spare.slots.push(std::mem::take(&mut self.slots));
         }
         let room = SPARE_BLOCKS.saturating_sub(spare.blocks.len());
-        let blocks = self.blocks.get_mut().unwrap_or_else(|e| e.into_inner());
+        let blocks = self.blocks.0.get_mut().unwrap_or_else(|e| e.into_inner());
         spare.blocks.extend(blocks.extract_if(.., |b| b.capacity() == BLOCK_BYTES).take(room).map(|mut b| {
             b.clear();
             b
