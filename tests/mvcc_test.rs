@@ -1068,3 +1068,31 @@ fn a_panicking_watch_callback_loses_no_event() {
     let keys: Vec<Vec<u8>> = ["x", "a", "a", "b", "z"].iter().map(|k| k.as_bytes().to_vec()).collect();
     assert_eq!(seen, keys, "the event panicked on, again");
 }
+
+/// A thread waiting on a watcher does not hold up another thread's call on the same watcher:
+/// a `try_recv` returns at once, and an event goes to exactly one of them. (Found by review:
+/// the waiting call held the watcher's cursor for its whole timeout, so the `try_recv` waited
+/// that long too.)
+#[test]
+fn a_waiting_call_does_not_hold_up_another_threads_call_on_the_same_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_at(dir.path());
+    let w = store.watch(b"k", b"", 0).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let got = w.recv_timeout(Duration::from_secs(60));
+            done_tx.send(()).unwrap();
+            got
+        });
+        // Give the waiter time to start waiting (if it has not, the try_recv below proves
+        // nothing but still passes).
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(w.try_recv().unwrap(), None, "nothing written yet");
+        assert!(done_rx.try_recv().is_err(), "the try_recv returned while the other call waits");
+        let rev = store.put(b"k", b"v", 0).unwrap();
+        let got = waiter.join().unwrap().unwrap();
+        assert_eq!(got.map(|e| e.kv.mod_revision), Some(rev), "the waiting call gets the event");
+        assert_eq!(w.try_recv().unwrap(), None, "and only it");
+    });
+}

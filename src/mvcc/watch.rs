@@ -604,6 +604,10 @@ pub(crate) trait History {
 }
 
 /// A watch on a key range; see [`crate::mvcc::KvStore::watch`]. Dropping it cancels the watch.
+///
+/// `Sync`: several threads may receive from one watcher; each event goes to one of them, in
+/// order, and a call waiting for events does not hold up another's (a `try_recv` returns at
+/// once).
 pub struct Watcher {
     pub(crate) key: Vec<u8>,
     pub(crate) end: Vec<u8>,
@@ -729,18 +733,22 @@ impl Watcher {
             if now >= until {
                 return Ok(0);
             }
-            self.wait_for_next(&c, until);
+            // Not holding the cursor: another thread's call on this watcher (a `try_recv`)
+            // would otherwise wait out this one's whole timeout (found by review).
+            let next = c.next_rev;
+            drop(c);
+            self.wait_for_next(next, until);
+            c = lock(&self.cursor);
         }
     }
 
-    /// Waits (until `until`, or a wake-up; see `Hub::wait`) for the revision after the
-    /// cursor's; returns whether it was there already. The check asks the hub, not the cursor's
+    /// Waits (until `until`, or a wake-up; see `Hub::wait`) for revision `next`, the cursor's
+    /// next; returns whether it was there already. The check asks the hub, not the cursor's
     /// segment: a cursor with no segment yet (its revision was ahead of the feed) or at the end
     /// of a sealed one would otherwise miss a revision appended between its last look and its
     /// wait, for which nobody wakes it (found by review: it then slept its 10 ms poll, and would
     /// now sleep until its timeout).
-    fn wait_for_next(&self, c: &Cursor, until: Instant) -> bool {
-        let next = c.next_rev;
+    fn wait_for_next(&self, next: i64, until: Instant) -> bool {
         self.hub.wait(until, || self.hub.appended_past(next))
     }
 
@@ -945,7 +953,7 @@ mod tests {
         assert!(c.seg.is_none(), "revision 1 is ahead of the feed");
         assert!(!hub.lock_feed().append(1, one_put(1), false), "nobody waits yet, so nobody is woken");
         let until = Instant::now() + Duration::from_secs(60);
-        assert!(w.wait_for_next(&c, until), "revision 1 was appended before the wait");
+        assert!(w.wait_for_next(c.next_rev, until), "revision 1 was appended before the wait");
         drop(c);
         // After a segment sealed early (its events reached their share of the feed's bytes)
         // and read to its end, the next revision is ahead of the feed again.
@@ -956,11 +964,11 @@ mod tests {
         c.seg.as_ref().unwrap().end_rev.store(2, Ordering::Release);
         assert!(!w.refill(&mut c).unwrap(), "revision 2 is ahead of the feed");
         assert!(!hub.lock_feed().append(2, one_put(2), false));
-        assert!(w.wait_for_next(&c, until), "revision 2 was appended before the wait");
+        assert!(w.wait_for_next(c.next_rev, until), "revision 2 was appended before the wait");
         // And with nothing appended, the wait does wait (and finds nothing).
         assert!(w.refill(&mut c).unwrap());
         assert_eq!(w.deliver(&mut c, usize::MAX, &mut |_| {}), 1);
-        assert!(!w.wait_for_next(&c, Instant::now() + Duration::from_millis(1)));
+        assert!(!w.wait_for_next(c.next_rev, Instant::now() + Duration::from_millis(1)));
     }
 
     #[test]
