@@ -150,13 +150,23 @@ impl fmt::Display for Error {
             Error::Corruption { file, offset, reason } => {
                 write!(f, "corruption in {} at offset {offset}: {reason}", file.display())
             }
-            Error::NotLogtree { file } => write!(f, "{} is not a logtree file", file.display()),
-            Error::UnsupportedVersion { file, version } => {
-                write!(f, "{} has format version {version}, which this build does not read", file.display())
+            // Both are read from the file header (DESIGN.md §2.1): the magic at offset 0, the
+            // version at offset 8. Named, so that a damaged header is found as other damage is.
+            Error::NotLogtree { file } => {
+                write!(f, "{} is not a logtree file (no logtree magic at offset 0)", file.display())
             }
+            Error::UnsupportedVersion { file, version } => write!(
+                f,
+                "{} has format version {version} (at offset 8), which this build does not read",
+                file.display()
+            ),
             Error::BucketNotFound { bucket } => write!(f, "bucket {} not found", fmt_bytes(bucket)),
             Error::Locked { path } => {
-                write!(f, "database {} is locked by another open Backend", path.display())
+                write!(
+                    f,
+                    "database {} is locked: another process, or another Backend of this one, has it open",
+                    path.display()
+                )
             }
             Error::ReadOnly => write!(f, "the backend is read-only"),
             Error::EmptyKey => write!(f, "keys and bucket names must not be empty"),

@@ -56,7 +56,8 @@ mod sync;
 pub mod vfs;
 
 pub use backend::{
-    Backend, BatchTx, DefragStats, ReadTx, RecoveryStats, Snapshot, SnapshotInfo, Stats, inspect_snapshot, restore,
+    Backend, BatchTx, DefragStats, ReadTx, RecoveryStats, Snapshot, SnapshotInfo, Stats, TornAt, inspect_snapshot,
+    restore,
 };
 pub use config::{
     Config, DEFAULT_BATCH_INTERVAL, DEFAULT_BATCH_LIMIT, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,

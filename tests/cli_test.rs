@@ -253,6 +253,9 @@ fn get_prints_text_or_hex() {
     assert!(line.contains("bucket \"nobucket\" not found"), "{line}");
     let line = logtree(["get", d, "bin", "0g", "--key-hex"]).fails(2);
     assert!(line.contains("not hex"), "{line}");
+    // No key is empty: asking for one is a bad argument, not a failure to find it.
+    let line = logtree(["get", d, "users", ""]).fails(2);
+    assert!(line.contains("KEY must not be empty"), "{line}");
 }
 
 fn hex(b: &[u8]) -> String {
@@ -725,4 +728,283 @@ fn bench_each_mvcc_workload_by_ops() {
     }
     logtree(["bench", "--workload", "mvcc", "--watchers", "0"]).fails(2);
     logtree(["bench", "--workload", "mvcc-txn-put", "--txn-compare", "maybe"]).fails(2);
+}
+
+// ----- Contract cases found by review: damage in the tail, odd names and paths, results files.
+
+/// A closed database of bucket `b`, three transactions of 50 keys of 200 B; its one segment.
+fn three_transactions(dir: &Path) -> PathBuf {
+    let db = Backend::open(config(dir)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.commit().unwrap();
+    for t in 0..3u32 {
+        let mut tx = db.batch_tx();
+        for i in 0..50u32 {
+            tx.put("b", format!("k-{t}-{i:04}"), [b'v'; 200]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    db.close().unwrap();
+    let mut segs = segments(dir);
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs.pop().unwrap()
+}
+
+#[test]
+fn check_tells_a_cut_write_from_damage_in_the_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let seg = three_transactions(&dir);
+    let orig = std::fs::read(&seg).unwrap();
+    let name = seg.file_name().unwrap().to_str().unwrap().to_string();
+    let check = || logtree([OsStr::new("check"), dir.as_os_str()]);
+
+    // The last transaction cut short, as a crash mid-write leaves it: its keys were never
+    // acknowledged; check passes and says what a read-write open will cut.
+    std::fs::write(&seg, &orig[..orig.len() - 300]).unwrap();
+    let text = check().ok();
+    assert!(text.contains("a cut write"), "{text}");
+
+    // The same transaction whole, with one byte changed: no crash writes that. The engine
+    // would cut it as a torn tail (it cannot be sure), so check reports it, with the place.
+    let mut flipped = orig.clone();
+    let at = orig.len() - 100;
+    flipped[at] ^= 0x01;
+    std::fs::write(&seg, &flipped).unwrap();
+    let line = check().fails(3);
+    assert!(line.contains(&name) && line.contains("offset") && line.contains("does not verify"), "{line}");
+    let text = logtree([OsStr::new("stats"), dir.as_os_str()]).ok();
+    assert!(text.contains("no mark of an interrupted write") && text.contains(&name), "{text}");
+    let open = open_ro(&dir);
+    let rec = open.recovery_stats();
+    assert!(rec.tail_damaged && !rec.lost_write, "{rec:?}");
+    let torn = rec.torn_at.expect("where the tail begins");
+    assert_eq!(torn.file_name(), name);
+    assert!(torn.offset < at as u64 && torn.offset + rec.torn_bytes == orig.len() as u64, "{rec:?}");
+    assert!(line.contains(&format!("offset {}", torn.offset)), "{line}");
+    drop(open);
+
+    // A sector of zeros inside the second transaction, whole transactions after it: a write
+    // lost out of order, or damage; either way a read-write open would drop complete ones.
+    let mut zeroed = orig.clone();
+    zeroed[1024..1536].fill(0);
+    std::fs::write(&seg, &zeroed).unwrap();
+    let line = check().fails(3);
+    assert!(line.contains(&name) && line.contains("complete transactions follow"), "{line}");
+
+    // None of this changed the file.
+    assert_eq!(std::fs::read(&seg).unwrap(), zeroed);
+}
+
+#[test]
+fn check_names_the_offset_of_a_damaged_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let seg = three_transactions(&dir);
+    let orig = std::fs::read(&seg).unwrap();
+    // The magic (offset 0) and the format version (offset 8).
+    for at in [0usize, 8] {
+        let mut bytes = orig.clone();
+        bytes[at] ^= 0x5a;
+        std::fs::write(&seg, &bytes).unwrap();
+        let line = logtree([OsStr::new("check"), dir.as_os_str()]).fails(3);
+        assert!(line.contains("seg-") && line.contains(&format!("offset {at}")), "byte {at}: {line}");
+    }
+}
+
+#[test]
+fn a_bucket_whose_name_is_not_text_can_be_named_in_hex() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let db = Backend::open(config(&dir)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket([0xffu8]).unwrap();
+    tx.put([0xffu8], "k", "binary").unwrap();
+    // A text bucket spelled as the other's hex.
+    tx.create_bucket("ff").unwrap();
+    tx.put("ff", "k", "text").unwrap();
+    tx.commit().unwrap();
+    db.close().unwrap();
+    let d = p(&dir);
+    let text = logtree(["stats", d]).ok();
+    let lines: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("ff ")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.iter().filter(|l| l.contains("(name in hex: --bucket-hex)")).count(), 1, "{text}");
+    assert_eq!(logtree(["get", d, "ff", "k"]).ok(), "text\n");
+    assert_eq!(logtree(["get", d, "ff", "k", "--bucket-hex"]).ok(), "binary\n");
+    assert_eq!(logtree(["keys", d, "0xff", "--bucket-hex"]).ok(), "k\n");
+    assert_eq!(logtree(["dump", d, "FF", "--bucket-hex"]).ok(), "k\tbinary\n");
+    let line = logtree(["keys", d, "fe", "--bucket-hex"]).fails(1);
+    assert!(line.contains("fe (hex) not found"), "{line}");
+    logtree(["keys", d, "f", "--bucket-hex"]).fails(2);
+}
+
+#[test]
+fn json_output_takes_a_path_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(OsStr::from_bytes(b"db-\xff"));
+    three_transactions(&dir);
+    let run = logtree([OsStr::new("stats"), dir.as_os_str(), OsStr::new("--json")]);
+    let v: serde_json::Value = serde_json::from_str(&run.ok()).expect("stats --json is JSON");
+    assert_eq!(v["path"].as_str().unwrap(), dir.to_string_lossy());
+    let image = tmp.path().join(OsStr::from_bytes(b"image-\xfe"));
+    logtree([OsStr::new("snapshot"), OsStr::new("save"), dir.as_os_str(), image.as_os_str()]).ok();
+    let run = logtree([OsStr::new("snapshot"), OsStr::new("status"), image.as_os_str(), OsStr::new("--json")]);
+    let v: serde_json::Value = serde_json::from_str(&run.ok()).expect("snapshot status --json is JSON");
+    assert_eq!(v["keys"].as_u64(), Some(150));
+}
+
+#[test]
+fn snapshot_commands_name_a_directory_given_as_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_image = tmp.path().join("not-an-image");
+    std::fs::create_dir(&not_image).unwrap();
+    let line = logtree([OsStr::new("snapshot"), OsStr::new("status"), not_image.as_os_str()]).fails(1);
+    assert!(line.contains("not-an-image") && line.contains("directory"), "{line}");
+    let target = tmp.path().join("target");
+    let args = [OsStr::new("snapshot"), OsStr::new("restore"), not_image.as_os_str(), target.as_os_str()];
+    let line = logtree(args).fails(1);
+    assert!(line.contains("not-an-image"), "{line}");
+    assert!(!target.exists(), "restore began a database from a directory");
+}
+
+#[test]
+fn a_saved_image_has_the_mode_the_umask_gives() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    three_transactions(&dir);
+    for (umask, mode) in [("022", 0o644), ("077", 0o600)] {
+        let image = tmp.path().join(format!("db-{umask}.snap"));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" snapshot save \"$1\" \"$2\""))
+            .arg(BIN)
+            .arg(&dir)
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let found = std::fs::metadata(&image).unwrap().permissions().mode() & 0o777;
+        assert_eq!(found, mode, "umask {umask}: mode {found:o}");
+    }
+}
+
+#[test]
+fn a_directory_that_cannot_be_searched_is_reported_as_such() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("db");
+    three_transactions(&dir);
+    let root = std::fs::metadata(&dir).unwrap().uid() == 0;
+    let run = if root {
+        // Permission bits do not bind root: the tool runs as nobody on a root-owned 0700 dir.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "stats"])
+            .arg(&dir)
+            .output()
+            .expect("setpriv (util-linux) runs the tool as another user");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    } else {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o600)).unwrap();
+        logtree([OsStr::new("stats"), dir.as_os_str()])
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let line = run.fails(1);
+    assert!(!line.contains("not a logtree database"), "{line}");
+    assert!(line.to_lowercase().contains("permission denied") && line.contains("MANIFEST"), "{line}");
+}
+
+#[test]
+fn bench_json_keeps_the_last_results_until_a_run_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results.json");
+    std::fs::write(&results, b"last week's results\n").unwrap();
+    // A run that fails at once (--dir is not empty) leaves them.
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("x"), b"x").unwrap();
+    let args = ["bench", "--keys", "100", "--dir", p(&busy), "--json", p(&results)];
+    let line = logtree(args).fails(1);
+    assert!(line.contains("not empty"), "{line}");
+    assert_eq!(std::fs::read(&results).unwrap(), b"last week's results\n");
+    // A run that succeeds replaces them, and no temporary file is left beside them.
+    let args = ["bench", "--keys", "1000", "--workload", "read", "--ops", "1000", "--no-sync", "--json", p(&results)];
+    logtree(args).ok();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    assert_eq!(v["settings"]["keys"].as_u64(), Some(1000));
+    let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn bench_json_is_written_when_the_reader_of_stdout_leaves() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let mut child = Command::new(BIN)
+        .args(["bench", "--keys", "20000", "--workload", "read", "--ops", "20000", "--no-sync", "--json", p(&json)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `| head -1`: one line read, then the pipe closed.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("logtree bench"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(v["phases"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+}
+
+#[test]
+fn bench_refuses_more_keys_than_memory_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .env("TMPDIR", tmp.path())
+        .args(["bench", "--workload", "mvcc-put", "--keys", "1e15", "--ops", "10", "--no-sync"])
+        .output()
+        .unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let line = run.fails(2);
+    assert!(line.contains("--keys") && line.contains("memory"), "{line}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "bench left {left:?}");
+}
+
+#[test]
+fn bench_takes_the_largest_op_count_without_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Two roles of --ops each: their total overflowed u64 (a panic where overflow is checked).
+    let mut child = Command::new(BIN)
+        .env("TMPDIR", tmp.path())
+        .args(["bench", "--keys", "100", "--workload", "mixed", "--ops", "1e19", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It has about 1e19 operations to do: alive after a second, it got past the setup.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let exited = child.try_wait().unwrap();
+    if exited.is_none() {
+        child.kill().unwrap();
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(exited.is_none(), "exited at once ({status:?}): {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
 }

@@ -966,6 +966,10 @@ fn power_cut_seed(seed: u64) {
         match Backend::open(Config { read_only: true, ..real_config(&dir) }) {
             Ok(ro) => {
                 h.check_recovered_keep(&ro, &format!("{ctx}: read-only open"));
+                // What a power cut leaves is a write cut short, never a tail that reads as
+                // damage (`logtree check` would call it so).
+                let rec = ro.recovery_stats();
+                assert!(!rec.tail_damaged, "{ctx}: a power cut left a tail that reads as damage: {rec:?}");
             }
             Err(e) => assert_eq!(h.acked, 0, "{ctx}: read-only open failed: {e}"),
         }

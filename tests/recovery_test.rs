@@ -725,6 +725,8 @@ struct Expect {
     torn: u64,
     /// The torn tail begins with a lost write (valid frames follow it).
     lost_write: bool,
+    /// `RecoveryStats::tail_damaged` expected, where the case decides it (`None`: not checked).
+    damaged: Option<bool>,
     /// The spanning-transaction sequence-gap bug applies (see
     /// `bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log`): skip the
     /// write in the recovering session and the `seq()` check, which that test covers.
@@ -740,13 +742,21 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     let k = exp.k as u64;
     let want_stats =
         RecoveryStats { transactions: k, torn_bytes: exp.torn, lost_write: exp.lost_write, ..RecoveryStats::default() };
+    // Where the tail begins and whether it reads as damage are checked apart (`exp.damaged`).
+    let found = |r: RecoveryStats| {
+        if let Some(d) = exp.damaged {
+            assert_eq!(r.tail_damaged, d, "{ctx}: tail_damaged: {r:?}");
+        }
+        assert!(r.torn_at.is_none() || r.torn_bytes > 0, "{ctx}: a torn_at without a torn tail: {r:?}");
+        RecoveryStats { torn_at: None, tail_damaged: false, ..r }
+    };
     let damaged = snapshot(dir);
 
     // Read-only: the prefix, no file touched, writes refused.
     {
         let db = Backend::open(ro_config(dir)).unwrap_or_else(|e| panic!("{ctx}: read-only open: {e}"));
         assert_state(&read_state(&db), want_k, &format!("{ctx} (read-only)"));
-        assert_eq!(db.recovery_stats(), want_stats, "{ctx} (read-only): recovery stats");
+        assert_eq!(found(db.recovery_stats()), want_stats, "{ctx} (read-only): recovery stats");
         let mut tx = db.batch_tx();
         let r = tx.put("alpha", "x", "y");
         assert!(matches!(r, Err(Error::ReadOnly)), "{ctx}: a read-only backend accepted a write: {r:?}");
@@ -758,7 +768,7 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     // Writable: the prefix, the tail cut off.
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     assert_state(&read_state(&db), want_k, ctx);
-    assert_eq!(db.recovery_stats(), want_stats, "{ctx}: recovery stats");
+    assert_eq!(found(db.recovery_stats()), want_stats, "{ctx}: recovery stats");
     let recovered_seq = db.read_tx().seq();
     b.assert_truncated_to(dir, exp.k, ctx);
     assert_eq!(db.stats().segments, segment_files(dir).len(), "{ctx}: stats().segments");
@@ -820,7 +830,8 @@ fn expect_for_last_cut(b: &Built, cut: u64) -> Expect {
     let torn = b.expected_torn(&lens, k);
     // Transaction k+1 is cut, and its first part lies in the segment before the last.
     let seq_gap_bug = !KNOWN_BUGS_FIXED && k < b.n() && b.spans[k + 1];
-    Expect { k, torn, lost_write: false, seq_gap_bug }
+    // A cut file is what a crash leaves: never damage.
+    Expect { k, torn, lost_write: false, damaged: Some(false), seq_gap_bug }
 }
 
 /// 1a/1g: the last segment cut at every byte.
@@ -1036,10 +1047,17 @@ fn flipped_byte_in_the_last_segment() {
                 flip(dir, &name, pos);
             } else {
                 // The last frame damaged: a torn tail; everything but the last transaction.
+                // A byte of the frame's body changed, in a frame with no mark of a cut write
+                // (its last byte not zero, no zeroed sector): damage, which `check` reports.
+                let frame = &b.seg_bytes(b.last)[last_frame.start as usize..last_frame.end as usize];
+                let unmarked =
+                    frame.last() != Some(&0) && !frame.chunks(512).any(|c| c.len() == 512 && c.iter().all(|&x| x == 0));
+                let in_body = pos >= last_frame.start + 16 && pos + 1 < last_frame.end;
                 let exp = Expect {
                     k: b.n() - 1,
                     torn: last_frame.end - last_frame.start,
                     lost_write: false,
+                    damaged: (in_body && unmarked).then_some(true),
                     seq_gap_bug: false,
                 };
                 check_recovers(&b, dir, &exp, &ctx);
@@ -1065,7 +1083,7 @@ fn check_lost_write(b: &Built, dir: &Path, z0: u64, z1: u64, ctx: &str) {
     fs::write(&path, &bytes).expect("write segment");
     let k = b.txs_within(b.last, damaged.start);
     let seq_gap_bug = !KNOWN_BUGS_FIXED && k < b.n() && b.spans[k + 1];
-    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), lost_write: true, seq_gap_bug };
+    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), lost_write: true, damaged: Some(false), seq_gap_bug };
     check_recovers(b, dir, &exp, ctx);
 }
 
@@ -1125,7 +1143,8 @@ fn sync_failed_cuts_the_log_after_its_transaction() {
     let k = b.n() - 2;
     restore(dir, &b.files);
     fs::write(dir.join("SYNC-FAILED"), file_header(1, KIND_SYNC_FAILED, k as u64)).unwrap();
-    let exp = Expect { k, torn: b.expected_torn(&b.lens, k), lost_write: false, seq_gap_bug: false };
+    let exp =
+        Expect { k, torn: b.expected_torn(&b.lens, k), lost_write: false, damaged: Some(false), seq_gap_bug: false };
     check_recovers(&b, dir, &exp, "SYNC-FAILED two transactions before the end");
 
     restore(dir, &b.files);
@@ -1156,7 +1175,7 @@ fn zero_filled_tail_is_truncated() {
         let mut bytes = orig.clone();
         bytes.resize(orig.len() + zeros, 0);
         fs::write(&path, &bytes).expect("append zeros");
-        let exp = Expect { k: b.n(), torn: zeros as u64, lost_write: false, seq_gap_bug: false };
+        let exp = Expect { k: b.n(), torn: zeros as u64, lost_write: false, damaged: Some(false), seq_gap_bug: false };
         check_recovers(&b, dir, &exp, &format!("{zeros} zeros appended"));
     }
 
@@ -1168,7 +1187,7 @@ fn zero_filled_tail_is_truncated() {
         bytes.resize(orig.len() + extra, 0);
         fs::write(&path, &bytes).expect("zero the last frame");
         let torn = last_frame.end - last_frame.start + extra as u64;
-        let exp = Expect { k: b.n() - 1, torn, lost_write: false, seq_gap_bug: false };
+        let exp = Expect { k: b.n() - 1, torn, lost_write: false, damaged: Some(false), seq_gap_bug: false };
         check_recovers(&b, dir, &exp, &format!("last frame zeroed, {extra} zeros appended"));
     }
 
@@ -1203,7 +1222,8 @@ fn garbage_tail_is_truncated() {
         }
         restore(dir, &b.files);
         fs::write(&path, &bytes).expect("append garbage");
-        let exp = Expect { k: b.n(), torn: len as u64, lost_write: false, seq_gap_bug: false };
+        // Random bytes: damage unless they happen to carry a mark of a cut write.
+        let exp = Expect { k: b.n(), torn: len as u64, lost_write: false, damaged: None, seq_gap_bug: false };
         check_recovers(&b, dir, &exp, &format!("round {round}: {len} bytes of garbage appended"));
     }
 }
@@ -1535,7 +1555,7 @@ fn bug_write_after_recovering_an_unfinished_multi_frame_tx_corrupts_the_log() {
     let part = seal_frame(&payload, b.n() as u64 + 1);
     bytes.extend_from_slice(&part);
     fs::write(dir.join(seg_name(b.last)), &bytes).expect("append part");
-    let exp = Expect { k: b.n(), torn: part.len() as u64, lost_write: false, seq_gap_bug: false };
+    let exp = Expect { k: b.n(), torn: part.len() as u64, lost_write: false, damaged: Some(false), seq_gap_bug: false };
     check_recovers(&b, dir, &exp, "trailing TX_PART frame");
 
     // (4) Every cut of the built log that leaves such a transaction unfinished.

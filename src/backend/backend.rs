@@ -73,10 +73,43 @@ pub struct RecoveryStats {
     /// verifying frames after it, which a power cut during an fdatasync can leave (DESIGN.md
     /// §6) — rather than at the end of what was written. Counted in `torn_bytes` too.
     pub lost_write: bool,
+    /// Where the torn tail's first frame that does not verify begins, if the tail has one (a
+    /// tail of zeros has one too: its "frame" of zeros). `None` without a torn tail, or when
+    /// the log ends where a transaction's last part would begin.
+    pub torn_at: Option<TornAt>,
+    /// The torn tail does not read as an interrupted write: its first frame is whole (the file
+    /// holds all the bytes its length claims), fails its checksum, and shows none of the marks
+    /// a write cut by a crash leaves (zeros where bytes were never written; DESIGN.md §6) —
+    /// bytes changed on the disk, as a flipped byte in the last transaction of a cleanly
+    /// closed database does. A read-write open cuts the tail all the same (it cannot tell
+    /// such damage from a crash for certain); `logtree check` reports it as damage, so that it
+    /// is looked at before that open. Not set when `lost_write` is.
+    pub tail_damaged: bool,
     /// The last segment was read from the disk rather than the page cache: an fdatasync of it
     /// failed (this open's own, or an earlier open's, which left `SYNC-FAILED`), so cached pages
     /// of it could hold what the disk lost (DESIGN.md §6).
     pub reread_from_disk: bool,
+}
+
+/// A place in the log: a segment and a byte offset in its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornAt {
+    /// The segment's id (its file is [`TornAt::file_name`]).
+    pub segment: u32,
+    /// Byte offset in the segment's file.
+    pub offset: u64,
+}
+
+impl TornAt {
+    /// The segment's file name in the database directory.
+    ///
+    /// ```
+    /// let at = logtree::TornAt { segment: 3, offset: 96 };
+    /// assert_eq!(at.file_name(), "seg-0000000003.log");
+    /// ```
+    pub fn file_name(&self) -> String {
+        crate::log::segment::segment_file_name(self.segment)
+    }
 }
 
 /// Figures about a backend, for monitoring and for `logtree stats`.
@@ -171,6 +204,8 @@ impl Backend {
                 transactions: rec.transactions,
                 torn_bytes: rec.torn_bytes,
                 lost_write: rec.lost_write,
+                torn_at: rec.torn_at.map(|(segment, offset)| TornAt { segment, offset }),
+                tail_damaged: rec.tail_damaged,
                 reread_from_disk: rec.reread_from_disk,
             },
             closed: false,

@@ -10,7 +10,7 @@ mod hash;
 mod read_tx;
 mod snapshot;
 
-pub use backend::{Backend, RecoveryStats, Stats};
+pub use backend::{Backend, RecoveryStats, Stats, TornAt};
 pub use batch_tx::BatchTx;
 pub(crate) use batch_tx::check_key;
 pub use defrag::DefragStats;

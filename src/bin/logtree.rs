@@ -70,10 +70,13 @@ enum Command {
     Get {
         /// Database directory.
         dir: PathBuf,
-        /// Bucket name.
+        /// Bucket name (hex with --bucket-hex).
         bucket: String,
         /// The key (hex with --key-hex).
         key: String,
+        /// The BUCKET argument is hex (for names that are not text; `stats` shows them in hex).
+        #[arg(long)]
+        bucket_hex: bool,
         /// The KEY argument is hex (for binary keys).
         #[arg(long)]
         key_hex: bool,
@@ -85,8 +88,11 @@ enum Command {
     Keys {
         /// Database directory.
         dir: PathBuf,
-        /// Bucket name.
+        /// Bucket name (hex with --bucket-hex).
         bucket: String,
+        /// The BUCKET argument is hex (for names that are not text; `stats` shows them in hex).
+        #[arg(long)]
+        bucket_hex: bool,
         /// Only keys starting with P (hex with --key-hex).
         #[arg(long, value_name = "P")]
         prefix: Option<String>,
@@ -104,8 +110,11 @@ enum Command {
     Dump {
         /// Database directory.
         dir: PathBuf,
-        /// Bucket name.
+        /// Bucket name (hex with --bucket-hex).
         bucket: String,
+        /// The BUCKET argument is hex (for names that are not text; `stats` shows them in hex).
+        #[arg(long)]
+        bucket_hex: bool,
         /// At most N entries.
         #[arg(long, value_name = "N", value_parser = util::parse_count)]
         limit: Option<u64>,
@@ -170,14 +179,16 @@ fn run(cli: Cli, out: &mut Out) -> CliResult<()> {
         Command::Bench(args) => bench::run(out, &args),
         Command::Stats { dir, json } => inspect::stats(out, &dir, json),
         Command::Check { dir } => inspect::check(out, &dir),
-        Command::Get { dir, bucket, key, key_hex, hex } => inspect::get(out, &dir, &bucket, &key, key_hex, hex),
+        Command::Get { dir, bucket, key, bucket_hex, key_hex, hex } => {
+            inspect::get(out, &dir, &util::key_arg(&bucket, bucket_hex)?, &key, key_hex, hex)
+        }
         // `keys` and `dump` list alike; `dump` adds the values.
-        Command::Keys { dir, bucket, prefix, limit, key_hex, hex }
-        | Command::Dump { dir, bucket, prefix, limit, key_hex, hex } => inspect::list(
+        Command::Keys { dir, bucket, bucket_hex, prefix, limit, key_hex, hex }
+        | Command::Dump { dir, bucket, bucket_hex, prefix, limit, key_hex, hex } => inspect::list(
             out,
             &inspect::Listing {
                 dir: &dir,
-                bucket: &bucket,
+                bucket: &util::key_arg(&bucket, bucket_hex)?,
                 prefix: prefix.as_deref(),
                 key_hex,
                 limit,

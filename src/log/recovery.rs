@@ -47,6 +47,10 @@ pub struct Recovered {
     pub torn_bytes: u64,
     /// The torn tail began with a write lost out of order: valid frames followed it.
     pub lost_write: bool,
+    /// Where the first frame that does not verify begins: (segment id, offset).
+    pub torn_at: Option<(u32, u64)>,
+    /// That frame does not read as an interrupted write (see `reads_as_interrupted_write`).
+    pub tail_damaged: bool,
     /// The last segment was read from the disk, not the page cache, because an fdatasync of
     /// it failed (this open's, or an earlier open's that left `SYNC-FAILED`).
     pub reread_from_disk: bool,
@@ -126,6 +130,8 @@ pub fn open_log(
             format!("the log ends before transaction {durable}, which SYNC-FAILED says was on the disk"),
         ));
     }
+    // By id: the segments after the end of the last transaction leave the list below.
+    let torn_at = scan.torn_at.map(|(si, off)| (segments[si].id, off));
     let last = segments.len() - 1;
     let end_of_data = segments[last].len();
     let (end_seg, end_off) = scan.valid_end;
@@ -163,6 +169,8 @@ pub fn open_log(
         transactions: scan.transactions,
         torn_bytes,
         lost_write: scan.lost_write,
+        torn_at,
+        tail_damaged: scan.tail_damaged,
         reread_from_disk,
     })
 }
@@ -293,6 +301,8 @@ fn create_log(o: &OpenOptions<'_>) -> Result<Recovered> {
         transactions: 0,
         torn_bytes: 0,
         lost_write: false,
+        torn_at: None,
+        tail_damaged: false,
         reread_from_disk: false,
     })
 }
@@ -323,6 +333,10 @@ struct Scan {
     transactions: u64,
     /// The scan stopped at damage that a verifying frame follows: a write lost out of order.
     lost_write: bool,
+    /// (segment index, offset) of the frame that did not verify, where the scan stopped.
+    torn_at: Option<(usize, u64)>,
+    /// That frame does not read as an interrupted write.
+    tail_damaged: bool,
 }
 
 /// A transaction whose `FRAME_TX_PART` frames have been seen but not its final frame.
@@ -348,6 +362,8 @@ fn scan<'a>(
     let mut valid_end = (0usize, SEGMENT_HEADER_LEN);
     let mut transactions = 0u64;
     let mut lost_write = false;
+    let mut torn_at = None;
+    let mut tail_damaged = false;
     // Operations of complete transactions not yet handed to `apply`: consecutive transactions
     // are applied together (see `REPLAY_BATCH_OPS`).
     let mut ops: Vec<Op<'a>> = Vec::new();
@@ -378,7 +394,10 @@ fn scan<'a>(
                         ));
                     }
                     lost_write = true;
+                } else {
+                    tail_damaged = !reads_as_interrupted_write(data, off);
                 }
+                torn_at = Some((si, off as u64));
                 break 'segments; // a torn tail
             };
             // A frame that verifies but does not follow is no torn write: frames or segments
@@ -440,7 +459,7 @@ fn scan<'a>(
     // The parts of an unfinished transaction lie beyond `valid_end` and are cut off with the
     // tail, so its number is free again: the next transaction takes it.
     let next_seq = pending.as_ref().map_or(expected, |p| p.seq);
-    Ok(Scan { valid_end, next_seq, transactions, lost_write })
+    Ok(Scan { valid_end, next_seq, transactions, lost_write, torn_at, tail_damaged })
 }
 
 /// Complete transactions are handed to `apply` in runs of at least this many operations (or
@@ -519,6 +538,38 @@ fn lost_write_between(data: &[u8], from: usize, to: usize, seq: u64) -> bool {
     false
 }
 
+/// Whether the frame at `off` of the last segment, which does not verify and has no verifying
+/// frame after it, carries a mark an interrupted write leaves: the file ends inside it (a cut),
+/// its header is zeros, or its length is (never written: the space past the log's end is
+/// zeros), it ends in a zero byte (a copy or write-back cut short stores a frame's last bytes
+/// last), or it holds a zeroed sector (one the disk never got, as `lost_write_between`).
+///
+/// A torn tail is cut either way (no crash can be told apart from this damage for certain, and
+/// the rule in the module's comment stands); this only tells `RecoveryStats::tail_damaged`, so
+/// that `logtree check` can report a tail that no interrupted write explains: a whole frame
+/// with a length a writer writes and no zeros where one would have left them — a flipped byte
+/// in the last transaction of a cleanly closed log reads so. A value ending in a zero byte
+/// makes such damage read as an interrupted write: the rule errs towards not crying wolf
+/// after every crash, as etcd's torn-write test (a zeroed sector) does.
+fn reads_as_interrupted_write(data: &[u8], off: usize) -> bool {
+    let rest = &data[off..];
+    let Some(header) = rest.get(..FRAME_HEADER_LEN) else { return true };
+    let len = format::read_u32(header, 4).unwrap_or(0);
+    if header.iter().all(|&b| b == 0) || len == 0 {
+        return true;
+    }
+    if (len as usize) < format::FRAME_PREFIX_LEN || len > format::MAX_FRAME_PAYLOAD {
+        return false; // a length no writer writes
+    }
+    let Some(frame) = rest.get(..FRAME_HEADER_LEN + len as usize) else { return true };
+    if frame.last() == Some(&0) {
+        return true;
+    }
+    let first = off.div_ceil(SECTOR) * SECTOR;
+    let end = off + frame.len();
+    (first..end).step_by(SECTOR).any(|s| s + SECTOR <= end && data[s..s + SECTOR].iter().all(|&b| b == 0))
+}
+
 /// Looks for a frame that verifies anywhere after a damaged one at `from`. With a known
 /// sequence number the candidates are filtered cheaply before their CRC is computed, so this
 /// stays linear on real data.
@@ -568,6 +619,47 @@ mod tests {
         assert!(!lost_write_between(&data, 2047, 2048, 0));
         assert!(!lost_write_between(&[0u8; 100], 40, 100, 0));
     }
+
+    /// The marks of an interrupted write, each alone, on a whole frame of 1,200 bytes at 100
+    /// (no sector within it zeroed) whose checksum fails; and the frame with none of them.
+    #[test]
+    fn interrupted_writes_are_told_from_changed_bytes() {
+        let mut data = vec![0u8; 100];
+        let len = 1_200u32 - FRAME_HEADER_LEN as u32;
+        data.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes()); // a CRC that fails
+        data.extend_from_slice(&len.to_le_bytes());
+        data.extend_from_slice(&5u64.to_le_bytes());
+        data.extend(std::iter::repeat_n(0x61u8, len as usize));
+        let whole = data.clone();
+        assert!(!reads_as_interrupted_write(&whole, 100), "a whole frame with a byte changed");
+        // The file ends inside the frame, or inside its header.
+        assert!(reads_as_interrupted_write(&whole[..whole.len() - 1], 100));
+        assert!(reads_as_interrupted_write(&whole[..110], 100));
+        // Its last byte never written.
+        let mut d = whole.clone();
+        *d.last_mut().unwrap() = 0;
+        assert!(reads_as_interrupted_write(&d, 100));
+        // A sector within it never written (512..1024), and a stretch of zeros that is not one.
+        let mut d = whole.clone();
+        d[512..1024].fill(0);
+        assert!(reads_as_interrupted_write(&d, 100));
+        let mut d = whole.clone();
+        d[513..1025].fill(0);
+        assert!(!reads_as_interrupted_write(&d, 100));
+        // Its header zeros, or its length zeros; or a length no writer writes (damage).
+        let mut d = whole.clone();
+        d[100..100 + FRAME_HEADER_LEN].fill(0);
+        assert!(reads_as_interrupted_write(&d, 100));
+        let mut d = whole.clone();
+        d[104..108].fill(0);
+        assert!(reads_as_interrupted_write(&d, 100));
+        let mut d = whole.clone();
+        d[104..108].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!reads_as_interrupted_write(&d, 100));
+        // Zeros from the frame on, as the space reserved past the log's end reads.
+        assert!(reads_as_interrupted_write(&vec![0u8; 4096], 100));
+    }
+
     use crate::{Backend, Config};
 
     /// Replays the log in `dir` handing `apply` at least `batch_ops` operations at a time;

@@ -10,8 +10,7 @@
 //! The `mvcc…` workloads run the MVCC layer instead (`mvcc_bench.rs`); they share the threads,
 //! histograms, table and JSON defined here.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +25,10 @@ use serde::Serialize;
 
 use crate::inspect::progress_bar;
 use crate::mvcc_bench::{self, TxnReport, WatchReport};
-use crate::util::{CliError, CliResult, Out, grouped, human_bytes, human_duration, human_ns, interactive, parse_count};
+use crate::util::{
+    CliError, CliResult, Out, file_beside, grouped, human_bytes, human_duration, human_ns, interactive, parse_count,
+    path_text,
+};
 
 /// The bucket the benchmark writes.
 const BUCKET: &str = "bench";
@@ -344,7 +346,8 @@ pub struct PhaseReport {
 /// The settings, as the JSON records them.
 #[derive(Serialize)]
 struct SettingsReport {
-    dir: Option<PathBuf>,
+    /// As given (bytes that are not UTF-8 shown as U+FFFD).
+    dir: Option<String>,
     keys: u64,
     key_size: u64,
     value_size: u64,
@@ -483,14 +486,17 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             logtree::MIN_SEGMENT_SIZE
         )));
     }
-    // The results file is created before the run, so that a path that cannot be written is
-    // reported at once rather than after minutes of benchmark; a run that fails removes it.
+    check_memory(args)?;
+    // The results are written to a file created beside FILE before the run, so that a path
+    // that cannot be written is reported at once rather than after minutes of benchmark, and
+    // moved over FILE at the end: a run that fails leaves FILE as it was (an earlier run's
+    // results stay).
     let mut json = match &args.json {
-        Some(file) => Some(JsonFile {
-            file: File::create(file).map_err(|e| CliError::io("cannot create", file, e))?,
-            path: file,
-            written: false,
-        }),
+        Some(file) => {
+            // A reader of stdout that goes away (`| head -1`) must not cost the results file.
+            out.get_mut().outlive_reader();
+            Some((file, file_beside(file)?))
+        }
         None => None,
     };
     // Keep the temporary directory alive for the whole run; it is removed when dropped.
@@ -620,10 +626,10 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     mvcc_bench::summary(out, &phases, args.mvcc_writers())?;
     writeln!(out, "total {}", human_duration(total))?;
 
-    if let Some(json) = &mut json {
+    if let Some(json) = json.take() {
         let report = Report {
             settings: SettingsReport {
-                dir: args.dir.clone(),
+                dir: args.dir.as_deref().map(path_text),
                 keys: args.keys(),
                 key_size: args.key_size,
                 value_size: args.value_size(),
@@ -646,29 +652,42 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             phases,
             total_seconds: total.as_secs_f64(),
         };
-        let file = json.path;
-        let mut w = BufWriter::new(&json.file);
-        serde_json::to_writer_pretty(&mut w, &report)?;
-        w.write_all(b"\n").and_then(|()| w.flush()).map_err(|e| CliError::io("cannot write", file, e))?;
-        json.written = true;
+        let (file, mut tmp) = json;
+        let text = serde_json::to_string_pretty(&report)?;
+        tmp.write_all(text.as_bytes())
+            .and_then(|()| tmp.write_all(b"\n"))
+            .map_err(|e| CliError::io("cannot write", tmp.path(), e))?;
+        tmp.persist(file).map_err(|e| CliError::io("cannot rename the results to", file, e.error))?;
         writeln!(out, "results written to {}", file.display())?;
     }
     Ok(())
 }
 
-/// The `--json` file, created before the run and removed if the run ends without writing it.
-struct JsonFile<'a> {
-    file: File,
-    path: &'a std::path::Path,
-    written: bool,
+/// Refuses a `--keys` the index cannot hold in this machine's memory: every key lives in the
+/// index, so such a run would end, after a long load, in an allocation failure (an abort, with
+/// no clean-up) rather than with results. Only a lower bound is checked (the keys' own bytes);
+/// where the total memory is unknown, nothing is.
+fn check_memory(args: &BenchArgs) -> CliResult<()> {
+    let Some(total) = physical_memory() else { return Ok(()) };
+    let need = u128::from(args.keys()) * u128::from(args.key_size);
+    if need > u128::from(total) {
+        return Err(CliError::usage(format!(
+            "--keys {} of {} B need at least {} of memory for the index alone; this machine has {}",
+            grouped(args.keys()),
+            args.key_size,
+            human_bytes(u64::try_from(need).unwrap_or(u64::MAX)),
+            human_bytes(total)
+        )));
+    }
+    Ok(())
 }
 
-impl Drop for JsonFile<'_> {
-    fn drop(&mut self) {
-        if !self.written {
-            let _ = std::fs::remove_file(self.path);
-        }
-    }
+/// The machine's memory in bytes (`MemTotal` of /proc/meminfo), where the system says.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 impl<'a> Ctx<'a> {
@@ -742,7 +761,7 @@ impl<'a> Ctx<'a> {
         };
         let pb = match (limit, ops) {
             (Some(d), _) => timed_bar(d, what),
-            (None, Some(n)) => progress_bar(n * roles.len() as u64, what),
+            (None, Some(n)) => progress_bar(n.saturating_mul(roles.len() as u64), what),
             (None, None) => ProgressBar::hidden(),
         };
         let started = Instant::now();

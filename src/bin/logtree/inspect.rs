@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,8 +11,8 @@ use logtree::ReadTx;
 use serde::Serialize;
 
 use crate::util::{
-    CliError, CliResult, Out, grouped, hex, human_bytes, human_duration, interactive, key_arg, open_read_only,
-    open_read_write, show, sized,
+    CliError, CliResult, Out, file_beside, grouped, hex, human_bytes, human_duration, interactive, key_arg,
+    open_read_only, open_read_write, parent_dir, path_text, printable, show, sized,
 };
 
 /// Encoded sizes of the records `size_in_use` counts (DESIGN.md §2.5): a put is a tag byte and
@@ -24,7 +24,8 @@ const CREATE_BUCKET_FIXED: u64 = 9;
 /// `stats --json`.
 #[derive(Serialize)]
 struct StatsReport {
-    path: PathBuf,
+    /// The directory as given (bytes that are not UTF-8 shown as U+FFFD).
+    path: String,
     buckets: Vec<BucketReport>,
     keys: u64,
     /// Bytes on disk: segments and manifest.
@@ -48,6 +49,8 @@ struct BucketReport {
     /// The name in hex, always.
     name_hex: String,
     keys: usize,
+    #[serde(skip)]
+    raw: Vec<u8>,
 }
 
 #[derive(Serialize)]
@@ -58,8 +61,20 @@ struct RecoveryReport {
     torn_bytes: u64,
     /// The torn tail begins with a write lost out of order (valid frames follow it).
     lost_write: bool,
+    /// Where the torn tail's first frame that does not verify begins.
+    torn_at: Option<PlaceReport>,
+    /// That frame shows no mark of an interrupted write: bytes changed on the disk (`check`
+    /// fails).
+    tail_damaged: bool,
     /// The last segment was read from the disk, not the page cache (`SYNC-FAILED` said so).
     reread_from_disk: bool,
+}
+
+#[derive(Serialize)]
+struct PlaceReport {
+    /// The segment's file name.
+    file: String,
+    offset: u64,
 }
 
 impl RecoveryReport {
@@ -68,6 +83,8 @@ impl RecoveryReport {
             transactions: rec.transactions,
             torn_bytes: rec.torn_bytes,
             lost_write: rec.lost_write,
+            torn_at: rec.torn_at.map(|at| PlaceReport { file: at.file_name(), offset: at.offset }),
+            tail_damaged: rec.tail_damaged,
             reread_from_disk: rec.reread_from_disk,
         }
     }
@@ -86,10 +103,10 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
     let mut buckets = Vec::new();
     for name in rtx.buckets() {
         let keys = rtx.bucket_len(&name)?;
-        buckets.push(BucketReport { name: show(&name, false), name_hex: hex(&name), keys });
+        buckets.push(BucketReport { name: show(&name, false), name_hex: hex(&name), keys, raw: name });
     }
     let report = StatsReport {
-        path: dir.to_path_buf(),
+        path: path_text(dir),
         buckets,
         keys: s.keys,
         size: s.size,
@@ -101,16 +118,19 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
         recovery: RecoveryReport::of(rec),
     };
     if json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
+        // Encoded whole before any of it is printed: a failure prints no half document.
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
     let r = &report;
-    writeln!(out, "database      {}", r.path.display())?;
+    writeln!(out, "database      {}", dir.display())?;
     writeln!(out, "buckets       {}", r.buckets.len())?;
     let width = r.buckets.iter().map(|b| b.name.chars().count()).max().unwrap_or(0);
     for b in &r.buckets {
-        writeln!(out, "  {:<width$}  {} keys", b.name, grouped(b.keys as u64))?;
+        // A name shown in hex is marked, so that it is not taken for a text name of the same
+        // letters, and says how to name it.
+        let mark = if !printable(&b.raw) { "  (name in hex: --bucket-hex)" } else { "" };
+        writeln!(out, "  {:<width$}  {} keys{mark}", b.name, grouped(b.keys as u64))?;
     }
     writeln!(out, "keys          {}", grouped(r.keys))?;
     writeln!(out, "size          {} on disk, {}", sized(r.size), plural(r.segments, "segment"))?;
@@ -132,9 +152,21 @@ fn plural(n: usize, what: &str) -> String {
     if n == 1 { format!("1 {what}") } else { format!("{} {what}s", grouped(n as u64)) }
 }
 
+/// ` at seg-….log offset N`, where the torn tail's first bad frame is.
+fn place(r: &RecoveryReport) -> String {
+    r.torn_at.as_ref().map(|p| format!(" at {} offset {}", p.file, p.offset)).unwrap_or_default()
+}
+
 fn torn_text(r: &RecoveryReport) -> String {
     let mut text = if r.torn_bytes == 0 {
         "none".to_string()
+    } else if r.tail_damaged {
+        format!(
+            "{} B after the last complete transaction, beginning with a whole frame that does not \
+             verify and shows no mark of an interrupted write{} (damage; a read-write open removes it)",
+            grouped(r.torn_bytes),
+            place(r)
+        )
     } else if r.lost_write {
         format!(
             "{} B after the last complete transaction, beginning with a write lost out of order \
@@ -161,6 +193,23 @@ pub fn check(out: &mut Out, dir: &Path) -> CliResult<()> {
     let db = open_read_only(dir)?;
     let s = db.stats();
     let rec = db.recovery_stats();
+    // A torn tail that a crash explains (a write cut short) held no acknowledged transaction
+    // and passes; one that reads as damage, or that complete transactions follow, fails:
+    // a read-write open would cut transactions that may have been committed (DESIGN.md §6).
+    if let Some(at) = rec.torn_at.filter(|_| rec.lost_write || rec.tail_damaged) {
+        let what = if rec.lost_write {
+            "the log stops verifying here, yet complete transactions follow (a write lost out of order \
+             by a power cut, or damage); a read-write open would cut them with it"
+        } else {
+            "the last transaction's frame is whole but does not verify, and shows no mark of an \
+             interrupted write (bytes changed on the disk); a read-write open would cut it"
+        };
+        return Err(CliError::corruption(format!(
+            "check failed: {} at offset {}: {what}",
+            dir.join(at.file_name()).display(),
+            at.offset
+        )));
+    }
     let rtx = db.read_tx();
     let pb = progress_bar(s.keys, "reading values");
     let mut live = 0u64;
@@ -247,23 +296,36 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// The bucket, checked to exist so that the error names the database too.
-fn bucket_of(rtx: &ReadTx, dir: &Path, bucket: &str) -> CliResult<Vec<u8>> {
-    let b = bucket.as_bytes().to_vec();
-    if !rtx.has_bucket(&b) {
-        return Err(CliError::new(format!("bucket {bucket:?} not found in {}", dir.display())));
+fn check_bucket(rtx: &ReadTx, dir: &Path, bucket: &[u8]) -> CliResult<()> {
+    if !rtx.has_bucket(bucket) {
+        return Err(CliError::new(format!("bucket {} not found in {}", shown_name(bucket), dir.display())));
     }
-    Ok(b)
+    Ok(())
+}
+
+/// A bucket name in a message: quoted text, or hex marked as such.
+fn shown_name(name: &[u8]) -> String {
+    if printable(name) { format!("{:?}", String::from_utf8_lossy(name)) } else { format!("{} (hex)", hex(name)) }
 }
 
 /// `logtree get DIR BUCKET KEY`: the value; a missing key is an error (exit 1).
-pub fn get(out: &mut Out, dir: &Path, bucket: &str, key: &str, key_hex: bool, force_hex: bool) -> CliResult<()> {
+pub fn get(out: &mut Out, dir: &Path, bucket: &[u8], key: &str, key_hex: bool, force_hex: bool) -> CliResult<()> {
     let key = key_arg(key, key_hex)?;
+    if key.is_empty() {
+        return Err(CliError::usage("KEY must not be empty (no key is)"));
+    }
     let db = open_read_only(dir)?;
     let rtx = db.read_tx();
-    let b = bucket_of(&rtx, dir, bucket)?;
-    match rtx.get_ref(&b, &key)? {
+    check_bucket(&rtx, dir, bucket)?;
+    match rtx.get_ref(bucket, &key)? {
         Some(v) => writeln!(out, "{}", show(v, force_hex))?,
-        None => return Err(CliError::new(format!("key {} not found in bucket {bucket:?}", show(&key, key_hex)))),
+        None => {
+            return Err(CliError::new(format!(
+                "key {} not found in bucket {}",
+                show(&key, key_hex),
+                shown_name(bucket)
+            )));
+        }
     }
     Ok(())
 }
@@ -273,7 +335,7 @@ pub struct Listing<'a> {
     /// The database.
     pub dir: &'a Path,
     /// The bucket.
-    pub bucket: &'a str,
+    pub bucket: &'a [u8],
     /// Only keys starting with this (as given on the command line).
     pub prefix: Option<&'a str>,
     /// `--prefix` is hex.
@@ -294,11 +356,12 @@ pub fn list(out: &mut Out, l: &Listing<'_>) -> CliResult<()> {
     };
     let db = open_read_only(l.dir)?;
     let rtx = db.read_tx();
-    let b = bucket_of(&rtx, l.dir, l.bucket)?;
+    check_bucket(&rtx, l.dir, l.bucket)?;
+    let b = l.bucket;
     let limit = l.limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     // A scan from the prefix, stopped at the first key without it: keys are sorted, so every
     // key with the prefix lies in one run starting there.
-    for kv in rtx.scan(&b, &prefix, None)?.take(limit) {
+    for kv in rtx.scan(b, &prefix, None)?.take(limit) {
         let (k, v) = kv?;
         if !k.starts_with(&prefix) {
             break;
@@ -344,14 +407,8 @@ pub fn snapshot_save(out: &mut Out, dir: &Path, file: &Path, force: bool) -> Cli
     }
     let db = open_read_only(dir)?;
     let snap = db.snapshot()?;
-    let parent = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".logtree-snapshot-")
-        .tempfile_in(&parent)
-        .map_err(|e| CliError::io("cannot create a file in", &parent, e))?;
+    let parent = parent_dir(file);
+    let mut tmp = file_beside(file)?;
     let pb = progress_bar(snap.size(), "writing");
     let size = {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, pb.wrap_write(tmp.as_file_mut()));
@@ -375,6 +432,12 @@ pub fn snapshot_save(out: &mut Out, dir: &Path, file: &Path, force: bool) -> Cli
 
 fn open_image(file: &Path) -> CliResult<BufReader<File>> {
     let f = File::open(file).map_err(|e| CliError::io("cannot open", file, e))?;
+    // A directory opens, then fails at the first read with an error the engine cannot name
+    // the file in.
+    let meta = f.metadata().map_err(|e| CliError::io("cannot read", file, e))?;
+    if meta.is_dir() {
+        return Err(CliError::new(format!("{} is a directory, not a snapshot image", file.display())));
+    }
     Ok(BufReader::with_capacity(1 << 20, f))
 }
 
@@ -413,7 +476,7 @@ pub fn snapshot_status(out: &mut Out, file: &Path, json: bool) -> CliResult<()> 
     if json {
         #[derive(Serialize)]
         struct Status {
-            file: PathBuf,
+            file: String,
             size: u64,
             seq: u64,
             hash: u32,
@@ -421,15 +484,14 @@ pub fn snapshot_status(out: &mut Out, file: &Path, json: bool) -> CliResult<()> 
             keys: u64,
         }
         let s = Status {
-            file: file.to_path_buf(),
+            file: path_text(file),
             size: info.size,
             seq: info.seq,
             hash: info.hash,
             buckets: info.buckets,
             keys: info.keys,
         };
-        serde_json::to_writer_pretty(&mut *out, &s)?;
-        writeln!(out)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(());
     }
     writeln!(out, "{}: verified", file.display())?;

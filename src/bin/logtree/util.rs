@@ -2,8 +2,8 @@
 //! pipe, opening a database, and the formatting of bytes, sizes and durations.
 
 use std::fmt;
-use std::io::{self, BufWriter, IsTerminal, StdoutLock};
-use std::path::Path;
+use std::io::{self, BufWriter, IsTerminal, StdoutLock, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use logtree::{Backend, Config};
@@ -102,11 +102,85 @@ pub type CliResult<T> = Result<T, CliError>;
 
 /// Buffered stdout. `println!` panics when the reader of a pipe goes away; writes through this
 /// return the error instead, which becomes a quiet exit.
-pub type Out = BufWriter<StdoutLock<'static>>;
+pub type Out = BufWriter<Stdout>;
 
 /// A buffered handle on stdout.
 pub fn stdout() -> Out {
-    BufWriter::new(io::stdout().lock())
+    BufWriter::new(Stdout { inner: io::stdout().lock(), outlive_reader: false, reader_gone: false })
+}
+
+/// stdout, which may go on without its reader: see [`Stdout::outlive_reader`].
+pub struct Stdout {
+    inner: StdoutLock<'static>,
+    outlive_reader: bool,
+    reader_gone: bool,
+}
+
+impl Stdout {
+    /// From now on, a reader that goes away (`logtree bench --json out.json | head -1`) does
+    /// not end the command: what it would have read is dropped, and the command finishes what
+    /// it has to leave behind (the `--json` file). Without this, a closed pipe ends the
+    /// command quietly, with success, which is what a listing piped into `head` wants.
+    pub fn outlive_reader(&mut self) {
+        self.outlive_reader = true;
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.reader_gone {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && self.outlive_reader => {
+                self.reader_gone = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.reader_gone {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && self.outlive_reader => {
+                self.reader_gone = true;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+}
+
+/// A path in JSON output: as text, with any bytes that are not UTF-8 shown as U+FFFD (JSON
+/// strings are Unicode; serde refuses such a path outright).
+pub fn path_text(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// A file to be written, then moved over `target` once complete ([`tempfile::NamedTempFile`]'s
+/// `persist`): it lies beside `target` (a rename does not cross file systems), and it is
+/// created with mode 0666 less the umask, as a file the shell creates would be (tempfile's own
+/// default, 0600, would be kept by the rename). Dropped unpersisted, it is removed, so a
+/// command that fails leaves `target` as it found it.
+pub fn file_beside(target: &Path) -> CliResult<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = parent_dir(target);
+    tempfile::Builder::new()
+        .prefix(".logtree-")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(&parent)
+        .map_err(|e| CliError::io("cannot create", target, e))
+}
+
+/// The directory `file` is in (`.` for a bare file name).
+pub fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Whether progress bars should be drawn: only for a person watching a terminal, so that
@@ -127,11 +201,16 @@ pub fn check_db_dir(dir: &Path) -> CliResult<()> {
         Ok(m) if !m.is_dir() => return Err(CliError::new(format!("{}: not a directory", dir.display()))),
         Ok(_) => {}
     }
-    // The file names are the on-disk contract (DESIGN.md §2).
-    if !dir.join("MANIFEST").exists() {
-        return Err(CliError::new(format!("{} is not a logtree database (it has no MANIFEST)", dir.display())));
+    // The file names are the on-disk contract (DESIGN.md §2). Only "no such file" means no
+    // MANIFEST: a directory the user may not search hides it, and says so (EACCES).
+    let manifest = dir.join("MANIFEST");
+    match std::fs::metadata(&manifest) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(CliError::new(format!("{} is not a logtree database (it has no MANIFEST)", dir.display())))
+        }
+        Err(e) => Err(CliError::io("cannot read", &manifest, e)),
     }
-    Ok(())
 }
 
 /// Opens an existing database read-only: a shared lock, no file modified, a torn tail left as
