@@ -49,6 +49,15 @@ pub struct Config {
     /// Default false. A read-only open takes a shared lock, never modifies a file (a torn tail
     /// is ignored in memory, not truncated) and refuses writes with [`Error::ReadOnly`].
     pub read_only: bool,
+    /// Default true: a read-write open cuts the log's torn tail whatever it holds, as a crash
+    /// leaves it. False: when the tail does not read as a write cut by a crash —
+    /// [`RecoveryStats::tail_damaged`](crate::RecoveryStats::tail_damaged) or
+    /// [`lost_write`](crate::RecoveryStats::lost_write), so that it may hold committed
+    /// transactions — the open fails with [`Error::Corruption`] (file and offset) and changes
+    /// nothing, for the tail to be looked at first. For maintenance opens (`logtree defrag`
+    /// sets it false); after a crash, the default keeps a database that only a crash touched
+    /// opening without help (DESIGN.md §6 step 7).
+    pub cut_damaged_tail: bool,
     /// The file-system seam every write goes through (default: the real file system). Tests
     /// put a fault-injecting implementation here; see [`crate::vfs`].
     pub vfs: Arc<dyn Vfs>,
@@ -64,6 +73,7 @@ impl Config {
             segment_size: DEFAULT_SEGMENT_SIZE,
             sync: true,
             read_only: false,
+            cut_damaged_tail: true,
             vfs: Arc::new(StdVfs),
         }
     }

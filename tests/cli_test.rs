@@ -784,6 +784,10 @@ fn check_tells_a_cut_write_from_damage_in_the_tail() {
     assert!(torn.offset < at as u64 && torn.offset + rec.torn_bytes == orig.len() as u64, "{rec:?}");
     assert!(line.contains(&format!("offset {}", torn.offset)), "{line}");
     drop(open);
+    // defrag opens read-write, which would cut the tail and its 50 keys: it refuses instead.
+    let line = logtree([OsStr::new("defrag"), dir.as_os_str()]).fails(3);
+    assert!(line.contains(&name) && line.contains("not cut"), "{line}");
+    assert_eq!(std::fs::read(&seg).unwrap(), flipped, "defrag changed the segment");
 
     // A sector of zeros inside the second transaction, whole transactions after it: a write
     // lost out of order, or damage; either way a read-write open would drop complete ones.

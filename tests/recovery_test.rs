@@ -765,6 +765,24 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     }
     assert_files_unchanged(dir, &damaged, &format!("{ctx}: read-only open"));
 
+    // Writable, told not to cut a tail that may hold committed transactions: a tail that reads
+    // as damage (or a lost write) is refused where it begins, nothing changed; a cut write is
+    // cut as by default (below, on a fresh copy).
+    if exp.damaged == Some(true) || exp.lost_write {
+        match Backend::open(Config { cut_damaged_tail: false, ..config(dir) }) {
+            Ok(_) => panic!("{ctx}: an open that may not cut a damaged tail cut it"),
+            Err(Error::Corruption { file, .. }) => assert!(file.ends_with(seg_name(b.last)), "{ctx}: {file:?}"),
+            Err(e) => panic!("{ctx}: an open that may not cut a damaged tail: {e}"),
+        }
+        assert_files_unchanged(dir, &damaged, &format!("{ctx}: refused open"));
+    } else if exp.damaged == Some(false) {
+        let copy = temp_dir();
+        restore(copy.path(), &damaged);
+        let db = Backend::open(Config { cut_damaged_tail: false, ..config(copy.path()) })
+            .unwrap_or_else(|e| panic!("{ctx}: a cut write refused: {e}"));
+        assert_state(&read_state(&db), want_k, &format!("{ctx} (cut_damaged_tail false)"));
+    }
+
     // Writable: the prefix, the tail cut off.
     let db = Backend::open(config(dir)).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
     assert_state(&read_state(&db), want_k, ctx);

@@ -157,6 +157,7 @@ impl Backend {
             dir: &dir,
             vfs: &vfs,
             read_only: config.read_only,
+            cut_damaged_tail: config.cut_damaged_tail,
             sync: config.sync,
             segment_size: config.segment_size,
             replay_batch_ops: recovery::REPLAY_BATCH_OPS,

@@ -61,6 +61,8 @@ pub struct OpenOptions<'a> {
     pub dir: &'a Path,
     pub vfs: &'a Arc<dyn Vfs>,
     pub read_only: bool,
+    /// `Config::cut_damaged_tail`.
+    pub cut_damaged_tail: bool,
     pub sync: bool,
     pub segment_size: u64,
     /// Operations handed to `apply` at a time at least (see [`REPLAY_BATCH_OPS`], the value
@@ -128,6 +130,19 @@ pub fn open_log(
             &segments[seg].path,
             off,
             format!("the log ends before transaction {durable}, which SYNC-FAILED says was on the disk"),
+        ));
+    }
+    if !o.read_only
+        && !o.cut_damaged_tail
+        && (scan.tail_damaged || scan.lost_write)
+        && let Some((si, off)) = scan.torn_at
+    {
+        // Nothing is cut: the tail may hold committed transactions (Config::cut_damaged_tail).
+        let what = if scan.lost_write { "whole transactions follow it" } else { "it reads as changed bytes" };
+        return Err(Error::corruption(
+            &segments[si].path,
+            off,
+            format!("the log's tail does not verify from here and is no write cut by a crash ({what}); not cut"),
         ));
     }
     // By id: the segments after the end of the last transaction leave the list below.
@@ -670,6 +685,7 @@ mod tests {
             dir,
             vfs: &vfs,
             read_only: true,
+            cut_damaged_tail: true,
             sync: false,
             segment_size: 1 << 20,
             replay_batch_ops: batch_ops,

@@ -222,10 +222,14 @@ pub fn open_read_only(dir: &Path) -> CliResult<Backend> {
     Ok(Backend::open(config)?)
 }
 
-/// Opens an existing database for writing, with the default settings.
+/// Opens an existing database for writing, with the default settings but one: a torn tail
+/// that no crash explains is not cut (`Config::cut_damaged_tail`): maintenance must not drop
+/// what may be committed transactions; the user looks first (`logtree check` says where).
 pub fn open_read_write(dir: &Path) -> CliResult<Backend> {
     check_db_dir(dir)?;
-    Ok(Backend::open(Config::new(dir))?)
+    let mut config = Config::new(dir);
+    config.cut_damaged_tail = false;
+    Ok(Backend::open(config)?)
 }
 
 /// Whether bytes can be shown as text: valid UTF-8 with no control characters (a newline or a
