@@ -23,12 +23,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = Command::new(BIN)
-        // A backtrace, were there a panic, must not be what hides it from the assertions.
-        .env("RUST_BACKTRACE", "1")
-        .args(args)
-        .output()
-        .expect("run the logtree binary");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run(cmd)
+}
+
+/// Runs `cmd` (the tool, or something that runs it) to the end.
+fn run(mut cmd: Command) -> Run {
+    // A backtrace, were there a panic, must not be what hides it from the assertions.
+    let out = cmd.env("RUST_BACKTRACE", "1").output().expect("run the logtree binary");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -732,6 +735,16 @@ fn bench_each_mvcc_workload_by_ops() {
 
 // ----- Contract cases found by review: damage in the tail, odd names and paths, results files.
 
+/// [`three_transactions`] in a new temporary directory: (it, the database, its segment, the
+/// segment's bytes).
+fn three_transactions_dir() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    let seg = three_transactions(&dir);
+    let bytes = std::fs::read(&seg).unwrap();
+    (tmp, dir, seg, bytes)
+}
+
 /// A closed database of bucket `b`, three transactions of 50 keys of 200 B; its one segment.
 fn three_transactions(dir: &Path) -> PathBuf {
     let db = Backend::open(config(dir)).unwrap();
@@ -753,10 +766,7 @@ fn three_transactions(dir: &Path) -> PathBuf {
 
 #[test]
 fn check_tells_a_cut_write_from_damage_in_the_tail() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("db");
-    let seg = three_transactions(&dir);
-    let orig = std::fs::read(&seg).unwrap();
+    let (_tmp, dir, seg, orig) = three_transactions_dir();
     let name = seg.file_name().unwrap().to_str().unwrap().to_string();
     let check = || logtree([OsStr::new("check"), dir.as_os_str()]);
 
@@ -803,10 +813,7 @@ fn check_tells_a_cut_write_from_damage_in_the_tail() {
 
 #[test]
 fn check_names_the_offset_of_a_damaged_header() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("db");
-    let seg = three_transactions(&dir);
-    let orig = std::fs::read(&seg).unwrap();
+    let (_tmp, dir, seg, orig) = three_transactions_dir();
     // The magic (offset 0) and the format version (offset 8).
     for at in [0usize, 8] {
         let mut bytes = orig.clone();
@@ -907,16 +914,10 @@ fn a_directory_that_cannot_be_searched_is_reported_as_such() {
     let run = if root {
         // Permission bits do not bind root: the tool runs as nobody on a root-owned 0700 dir.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "stats"])
-            .arg(&dir)
-            .output()
-            .expect("setpriv (util-linux) runs the tool as another user");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        // setpriv (util-linux) runs the tool as another user.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "stats"]).arg(&dir);
+        run(cmd)
     } else {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o600)).unwrap();
         logtree([OsStr::new("stats"), dir.as_os_str()])
@@ -973,17 +974,18 @@ fn bench_json_is_written_when_the_reader_of_stdout_leaves() {
 #[test]
 fn bench_refuses_more_keys_than_memory_holds() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .env("TMPDIR", tmp.path())
-        .args(["bench", "--workload", "mvcc-put", "--keys", "1e15", "--ops", "10", "--no-sync"])
-        .output()
-        .unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    let line = run.fails(2);
+    let mut cmd = Command::new(BIN);
+    cmd.env("TMPDIR", tmp.path()).args([
+        "bench",
+        "--workload",
+        "mvcc-put",
+        "--keys",
+        "1e15",
+        "--ops",
+        "10",
+        "--no-sync",
+    ]);
+    let line = run(cmd).fails(2);
     assert!(line.contains("--keys") && line.contains("memory"), "{line}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "bench left {left:?}");
