@@ -341,8 +341,40 @@ pub fn open_segments(data: &[u8]) -> OpenOutcome {
         Err(_) => None,
     };
     let ro_corrupt = ro.as_ref().err().is_some_and(Error::is_corruption);
+    let ro_damaged = ro.as_ref().ok().map(|db| {
+        let r = db.recovery_stats();
+        r.tail_damaged || r.lost_write
+    });
     drop(ro);
     assert_eq!(dir_files(&dir), before, "a read-only open modified the files");
+
+    // An open that may not cut a damaged tail refuses exactly the tails the read-only open
+    // found damaged, changing nothing, and opens the rest as the default does. (On a copy: it
+    // cuts what it may.)
+    let copy = temp_dir();
+    let copy_dir = copy.path().join("db");
+    fs::create_dir(&copy_dir).expect("create copy directory");
+    fs::write(copy_dir.join("LOCK"), b"").expect("write LOCK");
+    for (name, bytes) in &files {
+        fs::write(copy_dir.join(name), bytes).expect("write input file");
+    }
+    let strict = Backend::open(Config { cut_damaged_tail: false, ..fuzz_config(&copy_dir, false) });
+    match (strict, ro_damaged) {
+        (Err(e), Some(true)) => {
+            assert!(matches!(e, Error::Corruption { .. }), "a damaged tail refused with {e}");
+            assert_eq!(dir_files(&copy_dir), before, "an open that refused a damaged tail modified the files");
+        }
+        (Ok(_), Some(true)) => panic!("an open that may not cut a damaged tail opened"),
+        (Ok(db), Some(false)) => {
+            read_everything(&db.read_tx(), ro_content.as_ref(), "open that may not cut a damaged tail");
+        }
+        (Err(e), Some(false)) => panic!("an open that may not cut a damaged tail failed on a tail without damage: {e}"),
+        // A read-only open also fails where there is no database yet; a read-write one makes it.
+        (r, None) => assert!(
+            !(ro_corrupt && r.is_ok()),
+            "read-only open reported corruption but an open that may not cut a tail succeeded"
+        ),
+    }
 
     let rw = match Backend::open(fuzz_config(&dir, false)) {
         Ok(db) => db,
