@@ -796,8 +796,29 @@ fn check_tells_a_cut_write_from_damage_in_the_tail() {
     drop(open);
     // defrag opens read-write, which would cut the tail and its 50 keys: it refuses instead.
     let line = logtree([OsStr::new("defrag"), dir.as_os_str()]).fails(3);
-    assert!(line.contains(&name) && line.contains("not cut"), "{line}");
+    assert!(line.contains(&name) && line.contains("not cut") && line.contains("--cut-damaged-tail"), "{line}");
     assert_eq!(std::fs::read(&seg).unwrap(), flipped, "defrag changed the segment");
+    // Asked to, it cuts the tail (and its 50 keys) as a crash's would be (on a copy).
+    let copy = dir.with_file_name("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    logtree([OsStr::new("defrag"), copy.as_os_str(), OsStr::new("--cut-damaged-tail")]).ok();
+    assert_eq!(open_ro(&copy).read_tx().bucket_len("b").unwrap(), 100);
+
+    // One bit of the last frame's length flipped, up (the frame then claims to run past the
+    // file's end, as a cut write's does) or down: the frame verifies with the length one bit
+    // away, so the length alone was damaged.
+    for bit in [0, 9, 16] {
+        let mut bytes = orig.clone();
+        let len_at = torn.offset as usize + 4;
+        bytes[len_at + bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(&seg, &bytes).unwrap();
+        let line = check().fails(3);
+        assert!(line.contains("does not verify"), "length bit {bit}: {line}");
+    }
 
     // A sector of zeros inside the second transaction, whole transactions after it: a write
     // lost out of order, or damage; either way a read-write open would drop complete ones.
@@ -1013,4 +1034,49 @@ fn bench_takes_the_largest_op_count_without_overflow() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(exited.is_none(), "exited at once ({status:?}): {err}");
     assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+}
+
+#[test]
+fn bench_json_goes_through_links_and_into_special_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = |json: &Path| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["bench", "--keys", "1000", "--workload", "load", "--no-sync", "--json"]).arg(json);
+        cmd
+    };
+    let is_results = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        v["settings"]["keys"].as_u64() == Some(1000)
+    };
+    // Through a symbolic link: the file it names gets the results; the link stays.
+    let target = tmp.path().join("elsewhere.json");
+    std::fs::write(&target, "old").unwrap();
+    let link = tmp.path().join("out.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    run(bench(&link)).ok();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(is_results(&std::fs::read_to_string(&target).unwrap()));
+    // A directory: refused before the run.
+    let r = run(bench(tmp.path()));
+    let line = r.fails(2);
+    assert!(line.contains("is a directory") && r.stdout.is_empty(), "{line}");
+    // A FIFO: its reader gets the results, and it stays a FIFO.
+    let fifo = tmp.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    run(bench(&fifo)).ok();
+    assert!(is_results(&reader.join().unwrap()));
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(&fifo).unwrap().file_type()));
+    // /dev/stdout, which is a file: the report, then the results after it.
+    let report = tmp.path().join("report.txt");
+    let mut cmd = bench(Path::new("/dev/stdout"));
+    cmd.stdout(std::fs::File::create(&report).unwrap());
+    assert!(cmd.status().unwrap().success());
+    let text = std::fs::read_to_string(&report).unwrap();
+    let at = text.find('{').expect("results in the report");
+    assert!(text[..at].contains("results written to /dev/stdout"), "{text}");
+    assert!(is_results(&text[at..]), "{text}");
 }

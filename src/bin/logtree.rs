@@ -137,6 +137,10 @@ enum Command {
     Defrag {
         /// Database directory.
         dir: PathBuf,
+        /// Cut a torn tail that reads as damage (`check` reports it, with its place) as a
+        /// crash's would be, losing the transactions in it; without this, defrag refuses to.
+        #[arg(long)]
+        cut_damaged_tail: bool,
     },
     /// Save, restore or inspect snapshot images.
     #[command(subcommand)]
@@ -197,7 +201,7 @@ fn run(cli: Cli, out: &mut Out) -> CliResult<()> {
             },
         ),
         Command::Hash { dir } => inspect::hash(out, &dir),
-        Command::Defrag { dir } => inspect::defrag(out, &dir),
+        Command::Defrag { dir, cut_damaged_tail } => inspect::defrag(out, &dir, cut_damaged_tail),
         Command::Snapshot(SnapshotCommand::Save { dir, file, force }) => {
             inspect::snapshot_save(out, &dir, &file, force)
         }

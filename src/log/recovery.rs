@@ -138,11 +138,15 @@ pub fn open_log(
         && let Some((si, off)) = scan.torn_at
     {
         // Nothing is cut: the tail may hold committed transactions (Config::cut_damaged_tail).
-        let what = if scan.lost_write { "whole transactions follow it" } else { "it reads as changed bytes" };
+        let what = if scan.lost_write {
+            "whole transactions follow it: a write lost out of order by a power cut, or damage"
+        } else {
+            "it shows no mark of an interrupted write: damage, most likely"
+        };
         return Err(Error::corruption(
             &segments[si].path,
             off,
-            format!("the log's tail does not verify from here and is no write cut by a crash ({what}); not cut"),
+            format!("the log's tail does not verify from here ({what}); not cut (Config::cut_damaged_tail)"),
         ));
     }
     // By id: the segments after the end of the last transaction leave the list below.
@@ -410,7 +414,7 @@ fn scan<'a>(
                     }
                     lost_write = true;
                 } else {
-                    tail_damaged = !reads_as_interrupted_write(data, off);
+                    tail_damaged = !reads_as_interrupted_write(data, off, min_seq);
                 }
                 torn_at = Some((si, off as u64));
                 break 'segments; // a torn tail
@@ -553,28 +557,49 @@ fn lost_write_between(data: &[u8], from: usize, to: usize, seq: u64) -> bool {
     false
 }
 
-/// Whether the frame at `off` of the last segment, which does not verify and has no verifying
-/// frame after it, carries a mark an interrupted write leaves: the file ends inside it (a cut),
-/// its header is zeros, or its length is (never written: the space past the log's end is
-/// zeros), it ends in a zero byte (a copy or write-back cut short stores a frame's last bytes
-/// last), or it holds a zeroed sector (one the disk never got, as `lost_write_between`).
+/// Whether the frame at `off` of the last segment (expected to be of transaction `seq`), which
+/// does not verify and has no verifying frame after it, carries a mark an interrupted write
+/// leaves:
+/// - the file ends inside its header, or inside the frame its length claims (a cut);
+/// - its header is zeros, or its length is (never written: the space past the log's end is
+///   zeros);
+/// - its first bytes, up to the next 64-byte boundary, are zeros, the rest of the header
+///   intact with the expected sequence number: glibc's `memcpy` into the map stores a copy's
+///   unaligned head last (its aligned middle and its tail first), so a process killed while
+///   that store waits on a page fault (the page was write-protected by the last fdatasync)
+///   leaves exactly that; a power cut that loses the sector or page holding the head does too;
+/// - it ends in a zero byte (a write-back cut short, or a `pwrite` cut, stores a prefix), or
+///   it holds a zeroed sector (one the disk never got, as `lost_write_between`).
 ///
-/// A torn tail is cut either way (no crash can be told apart from this damage for certain, and
-/// the rule in the module's comment stands); this only tells `RecoveryStats::tail_damaged`, so
-/// that `logtree check` can report a tail that no interrupted write explains: a whole frame
-/// with a length a writer writes and no zeros where one would have left them — a flipped byte
-/// in the last transaction of a cleanly closed log reads so. A value ending in a zero byte
-/// makes such damage read as an interrupted write: the rule errs towards not crying wolf
-/// after every crash, as etcd's torn-write test (a zeroed sector) does.
-fn reads_as_interrupted_write(data: &[u8], off: usize) -> bool {
+/// And it is never one when the frame verifies with one bit of its length changed: the frame
+/// is whole and only its length field was damaged (which otherwise reads as a cut when the
+/// length grew past the file's end, or ends the frame early on a zero byte).
+///
+/// A torn tail is cut either way by default (no crash can be told apart from this damage for
+/// certain, and the rule in the module's comment stands); this tells
+/// `RecoveryStats::tail_damaged`, so that `logtree check` can report a tail that no
+/// interrupted write explains, and `Config::cut_damaged_tail` refuse it. A flipped byte in the
+/// body of the last transaction of a cleanly closed log reads as damage. A value ending in a
+/// zero byte, or holding an aligned 512 bytes of zeros, makes such damage read as an
+/// interrupted write: the rule errs towards not crying wolf after a crash, as etcd's
+/// torn-write test (a zeroed sector) does.
+fn reads_as_interrupted_write(data: &[u8], off: usize, seq: u64) -> bool {
+    const COPY_ALIGN: usize = 64;
     let rest = &data[off..];
     let Some(header) = rest.get(..FRAME_HEADER_LEN) else { return true };
     let len = format::read_u32(header, 4).unwrap_or(0);
     if header.iter().all(|&b| b == 0) || len == 0 {
         return true;
     }
+    let head = (off / COPY_ALIGN + 1) * COPY_ALIGN - off;
+    if head <= 8 && header[..head].iter().all(|&b| b == 0) && format::read_u64(header, 8) == Some(seq) {
+        return true;
+    }
     if (len as usize) < format::FRAME_PREFIX_LEN || len > format::MAX_FRAME_PAYLOAD {
         return false; // a length no writer writes
+    }
+    if verifies_with_another_length(rest, len) {
+        return false;
     }
     let Some(frame) = rest.get(..FRAME_HEADER_LEN + len as usize) else { return true };
     if frame.last() == Some(&0) {
@@ -583,6 +608,21 @@ fn reads_as_interrupted_write(data: &[u8], off: usize) -> bool {
     let first = off.div_ceil(SECTOR) * SECTOR;
     let end = off + frame.len();
     (first..end).step_by(SECTOR).any(|s| s + SECTOR <= end && data[s..s + SECTOR].iter().all(|&b| b == 0))
+}
+
+/// Whether the frame at the start of `b`, whose header says `len`, verifies with one of the 32
+/// lengths one bit away. At most 32 CRCs of at most the rest of the segment, on the path of a
+/// torn tail only.
+fn verifies_with_another_length(b: &[u8], len: u32) -> bool {
+    let Some(crc) = format::read_u32(b, 0) else { return false };
+    (0..32).map(|bit| len ^ (1 << bit)).any(|other| {
+        let valid = (other as usize) >= format::FRAME_PREFIX_LEN && other <= format::MAX_FRAME_PAYLOAD;
+        let Some(body) = b.get(8..FRAME_HEADER_LEN + other as usize).filter(|_| valid) else { return false };
+        let mut h = crc32fast::Hasher::new();
+        h.update(&other.to_le_bytes());
+        h.update(body);
+        h.finalize() == crc
+    })
 }
 
 /// Looks for a frame that verifies anywhere after a damaged one at `from`. With a known
@@ -646,33 +686,70 @@ mod tests {
         data.extend_from_slice(&5u64.to_le_bytes());
         data.extend(std::iter::repeat_n(0x61u8, len as usize));
         let whole = data.clone();
-        assert!(!reads_as_interrupted_write(&whole, 100), "a whole frame with a byte changed");
+        assert!(!reads_as_interrupted_write(&whole, 100, 5), "a whole frame with a byte changed");
         // The file ends inside the frame, or inside its header.
-        assert!(reads_as_interrupted_write(&whole[..whole.len() - 1], 100));
-        assert!(reads_as_interrupted_write(&whole[..110], 100));
+        assert!(reads_as_interrupted_write(&whole[..whole.len() - 1], 100, 5));
+        assert!(reads_as_interrupted_write(&whole[..110], 100, 5));
         // Its last byte never written.
         let mut d = whole.clone();
         *d.last_mut().unwrap() = 0;
-        assert!(reads_as_interrupted_write(&d, 100));
+        assert!(reads_as_interrupted_write(&d, 100, 5));
         // A sector within it never written (512..1024), and a stretch of zeros that is not one.
         let mut d = whole.clone();
         d[512..1024].fill(0);
-        assert!(reads_as_interrupted_write(&d, 100));
+        assert!(reads_as_interrupted_write(&d, 100, 5));
         let mut d = whole.clone();
         d[513..1025].fill(0);
-        assert!(!reads_as_interrupted_write(&d, 100));
+        assert!(!reads_as_interrupted_write(&d, 100, 5));
         // Its header zeros, or its length zeros; or a length no writer writes (damage).
         let mut d = whole.clone();
         d[100..100 + FRAME_HEADER_LEN].fill(0);
-        assert!(reads_as_interrupted_write(&d, 100));
+        assert!(reads_as_interrupted_write(&d, 100, 5));
         let mut d = whole.clone();
         d[104..108].fill(0);
-        assert!(reads_as_interrupted_write(&d, 100));
+        assert!(reads_as_interrupted_write(&d, 100, 5));
         let mut d = whole.clone();
         d[104..108].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(!reads_as_interrupted_write(&d, 100));
+        assert!(!reads_as_interrupted_write(&d, 100, 5));
         // Zeros from the frame on, as the space reserved past the log's end reads.
-        assert!(reads_as_interrupted_write(&vec![0u8; 4096], 100));
+        assert!(reads_as_interrupted_write(&vec![0u8; 4096], 100, 5));
+    }
+
+    /// A frame whose head (up to the next 64-byte boundary, here the page's end) was never
+    /// stored, as glibc's memcpy leaves a frame across a write-protected page when the process
+    /// is killed during the fault: an interrupted write, if its sequence number is the one
+    /// expected. And a whole frame whose length alone was damaged, up or down: never one.
+    #[test]
+    fn a_lost_head_is_interrupted_and_a_damaged_length_is_not() {
+        let at = 4094;
+        let mut data = vec![0x61u8; at];
+        let mut frame = vec![0u8; FRAME_HEADER_LEN];
+        frame.push(FRAME_TX_END);
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend(std::iter::repeat_n(0x62u8, 3000));
+        format::seal_frame(&mut frame, 9);
+        data.extend_from_slice(&frame);
+        assert!(format::parse_frame(&data[at..]).is_some());
+        let mut d = data.clone();
+        d[at..at + 2].fill(0);
+        assert!(reads_as_interrupted_write(&d, at, 9), "the 2 bytes of the head lost");
+        assert!(!reads_as_interrupted_write(&d, at, 10), "another transaction's number");
+        // A head of 6 bytes (a frame at 4090): its length's low bytes lost too.
+        let mut d6 = vec![0x61u8; 4090];
+        d6.extend_from_slice(&frame);
+        d6[4090..4096].fill(0);
+        assert!(reads_as_interrupted_write(&d6, 4090, 9));
+        // Zeros that do not reach the boundary are no lost head.
+        let mut d = data.clone();
+        d[at] = 0;
+        assert!(!reads_as_interrupted_write(&d, at, 9));
+        // The length, one bit up (past the file's end) or down (its last byte then a zero of
+        // the encoding, as the operations' lengths hold).
+        for bit in [0, 4, 9, 16, 27] {
+            let mut d = data.clone();
+            d[at + 4..at + 8].copy_from_slice(&((frame.len() - FRAME_HEADER_LEN) as u32 ^ (1 << bit)).to_le_bytes());
+            assert!(!reads_as_interrupted_write(&d, at, 9), "length bit {bit} flipped");
+        }
     }
 
     use crate::{Backend, Config};

@@ -487,15 +487,13 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
         )));
     }
     check_memory(args)?;
-    // The results are written to a file created beside FILE before the run, so that a path
-    // that cannot be written is reported at once rather than after minutes of benchmark, and
-    // moved over FILE at the end: a run that fails leaves FILE as it was (an earlier run's
-    // results stay).
+    // Where the results go is settled before the run, so that a path that cannot be written is
+    // reported at once rather than after minutes of benchmark.
     let mut json = match &args.json {
         Some(file) => {
             // A reader of stdout that goes away (`| head -1`) must not cost the results file.
             out.get_mut().outlive_reader();
-            Some((file, file_beside(file)?))
+            Some((file, JsonOut::new(file)?))
         }
         None => None,
     };
@@ -652,15 +650,75 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
             phases,
             total_seconds: total.as_secs_f64(),
         };
-        let (file, mut tmp) = json;
-        let text = serde_json::to_string_pretty(&report)?;
-        tmp.write_all(text.as_bytes())
-            .and_then(|()| tmp.write_all(b"\n"))
-            .map_err(|e| CliError::io("cannot write", tmp.path(), e))?;
-        tmp.persist(file).map_err(|e| CliError::io("cannot rename the results to", file, e.error))?;
-        writeln!(out, "results written to {}", file.display())?;
+        let (file, target) = json;
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        target.write(out, file, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// Where `--json` results go.
+enum JsonOut {
+    /// A regular file, or none yet: the results are written to a file beside it and renamed
+    /// over it when the run succeeds, so a run that fails leaves it as it was (an earlier run's
+    /// results stay). Through a symbolic link, the file it names is the one replaced.
+    Replace { file: PathBuf, tmp: tempfile::NamedTempFile },
+    /// Anything else a path names (a FIFO, a device, `/dev/stdout`, a dangling link): opened
+    /// before the run and written at its end; renaming over it would replace the node itself.
+    Direct(std::fs::File),
+}
+
+impl JsonOut {
+    fn new(file: &std::path::Path) -> CliResult<JsonOut> {
+        let open = |create: bool| {
+            // Appended: `--json /dev/stdout > out.txt` opens out.txt anew, at offset 0, where
+            // the rest of the output already is.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(create)
+                .open(file)
+                .map(JsonOut::Direct)
+                .map_err(|e| CliError::io("cannot create", file, e))
+        };
+        // `/dev/stdout`, `/proc/self/fd/N`: the file they stand for is already open, as the
+        // process's own output; a new file renamed over its name would not be it.
+        let special = file.starts_with("/dev") || file.starts_with("/proc");
+        match std::fs::metadata(file) {
+            Ok(m) if m.is_dir() => Err(CliError::usage(format!("--json {} is a directory", file.display()))),
+            Ok(m) if m.is_file() && !special => {
+                let real = std::fs::canonicalize(file).map_err(|e| CliError::io("cannot resolve", file, e))?;
+                Ok(JsonOut::Replace { tmp: file_beside(&real)?, file: real })
+            }
+            Ok(_) => open(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink()) {
+                    open(true)
+                } else {
+                    Ok(JsonOut::Replace { tmp: file_beside(file)?, file: file.to_path_buf() })
+                }
+            }
+            Err(e) => Err(CliError::io("cannot read", file, e)),
+        }
+    }
+
+    /// Writes the results, and says so on `out`.
+    fn write(self, out: &mut Out, shown: &std::path::Path, bytes: &[u8]) -> CliResult<()> {
+        match self {
+            JsonOut::Replace { file, mut tmp } => {
+                tmp.write_all(bytes).map_err(|e| CliError::io("cannot write", tmp.path(), e))?;
+                tmp.persist(&file).map_err(|e| CliError::io("cannot rename the results to", &file, e.error))?;
+                writeln!(out, "results written to {}", shown.display())?;
+            }
+            JsonOut::Direct(mut f) => {
+                // Printed, and all of stdout flushed, first: FILE may be stdout by another
+                // name, whose own offset does not move past what is written here.
+                writeln!(out, "results written to {}", shown.display())?;
+                out.flush()?;
+                f.write_all(bytes).map_err(|e| CliError::io("cannot write", shown, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Refuses a `--keys` the index cannot hold in this machine's memory: every key lives in the

@@ -63,7 +63,7 @@ struct RecoveryReport {
     lost_write: bool,
     /// Where the torn tail's first frame that does not verify begins.
     torn_at: Option<PlaceReport>,
-    /// That frame shows no mark of an interrupted write: bytes changed on the disk (`check`
+    /// That frame shows no mark of an interrupted write: most likely damage (`check`
     /// fails).
     tail_damaged: bool,
     /// The last segment was read from the disk, not the page cache (`SYNC-FAILED` said so).
@@ -163,7 +163,7 @@ fn torn_text(r: &RecoveryReport) -> String {
     } else if r.tail_damaged {
         format!(
             "{} B after the last complete transaction, beginning with a whole frame that does not \
-             verify and shows no mark of an interrupted write{} (damage; a read-write open removes it)",
+             verify and shows no mark of an interrupted write{} (most likely damage; a read-write open removes it)",
             grouped(r.torn_bytes),
             place(r)
         )
@@ -201,8 +201,8 @@ pub fn check(out: &mut Out, dir: &Path) -> CliResult<()> {
             "the log stops verifying here, yet complete transactions follow (a write lost out of order \
              by a power cut, or damage); a read-write open would cut them with it"
         } else {
-            "the last transaction's frame is whole but does not verify, and shows no mark of an \
-             interrupted write (bytes changed on the disk); a read-write open would cut it"
+            "the last transaction's frame does not verify and shows no mark of an interrupted write \
+             (most likely bytes changed on the disk); a read-write open would cut it"
         };
         return Err(CliError::corruption(format!(
             "check failed: {} at offset {}: {what}",
@@ -384,8 +384,17 @@ pub fn hash(out: &mut Out, dir: &Path) -> CliResult<()> {
 }
 
 /// `logtree defrag DIR`: the one command besides restore that writes.
-pub fn defrag(out: &mut Out, dir: &Path) -> CliResult<()> {
-    let db = open_read_write(dir)?;
+pub fn defrag(out: &mut Out, dir: &Path, cut_damaged_tail: bool) -> CliResult<()> {
+    let db = open_read_write(dir, cut_damaged_tail).map_err(|e| match e {
+        CliError::Failed { message, code } if message.contains("Config::cut_damaged_tail") => CliError::Failed {
+            message: message.replace(
+                "(Config::cut_damaged_tail)",
+                "(`logtree check` says more; `defrag --cut-damaged-tail` cuts it, losing what it holds)",
+            ),
+            code,
+        },
+        e => e,
+    })?;
     let d = db.defrag()?;
     db.close()?;
     writeln!(out, "defragmented {}", dir.display())?;

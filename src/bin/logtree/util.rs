@@ -222,13 +222,14 @@ pub fn open_read_only(dir: &Path) -> CliResult<Backend> {
     Ok(Backend::open(config)?)
 }
 
-/// Opens an existing database for writing, with the default settings but one: a torn tail
-/// that no crash explains is not cut (`Config::cut_damaged_tail`): maintenance must not drop
-/// what may be committed transactions; the user looks first (`logtree check` says where).
-pub fn open_read_write(dir: &Path) -> CliResult<Backend> {
+/// Opens an existing database for writing, with the default settings but one: unless
+/// `cut_damaged_tail`, a torn tail that no crash explains is not cut (`Config::cut_damaged_tail`):
+/// maintenance must not drop what may be committed transactions unasked; the user looks first
+/// (`logtree check` says where).
+pub fn open_read_write(dir: &Path, cut_damaged_tail: bool) -> CliResult<Backend> {
     check_db_dir(dir)?;
     let mut config = Config::new(dir);
-    config.cut_damaged_tail = false;
+    config.cut_damaged_tail = cut_damaged_tail;
     Ok(Backend::open(config)?)
 }
 
