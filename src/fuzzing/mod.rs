@@ -304,6 +304,19 @@ fn fuzz_config(dir: &Path, read_only: bool) -> Config {
     }
 }
 
+/// A database directory `db` in a new temporary directory, holding `files` and a LOCK (a
+/// read-only open needs one to lock; every database directory has one).
+fn database_of(files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, PathBuf) {
+    let tmp = temp_dir();
+    let dir = tmp.path().join("db");
+    fs::create_dir(&dir).expect("create db directory");
+    fs::write(dir.join("LOCK"), b"").expect("write LOCK");
+    for (name, bytes) in files {
+        fs::write(dir.join(name), bytes).expect("write input file");
+    }
+    (tmp, dir)
+}
+
 /// Fuzz target: arbitrary files in a database directory.
 ///
 /// Whatever the files, `Backend::open` read-only and read-write returns `Ok` or `Err`, never
@@ -316,14 +329,7 @@ fn fuzz_config(dir: &Path, read_only: bool) -> Config {
 ///   old content plus that write, and no torn bytes.
 pub fn open_segments(data: &[u8]) -> OpenOutcome {
     let (_, files) = decode_open_input(data);
-    let tmp = temp_dir();
-    let dir = tmp.path().join("db");
-    fs::create_dir(&dir).expect("create db directory");
-    // Every database directory has a LOCK (a read-only open needs one to lock).
-    fs::write(dir.join("LOCK"), b"").expect("write LOCK");
-    for (name, bytes) in &files {
-        fs::write(dir.join(name), bytes).expect("write input file");
-    }
+    let (_tmp, dir) = database_of(&files);
     let before = dir_files(&dir);
     let mut outcome = OpenOutcome::default();
 
@@ -351,13 +357,7 @@ pub fn open_segments(data: &[u8]) -> OpenOutcome {
     // An open that may not cut a damaged tail refuses exactly the tails the read-only open
     // found damaged, changing nothing, and opens the rest as the default does. (On a copy: it
     // cuts what it may.)
-    let copy = temp_dir();
-    let copy_dir = copy.path().join("db");
-    fs::create_dir(&copy_dir).expect("create copy directory");
-    fs::write(copy_dir.join("LOCK"), b"").expect("write LOCK");
-    for (name, bytes) in &files {
-        fs::write(copy_dir.join(name), bytes).expect("write input file");
-    }
+    let (_copy, copy_dir) = database_of(&files);
     let strict = Backend::open(Config { cut_damaged_tail: false, ..fuzz_config(&copy_dir, false) });
     match (strict, ro_damaged) {
         (Err(e), Some(true)) => {
