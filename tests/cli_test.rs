@@ -1056,10 +1056,28 @@ fn bench_json_goes_through_links_and_into_special_files() {
     run(bench(&link)).ok();
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert!(is_results(&std::fs::read_to_string(&target).unwrap()));
-    // A directory: refused before the run.
+    // A directory, or a name ending in a slash: refused before the run.
     let r = run(bench(tmp.path()));
     let line = r.fails(2);
     assert!(line.contains("is a directory") && r.stdout.is_empty(), "{line}");
+    let slash = PathBuf::from(format!("{}/", tmp.path().join("r.json").display()));
+    let r = run(bench(&slash));
+    let line = r.fails(2);
+    assert!(line.contains("names a directory") && r.stdout.is_empty(), "{line}");
+    // A regular file is replaced, keeping its mode, wherever it is (under /dev/shm too).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() };
+        let file = dir.path().join("r.json");
+        std::fs::write(&file, "old").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for _ in 0..2 {
+            run(bench(&file)).ok();
+            assert!(is_results(&std::fs::read_to_string(&file).unwrap()));
+        }
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     // A FIFO: its reader gets the results, and it stays a FIFO.
     let fifo = tmp.path().join("fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
@@ -1077,6 +1095,6 @@ fn bench_json_goes_through_links_and_into_special_files() {
     assert!(cmd.status().unwrap().success());
     let text = std::fs::read_to_string(&report).unwrap();
     let at = text.find('{').expect("results in the report");
-    assert!(text[..at].contains("results written to /dev/stdout"), "{text}");
+    assert!(text[..at].contains("results follow in /dev/stdout"), "{text}");
     assert!(is_results(&text[at..]), "{text}");
 }

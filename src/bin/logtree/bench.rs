@@ -682,12 +682,22 @@ impl JsonOut {
         };
         // `/dev/stdout`, `/proc/self/fd/N`: the file they stand for is already open, as the
         // process's own output; a new file renamed over its name would not be it.
-        let special = file.starts_with("/dev") || file.starts_with("/proc");
+        let special = ["/dev/stdout", "/dev/stderr", "/dev/fd", "/proc/self/fd"].iter().any(|p| file.starts_with(p))
+            || (file.starts_with("/proc") && file.components().any(|c| c.as_os_str() == "fd"));
+        // "DIR/name/" names a directory: a file of that name could never be made.
+        if std::os::unix::ffi::OsStrExt::as_bytes(file.as_os_str()).ends_with(b"/") {
+            return Err(CliError::usage(format!("--json {} names a directory, not a file", file.display())));
+        }
         match std::fs::metadata(file) {
             Ok(m) if m.is_dir() => Err(CliError::usage(format!("--json {} is a directory", file.display()))),
             Ok(m) if m.is_file() && !special => {
                 let real = std::fs::canonicalize(file).map_err(|e| CliError::io("cannot resolve", file, e))?;
-                Ok(JsonOut::Replace { tmp: file_beside(&real)?, file: real })
+                let tmp = file_beside(&real)?;
+                // The replacement keeps the file's mode (a results file kept private stays so).
+                tmp.as_file()
+                    .set_permissions(m.permissions())
+                    .map_err(|e| CliError::io("cannot set the mode of", tmp.path(), e))?;
+                Ok(JsonOut::Replace { tmp, file: real })
             }
             Ok(_) => open(false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -712,7 +722,7 @@ impl JsonOut {
             JsonOut::Direct(mut f) => {
                 // Printed, and all of stdout flushed, first: FILE may be stdout by another
                 // name, whose own offset does not move past what is written here.
-                writeln!(out, "results written to {}", shown.display())?;
+                writeln!(out, "results follow in {}", shown.display())?;
                 out.flush()?;
                 f.write_all(bytes).map_err(|e| CliError::io("cannot write", shown, e))?;
             }
