@@ -77,13 +77,14 @@ pub struct RecoveryStats {
     /// tail of zeros has one too: its "frame" of zeros). `None` without a torn tail, or when
     /// the log ends where a transaction's last part would begin.
     pub torn_at: Option<TornAt>,
-    /// The torn tail does not read as an interrupted write: its first frame is whole (the file
-    /// holds all the bytes its length claims), fails its checksum, and shows none of the marks
-    /// a write cut by a crash leaves (zeros where bytes were never written; DESIGN.md §6) —
-    /// bytes changed on the disk, as a flipped byte in the last transaction of a cleanly
-    /// closed database does. A read-write open cuts the tail all the same (it cannot tell
-    /// such damage from a crash for certain); `logtree check` reports it as damage, so that it
-    /// is looked at before that open. Not set when `lost_write` is.
+    /// The torn tail does not read as an interrupted write: its first frame fails its checksum
+    /// and shows none of the marks a write cut by a crash leaves (zeros where bytes were never
+    /// written, a file ending inside it), or verifies with one bit of its length flipped
+    /// (DESIGN.md §6 step 7) — most likely bytes changed on the disk, as a flipped byte in the
+    /// last transaction of a cleanly closed database. A read-write open cuts the tail all the
+    /// same unless [`Config::cut_damaged_tail`](crate::Config::cut_damaged_tail) is false (no
+    /// rule tells such damage from a crash for certain); `logtree check` reports it as damage,
+    /// so that it is looked at before that open. Not set when `lost_write` is.
     pub tail_damaged: bool,
     /// The last segment was read from the disk rather than the page cache: an fdatasync of it
     /// failed (this open's own, or an earlier open's, which left `SYNC-FAILED`), so cached pages

@@ -606,12 +606,9 @@ fn reads_as_interrupted_write(data: &[u8], off: usize, seq: u64) -> bool {
         return false;
     }
     let Some(frame) = rest.get(..FRAME_HEADER_LEN + len as usize) else { return true };
-    if frame.last() == Some(&0) {
-        return true;
-    }
-    let first = off.div_ceil(SECTOR) * SECTOR;
-    let end = off + frame.len();
-    (first..end).step_by(SECTOR).any(|s| s + SECTOR <= end && data[s..s + SECTOR].iter().all(|&b| b == 0))
+    // A zeroed sector within the frame: the rule of a lost write (its other half, zeros from
+    // the frame's start to its sector's end, is covered by the zero length and head rules above).
+    frame.last() == Some(&0) || lost_write_between(data, off, off + frame.len(), seq)
 }
 
 /// Whether the frame at the start of `b`, whose header says `len`, verifies with one of the 32

@@ -49,8 +49,9 @@ struct BucketReport {
     /// The name in hex, always.
     name_hex: String,
     keys: usize,
+    /// `name` is hex: the name is not text.
     #[serde(skip)]
-    raw: Vec<u8>,
+    in_hex: bool,
 }
 
 #[derive(Serialize)]
@@ -103,7 +104,8 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
     let mut buckets = Vec::new();
     for name in rtx.buckets() {
         let keys = rtx.bucket_len(&name)?;
-        buckets.push(BucketReport { name: show(&name, false), name_hex: hex(&name), keys, raw: name });
+        let in_hex = !printable(&name);
+        buckets.push(BucketReport { name: show(&name, false), name_hex: hex(&name), keys, in_hex });
     }
     let report = StatsReport {
         path: path_text(dir),
@@ -129,7 +131,7 @@ pub fn stats(out: &mut Out, dir: &Path, json: bool) -> CliResult<()> {
     for b in &r.buckets {
         // A name shown in hex is marked, so that it is not taken for a text name of the same
         // letters, and says how to name it.
-        let mark = if !printable(&b.raw) { "  (name in hex: --bucket-hex)" } else { "" };
+        let mark = if b.in_hex { "  (name in hex: --bucket-hex)" } else { "" };
         writeln!(out, "  {:<width$}  {} keys{mark}", b.name, grouped(b.keys as u64))?;
     }
     writeln!(out, "keys          {}", grouped(r.keys))?;
@@ -162,7 +164,7 @@ fn torn_text(r: &RecoveryReport) -> String {
         "none".to_string()
     } else if r.tail_damaged {
         format!(
-            "{} B after the last complete transaction, beginning with a whole frame that does not \
+            "{} B after the last complete transaction, beginning with a frame that does not \
              verify and shows no mark of an interrupted write{} (most likely damage; a read-write open removes it)",
             grouped(r.torn_bytes),
             place(r)
@@ -357,11 +359,10 @@ pub fn list(out: &mut Out, l: &Listing<'_>) -> CliResult<()> {
     let db = open_read_only(l.dir)?;
     let rtx = db.read_tx();
     check_bucket(&rtx, l.dir, l.bucket)?;
-    let b = l.bucket;
     let limit = l.limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     // A scan from the prefix, stopped at the first key without it: keys are sorted, so every
     // key with the prefix lies in one run starting there.
-    for kv in rtx.scan(b, &prefix, None)?.take(limit) {
+    for kv in rtx.scan(l.bucket, &prefix, None)?.take(limit) {
         let (k, v) = kv?;
         if !k.starts_with(&prefix) {
             break;

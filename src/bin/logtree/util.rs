@@ -126,31 +126,34 @@ impl Stdout {
     }
 }
 
+impl Stdout {
+    /// `r`, or `gone` in its place once the reader has left and the command outlives it.
+    fn unless_gone<T>(&mut self, r: io::Result<T>, gone: T) -> io::Result<T> {
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && self.outlive_reader => {
+                self.reader_gone = true;
+                Ok(gone)
+            }
+            r => r,
+        }
+    }
+}
+
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.reader_gone {
             return Ok(buf.len());
         }
-        match self.inner.write(buf) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && self.outlive_reader => {
-                self.reader_gone = true;
-                Ok(buf.len())
-            }
-            r => r,
-        }
+        let r = self.inner.write(buf);
+        self.unless_gone(r, buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         if self.reader_gone {
             return Ok(());
         }
-        match self.inner.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe && self.outlive_reader => {
-                self.reader_gone = true;
-                Ok(())
-            }
-            r => r,
-        }
+        let r = self.inner.flush();
+        self.unless_gone(r, ())
     }
 }
 
