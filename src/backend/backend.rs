@@ -171,7 +171,7 @@ impl Backend {
         let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0).saturating_add(1);
         let active = rec.segments.last().cloned().expect("a log has a segment");
         let end = LogPos { seg: active.id, off: active.len() };
-        let view = View { catalog: catalog.clone(), segments: Arc::new(rec.segments.clone()), seq: last_seq, end };
+        let view = View { catalog: catalog.snapshot(), segments: Arc::new(rec.segments.clone()), seq: last_seq, end };
         // Only a read-only backend, which has no log writer, reads values through this list.
         let segments = if config.read_only { view.segments.clone() } else { Arc::new(Vec::new()) };
         let (log, durability, committer) = if config.read_only {
@@ -195,7 +195,7 @@ impl Backend {
         let writer_config = log.as_ref().map(|l| l.config().clone());
         Ok(Backend {
             view: RwLock::new(Arc::new(view)),
-            writer: Mutex::new(Writer { log, catalog, segments, mirrored_ops: 0, pool: None }),
+            writer: Mutex::new(Writer { log, catalog, segments, pool: None }),
             writer_thread: AtomicUsize::new(0),
             durability,
             committer,

@@ -11,15 +11,14 @@
 //! recovery applies all of it or none. A transaction that fails (an I/O error) or is rolled
 //! back is not published, and the writer's catalog is reset to the published one.
 
-use std::sync::{Arc, MutexGuard};
+use std::sync::MutexGuard;
 
-use super::backend::{Backend, replay};
+use super::backend::Backend;
 use super::read_tx::{Reader, Values, View, read_methods};
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
 use crate::index::catalog::Catalog;
 use crate::index::pool::{self, Pool};
-use crate::log::format;
 use crate::log::writer::{LogWriter, SegmentSet, find_segment};
 use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
@@ -31,9 +30,6 @@ pub(crate) struct Writer {
     pub catalog: Catalog,
     /// The segments values lie in, for a read-only backend (which has no log writer).
     pub segments: SegmentSet,
-    /// Operations replayed into a spare catalog since the working catalog last shared all its
-    /// nodes with the published one (see `mirror`).
-    pub mirrored_ops: u64,
     /// Freed index node buffers, lent to the thread of each `BatchTx` (see `index::pool`).
     pub pool: Option<Box<Pool>>,
 }
@@ -336,8 +332,12 @@ impl<'a> BatchTx<'a> {
             if keep && !self.failed {
                 match log.commit_tx() {
                     Ok(Some(seq)) => {
-                        let view =
-                            View { catalog: w.catalog.clone(), segments: log.segments().clone(), seq, end: log.end() };
+                        let view = View {
+                            catalog: w.catalog.snapshot(),
+                            segments: log.segments().clone(),
+                            seq,
+                            end: log.end(),
+                        };
                         let old = self.backend.publish(view);
                         if self.backend.wrote(seq, self.ops, log.active()) {
                             limit_reached = Some(seq);
@@ -368,12 +368,12 @@ impl<'a> BatchTx<'a> {
         if let Some((old, seq)) = replaced {
             // A large transaction's commit leaves the nodes of the view it replaced to free,
             // which this thread does while the committer thread runs the fdatasync. A small
-            // one leaves next to nothing (it is mirrored, see `mirror`), so `commit` runs the
-            // fdatasync on this thread, sparing a wake-up of each thread per commit.
-            if self.sync_on_publish && self.ops > MIRROR_MAX_OPS {
+            // one leaves a few nodes per bucket it changed, so `commit` runs the fdatasync on
+            // this thread, sparing a wake-up of each thread per commit.
+            if self.sync_on_publish && self.ops > SYNC_ON_COMMITTER_FROM_OPS {
                 self.backend.start_sync(seq);
             }
-            old_view = mirror(w, old, self.ops);
+            old_view = Some(old);
         }
         // The replaced view's nodes, if nobody else holds them, go to the pool while it is
         // still lent to this thread, for the next transaction's copies.
@@ -405,65 +405,9 @@ impl Drop for BatchTx<'_> {
     }
 }
 
-/// Transactions of at most this many operations are mirrored (see [`mirror`]).
-const MIRROR_MAX_OPS: u64 = 64;
-/// Operations mirrored before the working catalog is made to share every node with the
-/// published one again, which bounds the memory the two copies of recently changed paths take.
-const MIRROR_RESHARE_OPS: u64 = 1024;
-
-/// After a small transaction is published, makes the catalog of the view it replaced the
-/// writer's working catalog, by replaying the transaction into it — when no reader holds that
-/// view. Returns the old view if it is still to be dropped.
-///
-/// Why: publishing shares every node of the working catalog with the new view, so the next
-/// transaction must copy each node on its path before changing it (copy-on-write), and the
-/// replaced view's copies are freed: for a one-put transaction, some 200 reference-count
-/// increments and as many decrements, and ten allocations and frees — most of the cost of a
-/// small transaction, and of each MVCC write. The replaced view's catalog holds its own copies
-/// of the paths the previous transactions changed, and nobody else sees it; replaying this
-/// transaction into it changes those copies in place. The two catalogs then alternate: each
-/// transaction changes one in place and is replayed into the other. Paths the two do not share
-/// accumulate as different keys are written, so every `MIRROR_RESHARE_OPS` operations the working
-/// catalog goes back to sharing everything with the published one (one round of copies).
-fn mirror(w: &mut Writer, old: Arc<View>, ops: u64) -> Option<Arc<View>> {
-    if ops > MIRROR_MAX_OPS || w.mirrored_ops + ops > MIRROR_RESHARE_OPS {
-        w.mirrored_ops = 0;
-        return Some(old);
-    }
-    let Some((seg, at, body)) = w.log.as_ref().and_then(|l| l.last_tx_ops()) else {
-        w.mirrored_ops = 0;
-        return Some(old);
-    };
-    let old = match Arc::try_unwrap(old) {
-        Ok(view) => view,
-        Err(shared) => {
-            // A reader holds it: the working catalog stays shared with the published one.
-            w.mirrored_ops = 0;
-            return Some(shared);
-        }
-    };
-    let mut spare = old.catalog;
-    let mut decoded = Vec::with_capacity(ops as usize);
-    let replayed = format::decode_ops(body, seg, at, |op| {
-        decoded.push(op);
-        Ok(())
-    })
-    .and_then(|()| replay(&mut spare, &decoded));
-    match replayed {
-        Ok(()) => {
-            // The published view has the catalog the working one had; the working one is now
-            // the spare, equal to it.
-            w.catalog = spare;
-            w.mirrored_ops += ops;
-        }
-        Err(_) => {
-            // Cannot happen (the frame was encoded by this process); sharing is always correct.
-            debug_assert!(false, "replaying a transaction just written failed");
-            w.mirrored_ops = 0;
-        }
-    }
-    None
-}
+/// Transactions of more operations than this hand their fdatasync to the committer thread and
+/// free the replaced view's nodes meanwhile (see `BatchTx::end`).
+const SYNC_ON_COMMITTER_FROM_OPS: u64 = 64;
 
 static EMPTY_CATALOG: Catalog = Catalog::EMPTY;
 

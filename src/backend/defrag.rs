@@ -284,7 +284,7 @@ impl Backend {
             new.log.set_in_manifest(true);
             let empty = LogWriter::new(new.log.config().clone(), vec![new.log.active().clone()], 1, None);
             let log = std::mem::replace(&mut new.log, empty);
-            let catalog = std::mem::take(&mut new.catalog);
+            let mut catalog = std::mem::take(&mut new.catalog);
             let old_segments = old.segments().clone();
             // The view's `seq` and `end` must describe the same point of the log: `end` lies
             // after the abort frames just written, so `seq` is the last number used, not
@@ -292,7 +292,7 @@ impl Backend {
             // `end`).
             let seq = log.next_seq() - 1;
             self.switched(log.active(), seq);
-            let view = View { catalog: catalog.clone(), segments: log.segments().clone(), seq, end: log.end() };
+            let view = View { catalog: catalog.snapshot(), segments: log.segments().clone(), seq, end: log.end() };
             leftovers.push(Box::new(guard.log.replace(log)));
             leftovers.push(Box::new(std::mem::replace(&mut guard.catalog, catalog)));
             leftovers.push(Box::new(self.publish(view)));

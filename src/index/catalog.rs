@@ -157,6 +157,17 @@ impl Catalog {
         self.buckets.iter().map(|b| b.live_bytes).sum()
     }
 
+    /// Publishes every bucket's changes ([`BTree::snapshot`]) and returns a catalog sharing
+    /// all their nodes: what a reader gets.
+    pub fn snapshot(&mut self) -> Catalog {
+        let buckets = self
+            .buckets
+            .iter_mut()
+            .map(|b| Bucket { tree: b.tree.snapshot(), name: Arc::clone(&b.name), ..*b })
+            .collect();
+        Catalog { buckets }
+    }
+
     pub fn key_count(&self) -> u64 {
         self.buckets.iter().map(|b| b.tree.len() as u64).sum()
     }

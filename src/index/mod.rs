@@ -3,14 +3,38 @@
 //!
 //! # Sharing rule (why snapshots are cheap and safe)
 //!
-//! Nodes are reference counted (`Arc`) and a node reachable from more than
-//! one [`BTree`] is never modified. Cloning a tree clones only the root
-//! pointer, so a reader's snapshot costs O(1) and stays frozen. The writer
-//! reaches every node it changes through `Arc::make_mut`: if a snapshot
-//! still shares the node, the writer gets a private copy whose children are
-//! still shared; if nobody else holds it, it is edited in place. A write
-//! therefore copies at most one root-to-leaf path, and only while snapshots
-//! are alive.
+//! A tree changes in change sets: every node a change set makes carries its
+//! generation, a number no other change set has. [`BTree::snapshot`] ends the
+//! current change set: its nodes become a published `Version`, never written
+//! again, and the snapshot (like any clone of a tree without unpublished
+//! changes) shares them, so a reader's snapshot costs one reference count and
+//! stays frozen. The writer reaches every node it changes through
+//! `Cx::make_mut`: a node of its current generation is edited in place; any
+//! other is copied first (the copy's children are the same nodes) and the
+//! original is *retired*. A change set therefore copies each node on the paths
+//! it changes once, however many of its writes go through it.
+//!
+//! # Ownership (who frees a node)
+//!
+//! Nodes carry no reference count (copying an inner node would otherwise touch
+//! every child's count: see `node::NodeRef`). Instead each tree has a lineage
+//! of versions, oldest to newest, each holding an `Arc` of the next:
+//!
+//! * Every node is reachable from the newest version (or from the writer's
+//!   unpublished change set on top of it), or is in exactly one version's
+//!   retired list: the nodes that version reached and its successor no longer
+//!   does.
+//! * A version's retired nodes are freed when the version is dropped, which
+//!   happens only once nobody holds it *or any older version* (each older one
+//!   holds it): by then no snapshot can reach them. A dropped version with no
+//!   successor is the newest with no holder left: its whole tree is freed.
+//! * A node of the writer's current generation that the writer takes out of
+//!   the tree is freed at once: nobody else ever saw it. Dropping a tree with
+//!   unpublished changes frees that change set's nodes and keeps the rest.
+//! * Only one tree may build on a version (the one that *claims* it by
+//!   starting a change set on it); a second tree cloned from the same version
+//!   that starts changing gets a copy of its own, a new lineage, since two
+//!   successors of one version would each retire nodes the other still uses.
 //!
 //! # Shape invariants
 //!
@@ -48,9 +72,10 @@ mod tests;
 
 use std::fmt;
 use std::iter::FusedIterator;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use node::{Inner, Leaf, Node};
+use node::{Cx, Inner, Leaf, Node, NodeRef};
 
 /// Maximum entries in a leaf. Wide nodes keep the tree shallow (4 levels
 /// for tens of millions of keys), so a lookup touches few cache lines.
@@ -73,19 +98,116 @@ pub struct ValueRef {
 
 const _: () = assert!(std::mem::size_of::<ValueRef>() == 12);
 
+/// Generations of change sets, unique in the process (0 is never given out).
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn new_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A published state of a tree's lineage (see the module docs, "Ownership").
+struct Version {
+    /// The root as published (`None` once a drop has taken it).
+    root: Option<NodeRef>,
+    /// Whether a tree has started a change set on this version.
+    claimed: AtomicBool,
+    /// Set once, when the change set built on this version is published.
+    successor: OnceLock<Successor>,
+}
+
+/// What the next version changed: the nodes this version reaches and the next does not.
+struct Successor {
+    retired: Vec<NodeRef>,
+    next: Arc<Version>,
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        // Iterative, not recursive: a lineage whose oldest version a reader held for a long
+        // time can be a chain of many thousands, all dropped by this one drop.
+        let mut successor = self.successor.take();
+        let mut root = self.root.take();
+        loop {
+            let Some(Successor { retired, next }) = successor else {
+                // The newest version, and nobody holds it (nor, therefore, any older one).
+                if let Some(root) = root {
+                    // SAFETY: every node of the newest version's tree is reached by nothing
+                    // else (module docs, "Ownership").
+                    unsafe { root.free_subtree() };
+                }
+                return;
+            };
+            for node in retired {
+                // SAFETY: retired nodes are reached only by this version and older ones, and
+                // nobody holds any of them any more (else this drop would not run).
+                unsafe { node.free() };
+            }
+            match Arc::try_unwrap(next) {
+                Ok(mut version) => {
+                    successor = version.successor.take();
+                    root = version.root.take();
+                }
+                // Someone still reads the next version: its nodes stay.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The writer's change set that is not published yet.
+struct Unpublished {
+    generation: u64,
+    /// Nodes of older generations replaced so far (still reached by the base version).
+    retired: Vec<NodeRef>,
+}
+
 /// A copy-on-write B-tree map from byte strings to [`ValueRef`].
 ///
-/// `Clone` is O(1) and yields an independent snapshot: later changes to
-/// either tree are invisible to the other (see the module docs for how).
-#[derive(Clone, Default)]
+/// [`snapshot`](Self::snapshot) publishes the changes made so far and returns a tree that
+/// shares every node: O(1), and later changes to either tree are invisible to the other. A
+/// `clone` of a tree without unpublished changes is the same; of one with, a deep copy.
+#[derive(Default)]
 pub struct BTree {
-    root: Option<Arc<Node>>,
+    root: Option<NodeRef>,
     len: usize,
+    /// The version this tree's shared nodes belong to (`None`: every node is this tree's own).
+    base: Option<Arc<Version>>,
+    unpublished: Option<Unpublished>,
 }
 
 impl fmt::Debug for BTree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BTree").field("len", &self.len).finish()
+    }
+}
+
+impl Clone for BTree {
+    fn clone(&self) -> BTree {
+        if self.unpublished.is_some() {
+            return self.deep_copy();
+        }
+        BTree {
+            root: self.root.as_ref().map(NodeRef::alias),
+            len: self.len,
+            base: self.base.clone(),
+            unpublished: None,
+        }
+    }
+}
+
+impl Drop for BTree {
+    fn drop(&mut self) {
+        if let Some(u) = self.unpublished.take() {
+            if let Some(root) = self.root.take() {
+                // SAFETY: nodes of the unpublished generation are reached only from this tree,
+                // which is going away; `free_generation` stops at the shared nodes below them.
+                unsafe { root.free_generation(u.generation) };
+            }
+            // The retired nodes still belong to the base version; another tree may build on it.
+            if let Some(base) = &self.base {
+                base.claimed.store(false, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -102,6 +224,75 @@ impl BTree {
         self.len == 0
     }
 
+    /// Publishes the changes made since the last snapshot and returns a tree sharing every
+    /// node with this one: O(1) (one allocation if there were changes). Each tree then goes
+    /// its own way; only this one may go on changing without copying everything (module
+    /// docs, "Ownership").
+    pub fn snapshot(&mut self) -> BTree {
+        self.publish();
+        self.clone()
+    }
+
+    /// Makes the unpublished changes a version of their own.
+    fn publish(&mut self) {
+        let Some(u) = self.unpublished.take() else { return };
+        let version = Arc::new(Version {
+            root: self.root.as_ref().map(NodeRef::alias),
+            claimed: AtomicBool::new(false),
+            successor: OnceLock::new(),
+        });
+        match self.base.take() {
+            Some(base) => {
+                let successor = Successor { retired: u.retired, next: Arc::clone(&version) };
+                if base.successor.set(successor).is_err() {
+                    // Cannot happen: this tree claimed `base`, and a claimed version gets no
+                    // other successor. Were it to, leaking the retired nodes is safe.
+                    debug_assert!(false, "a version got two successors");
+                }
+            }
+            None => debug_assert!(u.retired.is_empty(), "a tree without a base has nothing to retire"),
+        }
+        self.base = Some(version);
+    }
+
+    /// The change set for a write, started if there is none (claiming the base version, or if
+    /// another tree already builds on it, first making this tree a deep copy of its own), and
+    /// the root, taken out for the write to put back.
+    fn change_set(&mut self) -> (Option<NodeRef>, Cx<'_>) {
+        if self.unpublished.is_none() {
+            if let Some(base) = &self.base
+                && base.claimed.swap(true, Ordering::AcqRel)
+            {
+                *self = self.deep_copy();
+            }
+            if self.unpublished.is_none() {
+                self.unpublished = Some(Unpublished { generation: new_generation(), retired: Vec::new() });
+            }
+        }
+        let u = self.unpublished.as_mut().expect("started above");
+        (self.root.take(), Cx { generation: u.generation, retired: &mut u.retired })
+    }
+
+    /// A tree of the same entries sharing no node with this one.
+    fn deep_copy(&self) -> BTree {
+        let generation = new_generation();
+        let root = node::build(self.iter(), generation);
+        let mut copy = BTree {
+            root,
+            len: self.len,
+            base: None,
+            unpublished: Some(Unpublished { generation, retired: Vec::new() }),
+        };
+        if copy.root.is_none() && self.len > 0 {
+            // A key too long for the bottom-up build: insert them one by one.
+            copy = BTree::new();
+            for (k, v) in self.iter() {
+                copy.insert(k, v);
+            }
+        }
+        copy
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<ValueRef> {
         self.get_early(key, |_| {})
     }
@@ -111,7 +302,7 @@ impl BTree {
     /// own), so that the caller can start fetching the value's bytes meanwhile. `early` may
     /// see a value that turns out not to be the key's, or not be called at all.
     pub fn get_early(&self, key: &[u8], early: impl FnOnce(ValueRef)) -> Option<ValueRef> {
-        let mut node = self.root.as_deref()?;
+        let mut node: &Node = self.root.as_deref()?;
         loop {
             node.prefetch_for_search();
             match node {
@@ -135,24 +326,34 @@ impl BTree {
             return None;
         }
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "keys must ascend");
-        let root = node::build_sorted(entries);
-        Some(BTree { root, len: entries.len() })
+        let generation = new_generation();
+        let root = node::build_sorted(entries, generation);
+        Some(BTree {
+            root,
+            len: entries.len(),
+            base: None,
+            unpublished: Some(Unpublished { generation, retired: Vec::new() }),
+        })
     }
 
     /// Inserts or overwrites; returns the previous value.
     pub fn insert(&mut self, key: &[u8], value: ValueRef) -> Option<ValueRef> {
-        let Some(root) = self.root.as_mut() else {
-            self.root = Some(Arc::new(Node::Leaf(Leaf::single(key, value))));
+        let (mut root, mut cx) = self.change_set();
+        let Some(node) = root.as_mut() else {
+            let leaf = cx.alloc(Node::Leaf(Leaf::single(key, value)));
+            self.root = Some(leaf);
             self.len = 1;
             return None;
         };
         let mut pieces = Vec::new();
-        let old = node::insert(root, key, value, &mut pieces, true);
+        let old = node::insert(node, key, value, &mut pieces, true, &mut cx);
+        let generation = cx.generation;
         if !pieces.is_empty()
-            && let Some(root) = self.root.take()
+            && let Some(r) = root.take()
         {
-            self.root = Some(node::grow_root(root, pieces));
+            root = Some(node::grow_root(r, pieces, generation));
         }
+        self.root = root;
         if old.is_none() {
             self.len += 1;
         }
@@ -171,15 +372,19 @@ impl BTree {
     /// first: one descent instead of two. A key that is not there is still not removed, but
     /// the nodes on its path that the tree shares with snapshots are copied for nothing.
     pub fn remove_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
-        let root = self.root.as_mut()?;
+        self.root.as_ref()?;
+        let (mut root, mut cx) = self.change_set();
+        let node = root.as_mut().expect("checked above");
         let mut pieces = Vec::new();
-        let old = node::remove(root, key, &mut pieces);
+        let old = node::remove(node, key, &mut pieces, &mut cx);
+        let generation = cx.generation;
         if !pieces.is_empty()
-            && let Some(root) = self.root.take()
+            && let Some(r) = root.take()
         {
-            self.root = Some(node::grow_root(root, pieces));
+            root = Some(node::grow_root(r, pieces, generation));
         }
-        self.collapse_root();
+        Self::collapse_root(&mut root, &mut cx);
+        self.root = root;
         if old.is_some() {
             self.len -= 1;
         }
@@ -189,16 +394,18 @@ impl BTree {
     /// Drops an empty root leaf and root inner nodes with a single child,
     /// so the height shrinks as the tree empties and an empty tree has no
     /// nodes at all.
-    fn collapse_root(&mut self) {
-        while let Some(root) = &self.root {
-            match &**root {
-                Node::Leaf(l) if l.len() == 0 => self.root = None,
-                Node::Inner(i) if i.children.len() == 1 => {
-                    let child = Arc::clone(&i.children[0]);
-                    self.root = Some(child);
+    fn collapse_root(root: &mut Option<NodeRef>, cx: &mut Cx<'_>) {
+        while let Some(r) = root.take() {
+            let next = match &*r {
+                Node::Leaf(l) if l.len() == 0 => None,
+                Node::Inner(i) if i.children.len() == 1 => Some(i.children[0].alias()),
+                _ => {
+                    *root = Some(r);
+                    return;
                 }
-                _ => return,
-            }
+            };
+            cx.discard(r);
+            *root = next;
         }
     }
 
@@ -206,7 +413,7 @@ impl BTree {
     /// unbounded. `start >= end` yields nothing.
     pub fn range<'a>(&'a self, start: &[u8], end: Option<&[u8]>) -> Iter<'a> {
         let mut it = Iter { stack: Vec::new(), leaf: None, idx: 0, end: None };
-        let Some(root) = self.root.as_deref() else {
+        let Some(root): Option<&Node> = self.root.as_deref() else {
             return it;
         };
         if let Some(e) = end

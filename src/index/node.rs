@@ -4,10 +4,11 @@
 //! Everything here operates on one node (or one parent and two adjacent
 //! children). The tree-wide walk lives in `mod.rs`; the recursive
 //! insert/remove below only ever mutate nodes obtained through
-//! `Arc::make_mut`, which is what makes the whole structure copy-on-write.
+//! [`Cx::make_mut`], which is what makes the whole structure copy-on-write.
 
 use std::cmp::Ordering;
-use std::sync::Arc;
+use std::ops::Deref;
+use std::ptr::NonNull;
 
 use super::{MAX_CHILDREN, MAX_LEAF_ENTRIES, MAX_NODE_KEY_BYTES, ValueRef, pool};
 
@@ -21,10 +22,209 @@ const MIN_NODE_KEY_BYTES: usize = MAX_NODE_KEY_BYTES / 4;
 /// Result of splitting a node: the separator that goes up to the parent and
 /// the new right-hand sibling. A split may yield more than one piece when a
 /// single cut cannot bring both halves under the byte limit (huge keys).
-pub(super) type Piece = (Vec<u8>, Arc<Node>);
+pub(super) type Piece = (Vec<u8>, NodeRef);
 
-/// Allocation bookkeeping of one `Arc<Node>`: the strong and weak counters.
-const ARC_HEADER_BYTES: usize = 2 * std::mem::size_of::<usize>();
+/// A node's allocation besides the node: its generation.
+const NODE_HEADER_BYTES: usize = std::mem::size_of::<u64>();
+
+/// One node's allocation: the node and the generation of the change set that made it.
+pub(super) struct NodeBox {
+    generation: u64,
+    node: Node,
+}
+
+/// A pointer to a node, without a reference count.
+///
+/// Why no count: with `Arc` children, copying an inner node (a writer's first change below it
+/// since the last publish) incremented the count of each of its up to 64 children and freeing
+/// the old copy decremented them again — one cache miss per child, and on x86 a locked
+/// operation that waits for its miss. That was a third of a batch of 1,000 random puts over a
+/// million keys. Here a copy copies the pointers and nothing else.
+///
+/// Who frees a node instead (see `mod.rs`, "Ownership"): a node belongs to the lineage of one
+/// tree. It is freed when the change that made it unreachable is no longer visible to anyone:
+/// at once if nobody but the writer ever saw it (its generation is the writer's current one,
+/// [`Cx::discard`]), else with the last handle on the last version that still reached it
+/// (`Version`'s drop).
+///
+/// Invariant that makes [`Deref`] sound: a `NodeRef` is only ever stored in a tree (its root,
+/// or an inner node's children) or in a list of retired nodes, and a node stays allocated as
+/// long as any tree that reaches it can be borrowed. Code outside this module never sees one.
+pub(super) struct NodeRef(NonNull<NodeBox>);
+
+// SAFETY: a node reachable from more than one tree version is never written (only nodes of the
+// writer's own generation are, through `&mut` access to the one tree that reaches them), so
+// sharing and sending pointers to them between threads is as safe as sharing `&Node`, and
+// `Node` is `Send + Sync` (vectors of plain data and of these pointers).
+unsafe impl Send for NodeRef {}
+// SAFETY: as for `Send` above.
+unsafe impl Sync for NodeRef {}
+
+impl NodeRef {
+    /// A new node of generation `generation`.
+    pub(super) fn new(node: Node, generation: u64) -> NodeRef {
+        #[cfg(test)]
+        live::add(1);
+        let node = NodeBox { generation, node };
+        let b = match pool::take_box() {
+            Some(mut b) => {
+                b.write(node);
+                // SAFETY: written on the line above.
+                unsafe { b.assume_init() }
+            }
+            None => Box::new(node),
+        };
+        NodeRef(NonNull::from(Box::leak(b)))
+    }
+
+    #[inline]
+    pub(super) fn generation(&self) -> u64 {
+        // SAFETY: see `Deref`: a stored `NodeRef` points to a live node.
+        unsafe { self.0.as_ref().generation }
+    }
+
+    /// Another pointer to the same node: for a copy of a parent, or a node moved to another
+    /// parent. It owns nothing; the node's lineage does.
+    #[inline]
+    pub(super) fn alias(&self) -> NodeRef {
+        NodeRef(self.0)
+    }
+
+    /// Frees this node alone (its children are left as they are).
+    ///
+    /// # Safety
+    /// Nothing may reach the node any more: no tree version anyone can still read, no list it
+    /// will be freed from again.
+    pub(super) unsafe fn free(self) {
+        #[cfg(test)]
+        live::add(-1);
+        let raw = self.0.as_ptr();
+        // SAFETY: made by `Box::leak` in `new`, and the caller guarantees that this is the only
+        // release: the node is dropped once, and its allocation, left uninitialised, goes back
+        // as a `MaybeUninit` of the same layout.
+        let b = unsafe {
+            std::ptr::drop_in_place(raw);
+            Box::from_raw(raw.cast::<std::mem::MaybeUninit<NodeBox>>())
+        };
+        pool::give_box(b);
+    }
+
+    /// Frees this node and every node below it.
+    ///
+    /// # Safety
+    /// As [`free`](Self::free), for every node of the subtree.
+    pub(super) unsafe fn free_subtree(self) {
+        if let Node::Inner(inner) = &*self {
+            for c in &inner.children {
+                // SAFETY: the caller's guarantee covers the whole subtree.
+                unsafe { c.alias().free_subtree() };
+            }
+        }
+        // SAFETY: as above; the children were read before.
+        unsafe { self.free() };
+    }
+
+    /// Frees the nodes of generation `generation` in this subtree: a writer's unpublished change
+    /// set, which only reaches down from the root to nodes of other generations (a node is
+    /// copied before anything below it is).
+    ///
+    /// # Safety
+    /// Nothing but the tree being dropped may reach the nodes of generation `generation`.
+    pub(super) unsafe fn free_generation(self, generation: u64) {
+        if self.generation() != generation {
+            return;
+        }
+        // SAFETY: the caller's guarantee, node by node.
+        unsafe {
+            if let Node::Inner(inner) = &*self {
+                for c in &inner.children {
+                    c.alias().free_generation(generation);
+                }
+            }
+            self.free();
+        }
+    }
+}
+
+impl Deref for NodeRef {
+    type Target = Node;
+
+    #[inline]
+    fn deref(&self) -> &Node {
+        // SAFETY: the invariant on `NodeRef`: the node outlives every borrow of what stores
+        // the pointer, and is written only through `Cx::make_mut` while its one tree is
+        // borrowed mutably, so no `&Node` from here is alive then.
+        unsafe { &self.0.as_ref().node }
+    }
+}
+
+/// A writer's change set on one tree: the generation its new nodes get, and the nodes of older
+/// generations it has replaced (still reachable from the version it started from).
+pub(super) struct Cx<'t> {
+    pub(super) generation: u64,
+    pub(super) retired: &'t mut Vec<NodeRef>,
+}
+
+impl Cx<'_> {
+    /// A new node of this change set.
+    #[inline]
+    pub(super) fn alloc(&self, node: Node) -> NodeRef {
+        NodeRef::new(node, self.generation)
+    }
+
+    /// The node at `slot`, for writing: a node of this change set is written in place; any
+    /// other may be seen by readers of an older version, so it is copied (its children stay
+    /// shared) and retired.
+    #[inline]
+    pub(super) fn make_mut<'n>(&mut self, slot: &'n mut NodeRef) -> &'n mut Node {
+        if slot.generation() != self.generation {
+            let copy = self.alloc((**slot).clone());
+            self.retired.push(std::mem::replace(slot, copy));
+        }
+        // SAFETY: the node is of this change set's generation, so only this tree reaches it,
+        // through `slot` (one parent each), which is borrowed mutably for `'n`.
+        unsafe { &mut (*slot.0.as_ptr()).node }
+    }
+
+    /// Lets go of a node taken out of the tree: freed now if it is of this change set
+    /// (nobody else ever saw it), else retired.
+    #[inline]
+    pub(super) fn discard(&mut self, node: NodeRef) {
+        if node.generation() == self.generation {
+            // SAFETY: a node of this change set is reachable only from this tree, and the
+            // caller has taken it out.
+            unsafe { node.free() }
+        } else {
+            self.retired.push(node);
+        }
+    }
+
+    /// Puts `node` at `slot`, letting go of the node that was there.
+    #[inline]
+    fn replace(&mut self, slot: &mut NodeRef, node: Node) {
+        let old = std::mem::replace(slot, self.alloc(node));
+        self.discard(old);
+    }
+}
+
+/// Live node count of this thread, for the tests that check nothing leaks.
+#[cfg(test)]
+pub(super) mod live {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<i64> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn add(n: i64) {
+        LIVE.with(|l| l.set(l.get() + n));
+    }
+
+    /// Nodes made minus nodes freed on this thread.
+    pub(crate) fn count() -> i64 {
+        LIVE.with(Cell::get)
+    }
+}
 
 /// Converts an arena offset to the stored `u32`.
 ///
@@ -436,42 +636,34 @@ impl Drop for Leaf {
 #[derive(Default)]
 pub(super) struct Inner {
     pub(super) keys: Keys,
-    pub(super) children: Vec<Arc<Node>>,
+    pub(super) children: Vec<NodeRef>,
 }
 
-// Copying an inner node (a writer's first change below it since the last publish) increments
-// the reference count of each of its up to 64 children, and freeing an old copy decrements
-// them: one cache miss per child, each child being its own allocation. A locked
-// read-modify-write on x86 waits for its miss before the next may start, so these misses queue
-// up (measured: the bulk of a 1,000-put batch over 1M keys). A plain load of each count first
-// lets the misses overlap; the atomic operations that follow then hit the cache.
+// A copy's children are the same nodes (pointers copied, nothing counted: see `NodeRef`); a
+// freed inner node frees only itself.
 impl Clone for Inner {
     fn clone(&self) -> Inner {
-        touch_children(&self.children);
         Inner { keys: self.keys.clone(), children: pool::copy_of(&self.children) }
+    }
+}
+
+impl Clone for NodeRef {
+    /// As [`NodeRef::alias`] (for copies of child lists).
+    fn clone(&self) -> NodeRef {
+        self.alias()
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        touch_children(&self.children);
         pool::give(std::mem::take(&mut self.children));
     }
 }
 
-#[inline]
-fn touch_children(children: &[Arc<Node>]) {
-    let mut sum = 0usize;
-    for c in children {
-        sum = sum.wrapping_add(Arc::strong_count(c));
-    }
-    std::hint::black_box(sum);
-}
-
-/// A tree node. Nodes are shared between tree versions through `Arc`;
-/// a node reachable from more than one `BTree` is immutable, and writers get
-/// a private copy via `Arc::make_mut` before touching it (the copy shares
-/// all of its children, so a write copies only one root-to-leaf path).
+/// A tree node. Nodes are shared between tree versions; a node reachable
+/// from more than one version is immutable, and the writer gets a private
+/// copy through [`Cx::make_mut`] before touching it (the copy shares all of
+/// its children, so a write copies only one root-to-leaf path).
 #[derive(Clone)]
 pub(super) enum Node {
     Leaf(Leaf),
@@ -693,7 +885,7 @@ impl Leaf {
     /// the leaf is cut right before that entry so the left part stays full
     /// and the new right leaf starts with just the new key: sequential
     /// loads fill leaves to ~100% instead of ~50%.
-    fn split(&mut self, appended: bool, out: &mut Vec<Piece>) {
+    fn split(&mut self, appended: bool, out: &mut Vec<Piece>, generation: u64) {
         let n = self.len();
         let mut cuts = Vec::new();
         if appended && n >= 2 && leaf_range_ok(&self.keys, 0, n - 1) {
@@ -706,7 +898,7 @@ impl Leaf {
             let keys = self.keys.split_off(s);
             let vals = self.vals.split_off(s);
             let sep = shortest_separator(self.keys.get(s - 1), keys.get(0)).to_vec();
-            out.push((sep, Arc::new(Node::Leaf(Leaf { keys, vals }))));
+            out.push((sep, NodeRef::new(Node::Leaf(Leaf { keys, vals }), generation)));
         }
         out[first..].reverse();
         self.keys.shrink_to_fit();
@@ -768,7 +960,7 @@ impl Inner {
     /// last child `c` (sequential inserts). Then the cut is placed before
     /// child `c` so `self` stays nearly full and the new right node holds
     /// only the still-growing rightmost children.
-    fn split(&mut self, grown_last: Option<usize>, out: &mut Vec<Piece>) {
+    fn split(&mut self, grown_last: Option<usize>, out: &mut Vec<Piece>, generation: u64) {
         let n = self.children.len();
         let mut cuts = Vec::new();
         match grown_last {
@@ -783,7 +975,7 @@ impl Inner {
             let children = self.children.split_off(j + 1);
             let keys = self.keys.split_off(j + 1);
             let sep = self.keys.pop();
-            out.push((sep, Arc::new(Node::Inner(Inner { keys, children }))));
+            out.push((sep, NodeRef::new(Node::Inner(Inner { keys, children }), generation)));
         }
         out[first..].reverse();
         self.keys.shrink_to_fit();
@@ -792,8 +984,8 @@ impl Inner {
 
     fn concat(a: &Inner, sep: &[u8], b: &Inner) -> Inner {
         let mut children = Vec::with_capacity(a.children.len() + b.children.len());
-        children.extend(a.children.iter().cloned());
-        children.extend(b.children.iter().cloned());
+        children.extend(a.children.iter().map(NodeRef::alias));
+        children.extend(b.children.iter().map(NodeRef::alias));
         Inner { keys: Keys::concat(&a.keys, Some(sep), &b.keys), children }
     }
 
@@ -824,7 +1016,7 @@ impl Inner {
     /// neighbour's entries evenly between the two. Empty children always
     /// merge (merging with an empty node always fits), so no empty node
     /// survives.
-    fn rebalance(&mut self, c: usize) {
+    fn rebalance(&mut self, c: usize, cx: &mut Cx<'_>) {
         let n = self.children.len();
         if n < 2 {
             return;
@@ -847,8 +1039,9 @@ impl Inner {
             Node::Inner(m) => m.is_overfull(),
         };
         if !overfull {
-            self.children[i] = Arc::new(merged);
-            self.children.remove(i + 1);
+            cx.replace(&mut self.children[i], merged);
+            let right = self.children.remove(i + 1);
+            cx.discard(right);
             self.keys.remove(i);
             self.keys.maybe_shrink();
             maybe_shrink(&mut self.children);
@@ -868,8 +1061,8 @@ impl Inner {
                 (Node::Inner(l), sep, Node::Inner(r))
             }
         };
-        self.children[i] = Arc::new(l);
-        self.children[i + 1] = Arc::new(r);
+        cx.replace(&mut self.children[i], l);
+        cx.replace(&mut self.children[i + 1], r);
         self.keys.replace(i, &sep);
     }
 }
@@ -883,12 +1076,12 @@ impl Node {
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        let own = ARC_HEADER_BYTES + std::mem::size_of::<Node>();
+        let own = NODE_HEADER_BYTES + std::mem::size_of::<Node>();
         match self {
             Node::Leaf(l) => own + l.keys.heap_bytes() + l.vals.capacity() * std::mem::size_of::<ValueRef>(),
             Node::Inner(i) => {
                 own + i.keys.heap_bytes()
-                    + i.children.capacity() * std::mem::size_of::<Arc<Node>>()
+                    + i.children.capacity() * std::mem::size_of::<NodeRef>()
                     + i.children.iter().map(|c| c.heap_bytes()).sum::<usize>()
             }
         }
@@ -897,49 +1090,50 @@ impl Node {
 
 /// Inserts into the subtree at `node`; returns the previous value.
 ///
-/// Every node on the path is obtained with `Arc::make_mut`: a node shared
-/// with a snapshot is copied (its children stay shared), an unshared one is
-/// edited in place. If `node` overflows, it keeps its first piece and the
-/// rest go to `out` for the caller to link in.
+/// Every node on the path is obtained with [`Cx::make_mut`]: a node an older
+/// version may share is copied (its children stay shared), one of this change
+/// set is edited in place. If `node` overflows, it keeps its first piece and
+/// the rest go to `out` for the caller to link in.
 ///
 /// `rightmost` says `node` is on the tree's right edge (its root, the last child of the
 /// last child…), where an append is an ascending-key workload.
 pub(super) fn insert(
-    node: &mut Arc<Node>,
+    node: &mut NodeRef,
     key: &[u8],
     val: ValueRef,
     out: &mut Vec<Piece>,
     rightmost: bool,
+    cx: &mut Cx<'_>,
 ) -> Option<ValueRef> {
     node.prefetch_for_search();
     // A shared leaf is copied before it changes. If the change is a new key, the copy is made
     // with the key in place, in one pass: `make_mut`'s exact copy would be grown — copied
     // again, through the allocator — by the insert, and the insert would move the keys after
-    // it once more. (Only the writer can add owners of a node, so a count of one seen here
-    // stays one.) The search is done once: the copy holds the same keys.
+    // it once more. The search is done once: the copy holds the same keys.
     let mut leaf_slot = None;
     if let Node::Leaf(leaf) = &**node {
         let slot = leaf.keys.search(key);
         if let Err(i) = slot
-            && Arc::strong_count(node) > 1
+            && node.generation() != cx.generation
         {
             let mut copy = leaf.copy_inserting(i, key, val);
             if copy.is_overfull() {
-                copy.split(i == leaf.len(), out);
+                copy.split(i == leaf.len(), out, cx.generation);
             }
-            *node = Arc::new(Node::Leaf(copy));
+            cx.replace(node, Node::Leaf(copy));
             return None;
         }
         leaf_slot = Some(slot);
     }
-    match Arc::make_mut(node) {
+    let generation = cx.generation;
+    match cx.make_mut(node) {
         Node::Leaf(leaf) => match leaf_slot.unwrap_or_else(|| leaf.keys.search(key)) {
             Ok(i) => Some(std::mem::replace(&mut leaf.vals[i], val)),
             Err(i) => {
                 let appended = i == leaf.len();
                 leaf.insert_at(i, key, val, rightmost && appended);
                 if leaf.is_overfull() {
-                    leaf.split(appended, out);
+                    leaf.split(appended, out, generation);
                 }
                 None
             }
@@ -948,12 +1142,12 @@ pub(super) fn insert(
             let c = inner.child_index(key);
             let mut pieces = Vec::new();
             let last = c + 1 == inner.children.len();
-            let old = insert(&mut inner.children[c], key, val, &mut pieces, rightmost && last);
+            let old = insert(&mut inner.children[c], key, val, &mut pieces, rightmost && last, cx);
             if !pieces.is_empty() {
                 let was_last = c + 1 == inner.children.len();
                 inner.insert_pieces(c, pieces);
                 if inner.is_overfull() {
-                    inner.split(was_last.then_some(c), out);
+                    inner.split(was_last.then_some(c), out, generation);
                 }
             }
             old
@@ -968,9 +1162,10 @@ pub(super) fn insert(
 /// lengthen a separator in `node` (a redistributed boundary gets a new
 /// separator), which may push it over the byte limit; it then splits into
 /// `out` exactly as on insert.
-pub(super) fn remove(node: &mut Arc<Node>, key: &[u8], out: &mut Vec<Piece>) -> Option<ValueRef> {
+pub(super) fn remove(node: &mut NodeRef, key: &[u8], out: &mut Vec<Piece>, cx: &mut Cx<'_>) -> Option<ValueRef> {
     node.prefetch_for_search();
-    match Arc::make_mut(node) {
+    let generation = cx.generation;
+    match cx.make_mut(node) {
         Node::Leaf(leaf) => {
             let i = leaf.keys.search(key).ok()?;
             Some(leaf.remove_at(i))
@@ -978,14 +1173,14 @@ pub(super) fn remove(node: &mut Arc<Node>, key: &[u8], out: &mut Vec<Piece>) -> 
         Node::Inner(inner) => {
             let c = inner.child_index(key);
             let mut pieces = Vec::new();
-            let old = remove(&mut inner.children[c], key, &mut pieces)?;
+            let old = remove(&mut inner.children[c], key, &mut pieces, cx)?;
             if !pieces.is_empty() {
                 inner.insert_pieces(c, pieces);
             } else if inner.children[c].is_underfull() {
-                inner.rebalance(c);
+                inner.rebalance(c, cx);
             }
             if inner.is_overfull() {
-                inner.split(None, out);
+                inner.split(None, out, generation);
             }
             Some(old)
         }
@@ -994,15 +1189,15 @@ pub(super) fn remove(node: &mut Arc<Node>, key: &[u8], out: &mut Vec<Piece>) -> 
 
 /// Puts new levels on top of `root` until the pieces split off the old root
 /// are all linked in.
-pub(super) fn grow_root(mut root: Arc<Node>, mut pieces: Vec<Piece>) -> Arc<Node> {
+pub(super) fn grow_root(mut root: NodeRef, mut pieces: Vec<Piece>, generation: u64) -> NodeRef {
     while !pieces.is_empty() {
         let mut inner = Inner { keys: Keys::default(), children: vec![root] };
         inner.insert_pieces(0, pieces);
         let mut out = Vec::new();
         if inner.is_overfull() {
-            inner.split(None, &mut out);
+            inner.split(None, &mut out, generation);
         }
-        root = Arc::new(Node::Inner(inner));
+        root = NodeRef::new(Node::Inner(inner), generation);
         pieces = out;
     }
     root
@@ -1028,9 +1223,9 @@ impl Keys {
 /// sequence of ascending inserts would leave it but without a search or a copy per key.
 /// Returns the root (`None` for no entries). Recovery uses it to load a bucket's keys when
 /// its tree is empty.
-pub(super) fn build<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>) -> Option<Arc<Node>> {
-    let (nodes, seps) = build_leaves(entries);
-    build_levels(nodes, seps)
+pub(super) fn build<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>, generation: u64) -> Option<NodeRef> {
+    let (nodes, seps) = build_leaves(entries, generation);
+    build_levels(nodes, seps, generation)
 }
 
 /// [`build`] over `entries` (strictly ascending keys, each prefetched a few entries ahead).
@@ -1038,17 +1233,20 @@ pub(super) fn build<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>)
 /// built on two threads (`parallel::join`) and joined under one separator; the first half's
 /// last leaf may then be underfull, a shape ascending inserts would not leave (nothing relies
 /// on full leaves).
-pub(super) fn build_sorted(entries: &[(&[u8], ValueRef)]) -> Option<Arc<Node>> {
+pub(super) fn build_sorted(entries: &[(&[u8], ValueRef)], generation: u64) -> Option<NodeRef> {
     if entries.len() < super::BUILD_SPLIT_FROM {
-        return build(fetched(entries));
+        return build(fetched(entries), generation);
     }
     let (first, second) = entries.split_at(entries.len() / 2);
-    let ((mut nodes, mut seps), (more_nodes, more_seps)) =
-        crate::parallel::join("logtree-build", || build_leaves(fetched(first)), || build_leaves(fetched(second)));
+    let ((mut nodes, mut seps), (more_nodes, more_seps)) = crate::parallel::join(
+        "logtree-build",
+        || build_leaves(fetched(first), generation),
+        || build_leaves(fetched(second), generation),
+    );
     seps.push(shortest_separator(first[first.len() - 1].0, second[0].0).to_vec());
     nodes.extend(more_nodes);
     seps.extend(more_seps);
-    build_levels(nodes, seps)
+    build_levels(nodes, seps, generation)
 }
 
 /// `entries`, each key prefetched a few entries before it is taken. The keys of a sorted build
@@ -1066,8 +1264,11 @@ fn fetched<'e, 'k>(entries: &'e [(&'k [u8], ValueRef)]) -> impl Iterator<Item = 
 
 /// The leaves of [`build`] over `entries` (ascending keys), and the separator before each
 /// leaf but the first.
-fn build_leaves<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>) -> (Vec<Arc<Node>>, Vec<Vec<u8>>) {
-    let mut nodes: Vec<Arc<Node>> = Vec::new();
+fn build_leaves<'k>(
+    entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>,
+    generation: u64,
+) -> (Vec<NodeRef>, Vec<Vec<u8>>) {
+    let mut nodes: Vec<NodeRef> = Vec::new();
     let mut seps: Vec<Vec<u8>> = Vec::new();
     let mut leaf = Leaf::default();
     let mut last: &[u8] = &[];
@@ -1077,7 +1278,7 @@ fn build_leaves<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>) -> 
         let full = leaf.len() == MAX_LEAF_ENTRIES || leaf.keys.bytes() + key.len() > MAX_NODE_KEY_BYTES;
         if leaf.len() > 0 && full {
             leaf.keys.reprefix();
-            nodes.push(Arc::new(Node::Leaf(std::mem::take(&mut leaf))));
+            nodes.push(NodeRef::new(Node::Leaf(std::mem::take(&mut leaf)), generation));
             seps.push(shortest_separator(last, key).to_vec());
         }
         leaf.keys.push_unprefixed(key);
@@ -1086,14 +1287,14 @@ fn build_leaves<'k>(entries: impl IntoIterator<Item = (&'k [u8], ValueRef)>) -> 
     }
     if leaf.len() > 0 {
         leaf.keys.reprefix();
-        nodes.push(Arc::new(Node::Leaf(leaf)));
+        nodes.push(NodeRef::new(Node::Leaf(leaf), generation));
     }
     (nodes, seps)
 }
 
 /// The inner levels of [`build`] over one level's `nodes` (in key order) and the separator
 /// before each node but the first; returns the root.
-fn build_levels(mut nodes: Vec<Arc<Node>>, mut seps: Vec<Vec<u8>>) -> Option<Arc<Node>> {
+fn build_levels(mut nodes: Vec<NodeRef>, mut seps: Vec<Vec<u8>>, generation: u64) -> Option<NodeRef> {
     debug_assert_eq!(seps.len() + 1, nodes.len().max(1));
     while nodes.len() > 1 {
         // Group the nodes: a group closes at MAX_CHILDREN children or when one more separator
@@ -1125,7 +1326,7 @@ fn build_levels(mut nodes: Vec<Arc<Node>>, mut seps: Vec<Vec<u8>>) -> Option<Arc
             }
             keys.reprefix();
             let inner = Inner { keys, children: children.by_ref().take(b - a).collect() };
-            up_nodes.push(Arc::new(Node::Inner(inner)));
+            up_nodes.push(NodeRef::new(Node::Inner(inner), generation));
             if b < seps.len() + 1 {
                 up_seps.push(std::mem::take(&mut seps[b - 1]));
             }

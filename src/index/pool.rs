@@ -20,14 +20,15 @@
 //! what was asked of it lately (`Pool::trim_if_full`), so that the pool holds the sizes in
 //! demand rather than those some earlier workload freed.
 
-use std::cell::Cell;
-use std::sync::Arc;
-
 use super::ValueRef;
-use super::node::Node;
+use super::node::{NodeBox, NodeRef};
+use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 /// Most bytes of buffers one pool keeps.
 const POOL_BYTES: usize = 16 << 20;
+/// Most node allocations (`NodeBox`es, 128 bytes each) one pool keeps.
+const POOL_BOXES: usize = 16 << 10;
 /// Buffers smaller than this (in bytes) are left to the allocator.
 const MIN_BYTES: usize = 64;
 /// Buffers larger than this (in bytes) are left to the allocator (nodes with huge keys).
@@ -42,7 +43,11 @@ pub(crate) struct Pool {
     u8s: Bins<u8>,
     u32s: Bins<u32>,
     vals: Bins<ValueRef>,
-    children: Bins<Arc<Node>>,
+    children: Bins<NodeRef>,
+    /// Freed node allocations, their nodes dropped. Boxes, not values: each is handed back as
+    /// the allocation a `NodeRef` points to.
+    #[allow(clippy::vec_box)]
+    boxes: Vec<Box<MaybeUninit<NodeBox>>>,
 }
 
 pub(super) struct Bins<T> {
@@ -120,8 +125,8 @@ impl Pooled for ValueRef {
     }
 }
 
-impl Pooled for Arc<Node> {
-    fn bins(pool: &mut Pool) -> &mut Bins<Arc<Node>> {
+impl Pooled for NodeRef {
+    fn bins(pool: &mut Pool) -> &mut Bins<NodeRef> {
         &mut pool.children
     }
 }
@@ -211,6 +216,21 @@ pub(super) fn take<T: Pooled>(n: usize) -> Vec<T> {
         }
     }
     Vec::with_capacity(n)
+}
+
+/// A node allocation from this thread's pool, if it has one to spare.
+pub(super) fn take_box() -> Option<Box<MaybeUninit<NodeBox>>> {
+    with_pool(|p| p.boxes.pop()).flatten()
+}
+
+/// Keeps a node allocation (its node already dropped) in this thread's pool if it has one with
+/// room; frees it otherwise.
+pub(super) fn give_box(b: Box<MaybeUninit<NodeBox>>) {
+    with_pool(move |p| {
+        if p.boxes.len() < POOL_BOXES {
+            p.boxes.push(b);
+        }
+    });
 }
 
 /// A copy of `items` in a buffer from [`take`].

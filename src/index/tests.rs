@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -90,7 +89,7 @@ fn tree_range(t: &BTree, start: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, Valu
 }
 
 fn root_ptr(t: &BTree) -> Option<*const Node> {
-    t.root.as_ref().map(Arc::as_ptr)
+    t.root.as_deref().map(std::ptr::from_ref)
 }
 
 // ----------------------------------------------------------------- unit tests
@@ -162,7 +161,7 @@ fn remove_missing_returns_none_and_does_not_unshare() {
     for i in 0..5000u64 {
         t.insert(&(i * 2).to_be_bytes(), vr(i));
     }
-    let snap = t.clone();
+    let snap = t.snapshot();
     assert_eq!(root_ptr(&snap), root_ptr(&t));
     for i in 0..5000u64 {
         assert_eq!(t.remove(&(i * 2 + 1).to_be_bytes()), None);
@@ -420,7 +419,7 @@ fn tree_is_send_sync_and_clone_is_shallow() {
     for i in 0..10_000u64 {
         t.insert(&i.to_be_bytes(), vr(i));
     }
-    let c = t.clone();
+    let c = t.snapshot();
     assert_eq!(root_ptr(&c), root_ptr(&t));
     assert_eq!(format!("{c:?}"), "BTree { len: 10000 }");
 }
@@ -438,7 +437,7 @@ fn snapshots_are_frozen_random_workload() {
         let k = if rng.below(2) == 0 { k[..1].to_vec() } else { k };
         remove_or_insert(&mut t, &mut m, k, rng.below(3) == 0, step);
         if step % 1500 == 0 {
-            snaps.push((t.clone(), m.clone()));
+            snaps.push((t.snapshot(), m.clone()));
         }
         if step % 7919 == 0 {
             t.check_invariants();
@@ -465,7 +464,7 @@ fn snapshots_are_frozen_while_copies_reuse_pooled_buffers() {
         let k = format!("{i:0w$}", w = 4 + i % 37).into_bytes();
         remove_or_insert(&mut t, &mut m, k, rng.below(4) == 0, step);
         if step % 500 == 0 {
-            snaps.push((t.clone(), m.clone()));
+            snaps.push((t.snapshot(), m.clone()));
             if snaps.len() > 4 {
                 snaps.remove(rng.below(4));
                 assert_snapshots(&snaps);
@@ -491,7 +490,7 @@ fn snapshot_survives_delete_everything_and_rebuild() {
         t.insert(&k, vr(i));
         m.insert(k, vr(i));
     }
-    let snap = t.clone();
+    let snap = t.snapshot();
     let snap_m = m.clone();
     let mut keys: Vec<Vec<u8>> = m.keys().cloned().collect();
     rng.shuffle(&mut keys);
@@ -499,7 +498,7 @@ fn snapshot_survives_delete_everything_and_rebuild() {
     for (n, k) in keys.iter().enumerate() {
         assert_eq!(t.remove(k), m.remove(k));
         if n % 3000 == 0 {
-            snaps.push((t.clone(), m.clone()));
+            snaps.push((t.snapshot(), m.clone()));
         }
     }
     assert!(t.is_empty());
@@ -523,7 +522,7 @@ fn writes_to_a_snapshot_do_not_leak_into_the_original() {
         t.insert(&(i * 3).to_be_bytes(), vr(i));
         m.insert((i * 3).to_be_bytes().to_vec(), vr(i));
     }
-    let mut s = t.clone();
+    let mut s = t.snapshot();
     let mut sm = m.clone();
     let mut rng = Rng(1);
     for i in 0..30_000u64 {
@@ -561,7 +560,7 @@ fn snapshots_with_big_keys() {
         remove_or_insert(&mut t, &mut m, k, rng.below(3) == 0, step);
         if step % 100 == 0 {
             t.check_invariants();
-            snaps.push((t.clone(), m.clone()));
+            snaps.push((t.snapshot(), m.clone()));
         }
     }
     assert_snapshots(&snaps);
@@ -592,7 +591,7 @@ fn big_key_churn_with_long_separators() {
             assert_eq!(t.len(), m.len());
         }
         if step % 1000 == 0 {
-            snaps.push((t.clone(), m.clone()));
+            snaps.push((t.snapshot(), m.clone()));
         }
     }
     t.check_invariants();
@@ -656,7 +655,7 @@ fn remove_splits_parent_when_redistribution_lengthens_a_separator() {
         _ => 0,
     };
     let before = root_children(&t);
-    let snap = (t.clone(), m.clone());
+    let snap = (t.snapshot(), m.clone());
     for i in 0..13 {
         assert_eq!(t.remove(&small(i)), m.remove(&small(i)));
         t.check_invariants();
@@ -738,7 +737,7 @@ fn run_ops(ops: &[Op]) {
             Op::Range(s, e) => {
                 assert_eq!(tree_range(&t, s, e.as_deref()), model_range(&m, s, e.as_deref()));
             }
-            Op::Snapshot => snaps.push((t.clone(), m.clone())),
+            Op::Snapshot => snaps.push((t.snapshot(), m.clone())),
             Op::DropSnapshot(i) => {
                 if !snaps.is_empty() {
                     let (s, sm) = snaps.swap_remove(i % snaps.len());
@@ -802,7 +801,7 @@ fn built_trees_are_valid_and_stay_so_under_changes() {
             for (k, v) in m.iter().take(200) {
                 assert_eq!(t.get(k), Some(*v));
             }
-            let snap = t.clone();
+            let snap = t.snapshot();
             let snap_model = m.clone();
             for step in 0..300u64 {
                 let k = if rng.below(2) == 0 && !m.is_empty() {
@@ -941,11 +940,11 @@ fn bench_1m_24_byte_keys() {
 
     // Snapshot-heavy write cost: clone before every 1000 inserts.
     let t0 = Instant::now();
-    let mut t2 = t.clone();
+    let mut t2 = t.snapshot();
     let mut snaps = Vec::new();
     for (i, k) in keys.iter().take(100_000).enumerate() {
         if i % 1000 == 0 {
-            snaps.push(t2.clone());
+            snaps.push(t2.snapshot());
         }
         t2.insert(&k[..12], vr(i as u64));
     }
@@ -1011,4 +1010,138 @@ fn peek_value_looks_into_the_next_leaf() {
     // Within one leaf only, about AHEAD / 2 of every leaf's 32–64 entries' looks would be
     // empty (over a tenth); across a parent's leaves, a few per thousand.
     assert!(empty * 100 < asked, "{empty} of {asked} looks ahead found nothing");
+}
+
+// ------------------------------------------------------------ node ownership (mod.rs, "Ownership")
+
+/// Nodes reachable from `t`.
+fn node_count(t: &BTree) -> i64 {
+    fn count(n: &Node) -> i64 {
+        match n {
+            Node::Leaf(_) => 1,
+            Node::Inner(i) => 1 + i.children.iter().map(|c| count(c)).sum::<i64>(),
+        }
+    }
+    t.root.as_deref().map_or(0, count)
+}
+
+/// Snapshots dropped in every order, forks, abandoned change sets: the nodes made on this
+/// thread are freed once no tree reaches them, and only then (the trees stay readable until
+/// dropped, which the checks against the model would show if a node were freed early).
+#[test]
+fn every_node_is_freed_once_nobody_reaches_it() {
+    let before = node::live::count();
+    let mut rng = Rng(5);
+    let mut t = BTree::new();
+    let mut m = Model::new();
+    let mut snaps: Vec<(BTree, Model)> = Vec::new();
+    for round in 0..40u64 {
+        for step in 0..400 {
+            let k = rng.bytes(2);
+            remove_or_insert(&mut t, &mut m, k, rng.below(4) == 0, round * 1000 + step);
+        }
+        match rng.below(5) {
+            // A change set abandoned: a clone of the last snapshot replaces the tree.
+            0 if !snaps.is_empty() => {
+                let (s, sm) = &snaps[snaps.len() - 1];
+                t = s.clone();
+                m = sm.clone();
+            }
+            // A fork: a snapshot changes too (it takes over the lineage or copies).
+            1 if !snaps.is_empty() => {
+                let i = rng.below(snaps.len());
+                let (s, sm) = &mut snaps[i];
+                for step in 0..50 {
+                    let k = rng.bytes(2);
+                    remove_or_insert(s, sm, k, rng.below(2) == 0, step);
+                }
+            }
+            _ => snaps.push((t.snapshot(), m.clone())),
+        }
+        // Drop a random snapshot now and then: oldest, newest or in between.
+        if snaps.len() > 4 {
+            snaps.remove(rng.below(snaps.len()));
+        }
+        assert_snapshots(&snaps);
+        assert_same(&t, &m);
+    }
+    drop(snaps);
+    // With every snapshot gone, what is left allocated is the tree itself: retired nodes of
+    // versions nobody reads are freed, not kept until the tree goes.
+    assert_eq!(node::live::count() - before, node_count(&t));
+    t.check_invariants();
+    drop(t);
+    assert_eq!(node::live::count(), before, "nodes leaked");
+}
+
+/// A change set copies each shared node once, whatever number of writes go through it: the
+/// first insert after a snapshot copies the path, the next ones into the same leaf copy nothing.
+#[test]
+fn a_change_set_copies_each_shared_node_once() {
+    let mut t = BTree::new();
+    for i in 0..10_000u64 {
+        t.insert(&(i * 2).to_be_bytes(), vr(i));
+    }
+    let snap = t.snapshot();
+    let depth = {
+        let mut d = 0;
+        let mut n: &Node = t.root.as_deref().unwrap();
+        while let Node::Inner(i) = n {
+            d += 1;
+            n = &i.children[0];
+        }
+        d + 1
+    };
+    let before = node::live::count();
+    // Overwrites and a delete in the first (full) leaf, so that nothing splits or merges.
+    t.insert(&0u64.to_be_bytes(), vr(1));
+    assert_eq!(node::live::count() - before, depth, "the first write copies its path");
+    t.insert(&4u64.to_be_bytes(), vr(3));
+    t.insert(&2u64.to_be_bytes(), vr(4));
+    t.remove(&6u64.to_be_bytes());
+    assert_eq!(node::live::count() - before, depth, "later writes on that path change the copies");
+    // Published and the snapshot dropped: the old path is freed.
+    let _published = t.snapshot();
+    drop(snap);
+    assert_eq!(node::live::count() - before, 0);
+    assert_eq!(t.get(&2u64.to_be_bytes()), Some(vr(4)));
+}
+
+/// Dropping a tree whose change set was never published frees that change set's nodes and
+/// leaves the published version whole, and the next tree built on it takes over the lineage.
+#[test]
+fn an_abandoned_change_set_frees_its_nodes_and_keeps_the_version() {
+    let mut t = BTree::new();
+    for i in 0..5_000u64 {
+        t.insert(&i.to_be_bytes(), vr(i));
+    }
+    let published = t.snapshot();
+    let before = node::live::count();
+    for i in 0..5_000u64 {
+        t.insert(&(i * 7).to_be_bytes(), vr(i + 1));
+    }
+    drop(t);
+    assert_eq!(node::live::count(), before, "the change set's nodes are freed");
+    for i in 0..5_000u64 {
+        assert_eq!(published.get(&i.to_be_bytes()), Some(vr(i)));
+    }
+    let mut next = published.clone();
+    let base = root_ptr(&next);
+    next.insert(&1u64.to_be_bytes(), vr(9));
+    next.snapshot();
+    // Built on the version, not a deep copy: the leaves it did not change are shared.
+    assert_ne!(root_ptr(&next), base);
+    let shared = |a: &BTree, b: &BTree| match (a.root.as_deref(), b.root.as_deref()) {
+        (Some(Node::Inner(x)), Some(Node::Inner(y))) => std::ptr::eq(&*x.children[1], &*y.children[1]),
+        _ => false,
+    };
+    assert!(shared(&next, &published), "the unchanged subtree is shared");
+    // A second tree changing the same version gets a copy of its own.
+    let mut fork = published.clone();
+    fork.insert(&2u64.to_be_bytes(), vr(10));
+    assert!(!shared(&fork, &published), "a fork copies");
+    assert_eq!(next.get(&2u64.to_be_bytes()), Some(vr(2)));
+    assert_eq!(fork.get(&1u64.to_be_bytes()), Some(vr(1)));
+    fork.check_invariants();
+    next.check_invariants();
 }

@@ -85,11 +85,6 @@ pub struct LogWriter {
     buf_off: u64,
     /// How many `FRAME_TX_PART` frames of the current transaction are on disk.
     parts: u32,
-    /// The frame of the last committed transaction if it was a single frame, and the segment
-    /// id and file offset of its operations: for [`last_tx_ops`](Self::last_tx_ops). Swapped
-    /// with `buf` at each commit, so neither is reallocated.
-    last: Vec<u8>,
-    last_at: Option<(u32, u64)>,
     /// Faults in the active segment's pages ahead of the appends (see `prefault.rs`).
     prefaulter: Prefaulter,
     /// Reads the segments this writer seals again in huge pages (see `settle.rs`).
@@ -110,8 +105,6 @@ impl LogWriter {
             buf: Vec::new(),
             buf_off: 0,
             parts: 0,
-            last: Vec::new(),
-            last_at: None,
             prefaulter,
             settler: Settler::default(),
         }
@@ -308,11 +301,6 @@ impl LogWriter {
             return Ok(None);
         }
         let r = self.write_frame(FRAME_TX_END, self.next_seq);
-        self.last_at = None;
-        if r.is_ok() && self.parts == 0 {
-            std::mem::swap(&mut self.buf, &mut self.last);
-            self.last_at = Some((self.active().id, self.buf_off + FRAME_OPS_AT as u64));
-        }
         self.buf.clear();
         self.parts = 0;
         r?;
@@ -320,19 +308,10 @@ impl LogWriter {
         Ok(Some(self.next_seq - 1))
     }
 
-    /// The operations of the transaction [`commit_tx`](Self::commit_tx) just wrote, if it was
-    /// one frame: (segment id, file offset of the operations, their encoding), for
-    /// `format::decode_ops`. `None` after anything else.
-    pub fn last_tx_ops(&self) -> Option<(u32, u64, &[u8])> {
-        let (seg, at) = self.last_at?;
-        Some((seg, at, self.last.get(FRAME_OPS_AT..)?))
-    }
-
     /// Forgets the current transaction without writing anything: after an I/O failure, when
     /// nothing more may be written. Parts of it already on disk are an unfinished transaction
     /// at the log's end, which recovery cuts off.
     pub fn discard_tx(&mut self) {
-        self.last_at = None;
         self.buf.clear();
         self.parts = 0;
     }
@@ -340,7 +319,6 @@ impl LogWriter {
     /// Drops the current transaction. If parts of it reached the disk, an abort frame with its
     /// sequence number follows them, so that recovery drops them too, and the number is used.
     pub fn abort_tx(&mut self) -> Result<()> {
-        self.last_at = None;
         self.buf.clear();
         if self.parts == 0 {
             return Ok(());
