@@ -18,16 +18,24 @@
 //!
 //! Nodes carry no reference count (copying an inner node would otherwise touch
 //! every child's count: see `node::NodeRef`). Instead each tree has a lineage
-//! of versions, oldest to newest, each holding an `Arc` of the next:
+//! (`Lineage`): its published versions, and for each version someone holds,
+//! the nodes only it (or it and older versions) still keeps allocated.
 //!
 //! * Every node is reachable from the newest version (or from the writer's
-//!   unpublished change set on top of it), or is in exactly one version's
-//!   retired list: the nodes that version reached and its successor no longer
-//!   does.
-//! * A version's retired nodes are freed when the version is dropped, which
-//!   happens only once nobody holds it *or any older version* (each older one
-//!   holds it): by then no snapshot can reach them. A dropped version with no
-//!   successor is the newest with no holder left: its whole tree is freed.
+//!   unpublished change set on top of it), or was *retired* by a change set:
+//!   a node made by generation `b` and retired by change set `d + 1` is
+//!   reached by exactly the versions `b..=d`.
+//! * So a retired node may be freed once no version between its generation
+//!   and its retirement is held. Publishing pins a change set's retired nodes
+//!   to its base version (held by the writer). When nobody holds a version any
+//!   more, its pinned nodes that an older held version reaches (generation at
+//!   most that version's) are handed down to the newest such version; the rest
+//!   are freed. One old reader therefore keeps its own tree allocated, not
+//!   every node the writer copies and lets go of after it.
+//! * The newest version, once nobody holds it (the bucket deleted, the engine
+//!   closed), hands down its whole tree the same way: nodes newer than every
+//!   held version are freed (a node is never older than its children, so the
+//!   walk stops at the first one an older version reaches).
 //! * A node of the writer's current generation that the writer takes out of
 //!   the tree is freed at once: nobody else ever saw it. Dropping a tree with
 //!   unpublished changes frees that change set's nodes and keeps the rest.
@@ -70,10 +78,11 @@ pub(crate) mod pool;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::iter::FusedIterator;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use node::{Cx, Inner, Leaf, Node, NodeRef};
 
@@ -105,52 +114,99 @@ fn new_generation() -> u64 {
     NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A published state of a tree's lineage (see the module docs, "Ownership").
+/// The versions of one tree, oldest to newest (see the module docs, "Ownership").
+struct Lineage {
+    state: Mutex<LineageState>,
+}
+
+#[derive(Default)]
+struct LineageState {
+    /// Generations of the versions someone holds.
+    held: BTreeSet<u64>,
+    /// The generation of the newest version.
+    newest: u64,
+    /// What each held version keeps allocated besides what newer versions reach: nodes retired
+    /// since (a version held by nobody passes its list down, see `Version`'s drop).
+    pinned: BTreeMap<u64, Vec<Garbage>>,
+}
+
+/// Nodes to free once no held version reaches them.
+enum Garbage {
+    /// One node, retired by a change set: a version older than that change set may reach it.
+    Node(NodeRef),
+    /// A subtree of the newest version, released with no newer one to hand it on to.
+    Subtree(NodeRef),
+}
+
+impl LineageState {
+    /// Frees what of `items` no held version at or below `upto` reaches (none reaches a node
+    /// made after the newest of them, and a node is never older than its children), and
+    /// leaves the rest pinned to that version.
+    fn collect(&mut self, upto: u64, items: Vec<Garbage>) {
+        let keeper = self.held.range(..=upto).next_back().copied();
+        let mut kept = Vec::new();
+        let mut stack = Vec::new();
+        for item in items {
+            match item {
+                Garbage::Node(node) => {
+                    if keeper.is_some_and(|k| node.generation() <= k) {
+                        kept.push(Garbage::Node(node));
+                    } else {
+                        // SAFETY: retired, so no version after the change set that retired it
+                        // reaches it; none before its generation does either; and no held
+                        // version lies in between (`keeper` is the newest held one).
+                        unsafe { node.free() };
+                    }
+                }
+                Garbage::Subtree(root) => stack.push(root),
+            }
+            while let Some(node) = stack.pop() {
+                if keeper.is_some_and(|k| node.generation() <= k) {
+                    // Reached by `keeper`, and so is everything below it (children are never
+                    // newer than their parent).
+                    kept.push(Garbage::Subtree(node));
+                    continue;
+                }
+                if let Node::Inner(inner) = &*node {
+                    stack.extend(inner.children.iter().map(NodeRef::alias));
+                }
+                // SAFETY: a node of the released newest version made after every held
+                // version: nothing else reaches it; its children were taken above.
+                unsafe { node.free() };
+            }
+        }
+        if let Some(k) = keeper
+            && !kept.is_empty()
+        {
+            self.pinned.entry(k).or_default().extend(kept);
+        }
+    }
+}
+
+/// A published state of a tree: what a snapshot of it holds.
 struct Version {
-    /// The root as published (`None` once a drop has taken it).
+    generation: u64,
     root: Option<NodeRef>,
     /// Whether a tree has started a change set on this version.
     claimed: AtomicBool,
-    /// Set once, when the change set built on this version is published.
-    successor: OnceLock<Successor>,
-}
-
-/// What the next version changed: the nodes this version reaches and the next does not.
-struct Successor {
-    retired: Vec<NodeRef>,
-    next: Arc<Version>,
+    lineage: Arc<Lineage>,
 }
 
 impl Drop for Version {
+    /// Nobody holds this version any more: what only it kept allocated is freed, what an older
+    /// held version also reaches is handed down to it.
     fn drop(&mut self) {
-        // Iterative, not recursive: a lineage whose oldest version a reader held for a long
-        // time can be a chain of many thousands, all dropped by this one drop.
-        let mut successor = self.successor.take();
-        let mut root = self.root.take();
-        loop {
-            let Some(Successor { retired, next }) = successor else {
-                // The newest version, and nobody holds it (nor, therefore, any older one).
-                if let Some(root) = root {
-                    // SAFETY: every node of the newest version's tree is reached by nothing
-                    // else (module docs, "Ownership").
-                    unsafe { root.free_subtree() };
-                }
-                return;
-            };
-            for node in retired {
-                // SAFETY: retired nodes are reached only by this version and older ones, and
-                // nobody holds any of them any more (else this drop would not run).
-                unsafe { node.free() };
-            }
-            match Arc::try_unwrap(next) {
-                Ok(mut version) => {
-                    successor = version.successor.take();
-                    root = version.root.take();
-                }
-                // Someone still reads the next version: its nodes stay.
-                Err(_) => return,
-            }
+        let mut state = self.lineage.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.held.remove(&self.generation);
+        let mut items = state.pinned.remove(&self.generation).unwrap_or_default();
+        if state.newest == self.generation
+            && let Some(root) = self.root.take()
+        {
+            // No newer version, and nobody builds on this one (a tree building on it would
+            // hold it): its whole tree is garbage but for what older versions reach.
+            items.push(Garbage::Subtree(root));
         }
+        state.collect(self.generation, items);
     }
 }
 
@@ -236,23 +292,28 @@ impl BTree {
     /// Makes the unpublished changes a version of their own.
     fn publish(&mut self) {
         let Some(u) = self.unpublished.take() else { return };
-        let version = Arc::new(Version {
+        let lineage = match &self.base {
+            Some(base) => Arc::clone(&base.lineage),
+            None => Arc::new(Lineage { state: Mutex::new(LineageState::default()) }),
+        };
+        {
+            let mut state = lineage.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.held.insert(u.generation);
+            state.newest = u.generation;
+            match &self.base {
+                // The base is held (by this tree), so the retired nodes stay pinned to it.
+                Some(base) => state.collect(base.generation, u.retired.into_iter().map(Garbage::Node).collect()),
+                None => debug_assert!(u.retired.is_empty(), "a tree without a base has nothing to retire"),
+            }
+        }
+        let version = Version {
+            generation: u.generation,
             root: self.root.as_ref().map(NodeRef::alias),
             claimed: AtomicBool::new(false),
-            successor: OnceLock::new(),
-        });
-        match self.base.take() {
-            Some(base) => {
-                let successor = Successor { retired: u.retired, next: Arc::clone(&version) };
-                if base.successor.set(successor).is_err() {
-                    // Cannot happen: this tree claimed `base`, and a claimed version gets no
-                    // other successor. Were it to, leaking the retired nodes is safe.
-                    debug_assert!(false, "a version got two successors");
-                }
-            }
-            None => debug_assert!(u.retired.is_empty(), "a tree without a base has nothing to retire"),
-        }
-        self.base = Some(version);
+            lineage,
+        };
+        // The old base is let go of after the lock above: its drop takes the lock.
+        self.base = Some(Arc::new(version));
     }
 
     /// The change set for a write, started if there is none (claiming the base version, or if
@@ -275,22 +336,17 @@ impl BTree {
 
     /// A tree of the same entries sharing no node with this one.
     fn deep_copy(&self) -> BTree {
-        let generation = new_generation();
-        let root = node::build(self.iter(), generation);
-        let mut copy = BTree {
-            root,
-            len: self.len,
-            base: None,
-            unpublished: Some(Unpublished { generation, retired: Vec::new() }),
-        };
-        if copy.root.is_none() && self.len > 0 {
-            // A key too long for the bottom-up build: insert them one by one.
-            copy = BTree::new();
+        if self.iter().any(|(k, _)| k.len() > node::BUILD_MAX_KEY) {
+            // Too long for the bottom-up build: inserted one by one.
+            let mut copy = BTree::new();
             for (k, v) in self.iter() {
                 copy.insert(k, v);
             }
+            return copy;
         }
-        copy
+        let generation = new_generation();
+        let root = node::build(self.iter(), generation);
+        BTree { root, len: self.len, base: None, unpublished: Some(Unpublished { generation, retired: Vec::new() }) }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<ValueRef> {
@@ -452,7 +508,7 @@ impl BTree {
     }
 
     /// Approximate heap bytes of the nodes reachable from this tree
-    /// (allocated capacities plus `Arc` headers; allocator overhead and
+    /// (allocated capacities plus node headers; allocator overhead and
     /// sharing with other trees are not accounted for).
     pub fn heap_bytes(&self) -> usize {
         self.root.as_deref().map_or(0, Node::heap_bytes)

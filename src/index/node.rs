@@ -109,21 +109,6 @@ impl NodeRef {
         pool::give_box(b);
     }
 
-    /// Frees this node and every node below it.
-    ///
-    /// # Safety
-    /// As [`free`](Self::free), for every node of the subtree.
-    pub(super) unsafe fn free_subtree(self) {
-        if let Node::Inner(inner) = &*self {
-            for c in &inner.children {
-                // SAFETY: the caller's guarantee covers the whole subtree.
-                unsafe { c.alias().free_subtree() };
-            }
-        }
-        // SAFETY: as above; the children were read before.
-        unsafe { self.free() };
-    }
-
     /// Frees the nodes of generation `generation` in this subtree: a writer's unpublished change
     /// set, which only reaches down from the root to nodes of other generations (a node is
     /// copied before anything below it is).
