@@ -318,8 +318,9 @@ impl BTree {
 
     /// The change set for a write, started if there is none (claiming the base version, or if
     /// another tree already builds on it, first making this tree a deep copy of its own), and
-    /// the root, taken out for the write to put back.
-    fn change_set(&mut self) -> (Option<NodeRef>, Cx<'_>) {
+    /// the root, left in place so that a panic part way through a write leaves a tree that
+    /// still reaches every node of its change set (freed when the tree is dropped).
+    fn change_set(&mut self) -> (&mut Option<NodeRef>, Cx<'_>) {
         if self.unpublished.is_none() {
             if let Some(base) = &self.base
                 && base.claimed.swap(true, Ordering::AcqRel)
@@ -331,7 +332,7 @@ impl BTree {
             }
         }
         let u = self.unpublished.as_mut().expect("started above");
-        (self.root.take(), Cx { generation: u.generation, retired: &mut u.retired })
+        (&mut self.root, Cx { generation: u.generation, retired: &mut u.retired })
     }
 
     /// A tree of the same entries sharing no node with this one.
@@ -394,22 +395,19 @@ impl BTree {
 
     /// Inserts or overwrites; returns the previous value.
     pub fn insert(&mut self, key: &[u8], value: ValueRef) -> Option<ValueRef> {
-        let (mut root, mut cx) = self.change_set();
+        let (root, mut cx) = self.change_set();
         let Some(node) = root.as_mut() else {
-            let leaf = cx.alloc(Node::Leaf(Leaf::single(key, value)));
-            self.root = Some(leaf);
+            *root = Some(cx.alloc(Node::Leaf(Leaf::single(key, value))));
             self.len = 1;
             return None;
         };
         let mut pieces = Vec::new();
         let old = node::insert(node, key, value, &mut pieces, true, &mut cx);
-        let generation = cx.generation;
         if !pieces.is_empty()
             && let Some(r) = root.take()
         {
-            root = Some(node::grow_root(r, pieces, generation));
+            *root = Some(node::grow_root(r, pieces, cx.generation));
         }
-        self.root = root;
         if old.is_none() {
             self.len += 1;
         }
@@ -429,18 +427,16 @@ impl BTree {
     /// the nodes on its path that the tree shares with snapshots are copied for nothing.
     pub fn remove_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
         self.root.as_ref()?;
-        let (mut root, mut cx) = self.change_set();
+        let (root, mut cx) = self.change_set();
         let node = root.as_mut().expect("checked above");
         let mut pieces = Vec::new();
         let old = node::remove(node, key, &mut pieces, &mut cx);
-        let generation = cx.generation;
         if !pieces.is_empty()
             && let Some(r) = root.take()
         {
-            root = Some(node::grow_root(r, pieces, generation));
+            *root = Some(node::grow_root(r, pieces, cx.generation));
         }
-        Self::collapse_root(&mut root, &mut cx);
-        self.root = root;
+        Self::collapse_root(root, &mut cx);
         if old.is_some() {
             self.len -= 1;
         }
