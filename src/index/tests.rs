@@ -1208,3 +1208,350 @@ fn deep_copies_of_long_keys() {
     assert_eq!(t.get(b"y"), None);
     assert_eq!(s.len(), keys.len() + 1);
 }
+
+// ------------------------------------------------- lineage review: exact accounting, threads
+
+/// Distinct nodes reachable from `trees` and from the versions they hold (a tree with an
+/// unpublished change set still holds its base version, whose tree includes what the change
+/// set retired): exactly what must be allocated.
+fn reachable(trees: &[&BTree]) -> i64 {
+    fn walk(n: &Node, seen: &mut std::collections::HashSet<*const Node>) {
+        if !seen.insert(std::ptr::from_ref(n)) {
+            return;
+        }
+        if let Node::Inner(i) = n {
+            for c in &i.children {
+                walk(c, seen);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in trees {
+        if let Some(r) = t.root.as_deref() {
+            walk(r, &mut seen);
+        }
+        if let Some(r) = t.base.as_ref().and_then(|b| b.root.as_deref()) {
+            walk(r, &mut seen);
+        }
+    }
+    seen.len() as i64
+}
+
+/// A key: mostly short (many collisions, so removes hit), some medium, a few long enough for
+/// byte-based splits and to make the bottom-up build and deep copy decline (> 1 KiB).
+fn review_key(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(100) {
+        0..=69 => vec![b'a' + rng.below(20) as u8, rng.below(40) as u8],
+        70..=97 => {
+            let mut k = vec![b'm'; 8 + rng.below(24)];
+            let n = k.len();
+            k[n - 1] = rng.below(200) as u8;
+            k
+        }
+        _ => {
+            let mut k = vec![b'z'; 1500 + rng.below(5000)];
+            k[1499] = rng.below(8) as u8;
+            k
+        }
+    }
+}
+
+fn review_ops(rng: &mut Rng, t: &mut BTree, m: &mut Model, n: usize, step: &mut u64) {
+    let remove_share = [2, 4, 8][rng.below(3)];
+    for _ in 0..n {
+        *step += 1;
+        let k = review_key(rng);
+        match rng.below(10) {
+            // `remove_expected` of a key maybe absent: copies the path for nothing.
+            0 => assert_eq!(t.remove_expected(&k), m.remove(&k)),
+            x if x < remove_share => assert_eq!(t.remove(&k), m.remove(&k)),
+            _ => assert_eq!(t.insert(&k, vr(*step)), m.insert(k, vr(*step))),
+        }
+    }
+}
+
+/// A tree of `m` built as defrag and recovery do: bottom up, or by inserts if a key is too long.
+fn review_rebuild(m: &Model) -> BTree {
+    let entries: Vec<(&[u8], ValueRef)> = m.iter().map(|(k, v)| (k.as_slice(), *v)).collect();
+    BTree::from_sorted(&entries).unwrap_or_else(|| {
+        let mut t = BTree::new();
+        for (k, v) in m {
+            t.insert(k, *v);
+        }
+        t
+    })
+}
+
+/// Every step of a random life of a lineage — publishes, snapshots held and dropped in any
+/// order, rollbacks, the writer restarting from an old snapshot (claim taken or refused),
+/// forks that publish, deep copies, bucket delete and re-create, rebuilds, emptying — keeps
+/// allocated exactly the nodes some live tree or held version reaches: nothing freed early
+/// (the model checks and ASan would show it), nothing kept late.
+#[test]
+fn lineage_keeps_exactly_what_live_trees_reach() {
+    let rounds: u64 = std::env::var("LOGTREE_LINEAGE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    for seed in 1..=3u64 {
+        let base = node::live::count();
+        let mut rng = Rng(seed * 7777);
+        let mut step = 0u64;
+        let mut t = BTree::new();
+        let mut m = Model::new();
+        // The engine's published view of the bucket.
+        let mut view: (BTree, Model) = (t.snapshot(), m.clone());
+        let mut snaps: Vec<(BTree, Model)> = Vec::new();
+        for round in 0..rounds {
+            let n = [1, 5, 40, 300][rng.below(4)];
+            review_ops(&mut rng, &mut t, &mut m, n, &mut step);
+            match rng.below(16) {
+                // Commit: publish, readers take the view.
+                0..=5 => {
+                    view = (t.snapshot(), m.clone());
+                    for _ in 0..rng.below(3) {
+                        snaps.push((view.0.clone(), view.1.clone()));
+                    }
+                }
+                // Rollback: the working tree replaced by a clone of the view.
+                6 | 7 => {
+                    t = view.0.clone();
+                    m = view.1.clone();
+                }
+                // The writer restarts from a held snapshot (claims it if nobody did, else copies).
+                8 if !snaps.is_empty() => {
+                    let (s, sm) = &snaps[rng.below(snaps.len())];
+                    t = s.clone();
+                    m = sm.clone();
+                }
+                // A snapshot changes and publishes (takes over its version or copies).
+                9 if !snaps.is_empty() => {
+                    let i = rng.below(snaps.len());
+                    let (s, sm) = &mut snaps[i];
+                    let k = 1 + rng.below(60);
+                    review_ops(&mut rng, s, sm, k, &mut step);
+                    if rng.below(2) == 0 {
+                        let p = (s.snapshot(), sm.clone());
+                        snaps.push(p);
+                    }
+                }
+                // A clone of a tree with unpublished changes (a deep copy), held.
+                10 => snaps.push((t.clone(), m.clone())),
+                // Bucket deleted (and re-created empty): working tree and view go.
+                11 => {
+                    t = BTree::new();
+                    m = Model::new();
+                    view = (t.snapshot(), m.clone());
+                }
+                // Defrag: a new tree of the same entries swapped in.
+                12 => {
+                    t = review_rebuild(&m);
+                    view = (t.snapshot(), m.clone());
+                }
+                // Emptying: most keys removed (merges, root collapse).
+                13 => {
+                    let keys: Vec<Vec<u8>> = m.keys().cloned().collect();
+                    for k in keys {
+                        if rng.below(10) != 0 {
+                            assert_eq!(t.remove(&k), m.remove(&k));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // Snapshots let go of in random order, several at a time now and then.
+            let drops = if snaps.len() > 8 { 1 + rng.below(4) } else { rng.below(2) };
+            for _ in 0..drops.min(snaps.len()) {
+                snaps.remove(rng.below(snaps.len()));
+            }
+            let mut trees: Vec<&BTree> = vec![&t, &view.0];
+            trees.extend(snaps.iter().map(|(s, _)| s));
+            assert_eq!(
+                node::live::count() - base,
+                reachable(&trees),
+                "seed {seed} round {round}: allocated != reachable"
+            );
+            if round % 16 == 0 {
+                t.check_invariants();
+                assert_same(&t, &m);
+                assert_same(&view.0, &view.1);
+                assert_snapshots(&snaps);
+            }
+        }
+        assert_snapshots(&snaps);
+        drop(snaps);
+        drop(view);
+        assert_eq!(node::live::count() - base, reachable(&[&t]));
+        drop(t);
+        assert_eq!(node::live::count(), base, "seed {seed}: nodes leaked");
+    }
+}
+
+/// One writer changes, publishes, rolls back, restarts from old snapshots, rebuilds and
+/// deletes its tree while three reader threads take snapshots, check them against the model,
+/// fork and publish them, and drop them in random order (often the last holder of a version,
+/// so that lineages hand nodes down and free them on reader threads during publishes). At the
+/// end every node made is freed (the per-thread counts sum to zero). Run under ASan:
+/// `LOGTREE_STRESS_SECS=300`.
+#[test]
+fn snapshots_dropped_on_reader_threads_while_the_writer_publishes() {
+    use std::sync::atomic::{AtomicBool, AtomicI64};
+    use std::time::{Duration, Instant};
+    type Shared = Mutex<Vec<(BTree, Arc<Model>)>>;
+    let secs: u64 = std::env::var("LOGTREE_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let shared: Shared = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let made = AtomicI64::new(0);
+    let checked = AtomicI64::new(0);
+    let pick = |rng: &mut Rng, shared: &Shared, take: bool| -> Option<(BTree, Arc<Model>)> {
+        let mut s = shared.lock().unwrap();
+        if s.is_empty() {
+            return None;
+        }
+        let i = rng.below(s.len());
+        Some(if take { s.swap_remove(i) } else { (s[i].0.clone(), Arc::clone(&s[i].1)) })
+    };
+    std::thread::scope(|scope| {
+        for r in 0..3u64 {
+            let (shared, stop, made, checked) = (&shared, &stop, &made, &checked);
+            scope.spawn(move || {
+                let base = node::live::count();
+                let mut rng = Rng(1000 + r);
+                let mut step = 1u64 << 40;
+                let mut held: Vec<(BTree, Arc<Model>)> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match rng.below(20) {
+                        0..=5 => held.extend(pick(&mut rng, shared, false)),
+                        6..=8 => held.extend(pick(&mut rng, shared, true)),
+                        9..=11 if !held.is_empty() => drop(held.swap_remove(rng.below(held.len()))),
+                        12..=14 if !held.is_empty() => {
+                            let (s, sm) = &held[rng.below(held.len())];
+                            s.check_invariants();
+                            assert_same(s, sm);
+                            checked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        15 if !held.is_empty() => {
+                            // A fork: claims the version if nobody did (the writer then copies).
+                            let (s, sm) = &held[rng.below(held.len())];
+                            let (mut f, mut fm) = (s.clone(), (**sm).clone());
+                            let n = 1 + rng.below(30);
+                            review_ops(&mut rng, &mut f, &mut fm, n, &mut step);
+                            let p = (f.snapshot(), Arc::new(fm.clone()));
+                            assert_same(&f, &fm);
+                            if rng.below(2) == 0 {
+                                shared.lock().unwrap().push(p);
+                            } else {
+                                held.push(p);
+                            }
+                        }
+                        16 if !held.is_empty() => {
+                            let p = held.swap_remove(rng.below(held.len()));
+                            shared.lock().unwrap().push(p);
+                        }
+                        17 if !held.is_empty() => {
+                            // Spot checks of gets.
+                            let (s, sm) = &held[rng.below(held.len())];
+                            for _ in 0..20 {
+                                let k = review_key(&mut rng);
+                                assert_eq!(s.get(&k), sm.get(&k).copied());
+                            }
+                        }
+                        _ => std::thread::yield_now(),
+                    }
+                    while held.len() > 6 {
+                        drop(held.swap_remove(rng.below(held.len())));
+                    }
+                }
+                drop(held);
+                made.fetch_add(node::live::count() - base, Ordering::Relaxed);
+            });
+        }
+        // The writer.
+        let base = node::live::count();
+        let mut rng = Rng(99);
+        let mut step = 0u64;
+        let mut t = BTree::new();
+        let mut m = Model::new();
+        let mut view: (BTree, Arc<Model>) = (t.snapshot(), Arc::new(m.clone()));
+        let mut rounds = 0u64;
+        let mut lent = false;
+        while Instant::now() < deadline {
+            rounds += 1;
+            // The writer's buffer pool lent to this thread half the time, as in a `BatchTx`:
+            // nodes freed here then go to it and are reused by the next copies.
+            if rounds.is_multiple_of(64) {
+                if lent {
+                    drop(super::pool::reclaim());
+                } else {
+                    assert!(super::pool::lend(Box::default()).is_none());
+                }
+                lent = !lent;
+            }
+            let n = [1, 3, 20, 200][rng.below(4)];
+            review_ops(&mut rng, &mut t, &mut m, n, &mut step);
+            match rng.below(20) {
+                0..=9 => {
+                    view = (t.snapshot(), Arc::new(m.clone()));
+                    shared.lock().unwrap().push((view.0.clone(), Arc::clone(&view.1)));
+                }
+                10 | 11 => {
+                    t = view.0.clone();
+                    m = (*view.1).clone();
+                }
+                12 => {
+                    let take = rng.below(2) == 0;
+                    if let Some((s, sm)) = pick(&mut rng, &shared, take) {
+                        t = s.clone();
+                        m = (*sm).clone();
+                    }
+                }
+                13 => {
+                    t = BTree::new();
+                    m = Model::new();
+                    view = (t.snapshot(), Arc::new(m.clone()));
+                }
+                14 => {
+                    t = review_rebuild(&m);
+                    view = (t.snapshot(), Arc::new(m.clone()));
+                    shared.lock().unwrap().push((view.0.clone(), Arc::clone(&view.1)));
+                }
+                15 => {
+                    let keys: Vec<Vec<u8>> = m.keys().cloned().collect();
+                    for k in keys {
+                        if rng.below(8) != 0 {
+                            assert_eq!(t.remove(&k), m.remove(&k));
+                        }
+                    }
+                }
+                16 => {
+                    let c = t.clone();
+                    assert_same(&c, &m);
+                }
+                _ => {}
+            }
+            {
+                let mut s = shared.lock().unwrap();
+                while s.len() > 12 {
+                    let i = rng.below(s.len());
+                    drop(s.swap_remove(i));
+                }
+            }
+            if rounds.is_multiple_of(32) {
+                t.check_invariants();
+                assert_same(&t, &m);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        if lent {
+            drop(super::pool::reclaim());
+        }
+        assert_same(&t, &m);
+        drop(t);
+        drop(view);
+        made.fetch_add(node::live::count() - base, Ordering::Relaxed);
+        eprintln!("writer rounds {rounds}, reader checks {}", checked.load(Ordering::Relaxed));
+    });
+    // Readers are done; what is left in the shared pool is dropped here, on this thread.
+    let base = node::live::count();
+    drop(shared);
+    made.fetch_add(node::live::count() - base, Ordering::Relaxed);
+    assert_eq!(made.load(Ordering::Relaxed), 0, "nodes leaked (or freed twice)");
+}
