@@ -119,6 +119,14 @@ struct Lineage {
     state: Mutex<LineageState>,
 }
 
+impl Lineage {
+    /// The state, locked. A panic while it was held cannot have left it half changed in a
+    /// way that matters more than refusing to free anything again would.
+    fn lock(&self) -> std::sync::MutexGuard<'_, LineageState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[derive(Default)]
 struct LineageState {
     /// Generations of the versions someone holds.
@@ -196,7 +204,7 @@ impl Drop for Version {
     /// Nobody holds this version any more: what only it kept allocated is freed, what an older
     /// held version also reaches is handed down to it.
     fn drop(&mut self) {
-        let mut state = self.lineage.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.lineage.lock();
         state.held.remove(&self.generation);
         let mut items = state.pinned.remove(&self.generation).unwrap_or_default();
         if state.newest == self.generation
@@ -297,12 +305,16 @@ impl BTree {
             None => Arc::new(Lineage { state: Mutex::new(LineageState::default()) }),
         };
         {
-            let mut state = lineage.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = lineage.lock();
             state.held.insert(u.generation);
             state.newest = u.generation;
             match &self.base {
-                // The base is held (by this tree), so the retired nodes stay pinned to it.
-                Some(base) => state.collect(base.generation, u.retired.into_iter().map(Garbage::Node).collect()),
+                // The retired nodes come from the base's tree and the base is held (by this
+                // tree): they are pinned to it, whatever else is held.
+                Some(base) => {
+                    debug_assert!(u.retired.iter().all(|n| n.generation() <= base.generation));
+                    state.pinned.entry(base.generation).or_default().extend(u.retired.into_iter().map(Garbage::Node));
+                }
                 None => debug_assert!(u.retired.is_empty(), "a tree without a base has nothing to retire"),
             }
         }
@@ -337,17 +349,15 @@ impl BTree {
 
     /// A tree of the same entries sharing no node with this one.
     fn deep_copy(&self) -> BTree {
-        if self.iter().any(|(k, _)| k.len() > node::BUILD_MAX_KEY) {
-            // Too long for the bottom-up build: inserted one by one.
+        let entries: Vec<(&[u8], ValueRef)> = self.iter().collect();
+        BTree::from_sorted(&entries).unwrap_or_else(|| {
+            // A key too long for the bottom-up build: inserted one by one.
             let mut copy = BTree::new();
-            for (k, v) in self.iter() {
+            for (k, v) in entries {
                 copy.insert(k, v);
             }
-            return copy;
-        }
-        let generation = new_generation();
-        let root = node::build(self.iter(), generation);
-        BTree { root, len: self.len, base: None, unpublished: Some(Unpublished { generation, retired: Vec::new() }) }
+            copy
+        })
     }
 
     pub fn get(&self, key: &[u8]) -> Option<ValueRef> {
