@@ -48,6 +48,72 @@ fn put_get_range_delete() {
     assert_eq!(r.get("test", "foo").unwrap(), Some(b"bar".to_vec()), "the old snapshot keeps its view");
 }
 
+/// A `BatchTx` hands its puts to the index a group at a time (src/backend/tx_buffer.rs): at
+/// every count of puts, whatever the group boundary, its reads, deletes and bucket changes see
+/// them all, a rollback drops them all, and a commit keeps them all.
+#[test]
+fn a_transaction_sees_its_puts_before_and_after_each_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let mut tx = db.batch_tx();
+    tx.create_bucket("a").unwrap();
+    tx.create_bucket("b").unwrap();
+    let mut model: BTreeMap<(&str, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    let key = |i: u32| format!("k{:03}", (i * 37) % 101).into_bytes();
+    for i in 0..70u32 {
+        let bucket = if i % 5 == 0 { "b" } else { "a" };
+        let value = format!("v{i}").into_bytes();
+        tx.put(bucket, key(i), &value).unwrap();
+        model.insert((bucket, key(i)), value.clone());
+        assert_eq!(tx.get(bucket, key(i)).unwrap(), Some(value), "put {i}");
+        let in_a: Vec<(Vec<u8>, Vec<u8>)> =
+            model.iter().filter(|((b, _), _)| *b == "a").map(|((_, k), v)| (k.clone(), v.clone())).collect();
+        assert_eq!(tx.range("a", "", "\u{ff}", 0).unwrap(), in_a, "put {i}");
+        assert_eq!(tx.bucket_len("a").unwrap(), in_a.len(), "put {i}");
+        if i % 7 == 3 {
+            // A delete right after the put it undoes.
+            tx.delete(bucket, key(i)).unwrap();
+            model.remove(&(bucket, key(i)));
+            assert_eq!(tx.get(bucket, key(i)).unwrap(), None, "delete after put {i}");
+        }
+    }
+    // Dropping a bucket with puts staged in it and in another, then re-creating it.
+    tx.put("b", "staged", "x").unwrap();
+    tx.put("a", "staged", "y").unwrap();
+    tx.delete_bucket("b").unwrap();
+    model.retain(|(b, _), _| *b != "b");
+    model.insert(("a", b"staged".to_vec()), b"y".to_vec());
+    tx.create_bucket("b").unwrap();
+    assert_eq!(tx.bucket_len("b").unwrap(), 0);
+    tx.put("b", "again", "z").unwrap();
+    model.insert(("b", b"again".to_vec()), b"z".to_vec());
+    tx.commit().unwrap();
+
+    // A rolled-back transaction's puts, staged or applied, are gone.
+    let mut tx = db.batch_tx();
+    for i in 0..(3 * 16 + 3) {
+        tx.put("a", format!("rolled-back-{i}"), "r").unwrap();
+    }
+    tx.rollback();
+    let content = |db: &Backend| -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
+        let r = db.read_tx();
+        let mut out = BTreeMap::new();
+        for b in ["a", "b"] {
+            for (k, v) in r.range(b, "", "\u{ff}", 0).unwrap() {
+                out.insert((b.to_string(), k), v);
+            }
+        }
+        out
+    };
+    let want: BTreeMap<(String, Vec<u8>), Vec<u8>> =
+        model.iter().map(|((b, k), v)| ((b.to_string(), k.clone()), v.clone())).collect();
+    assert_eq!(content(&db), want);
+    assert_eq!(db.read_tx().bucket_len("a").unwrap() + db.read_tx().bucket_len("b").unwrap(), want.len());
+    db.close().unwrap();
+    let db = open(dir.path());
+    assert_eq!(content(&db), want, "after reopen");
+}
+
 /// etcd TestBatchTxRange / TestRangeTxn: empty end = single key, limits, missing keys.
 #[test]
 fn range_semantics() {

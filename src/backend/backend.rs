@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use super::batch_tx::{BatchTx, Writer};
 use super::commit::{Committer, Durability};
 use super::read_tx::{ReadTx, View};
+use super::tx_buffer::TxBuffer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
@@ -195,7 +196,7 @@ impl Backend {
         let writer_config = log.as_ref().map(|l| l.config().clone());
         Ok(Backend {
             view: RwLock::new(Arc::new(view)),
-            writer: Mutex::new(Writer { log, catalog, segments, pool: None }),
+            writer: Mutex::new(Writer { log, catalog: TxBuffer::new(catalog), segments, pool: None }),
             writer_thread: AtomicUsize::new(0),
             durability,
             committer,

@@ -15,6 +15,7 @@ use std::sync::MutexGuard;
 
 use super::backend::Backend;
 use super::read_tx::{Reader, Values, View, read_methods};
+use super::tx_buffer::TxBuffer;
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
 use crate::index::catalog::Catalog;
@@ -26,8 +27,9 @@ use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub(crate) struct Writer {
     /// `None` when the backend is read-only.
     pub log: Option<LogWriter>,
-    /// The working catalog: equal to the published one between transactions.
-    pub catalog: Catalog,
+    /// The working catalog, with the running transaction's puts that the index has not taken
+    /// in yet: equal to the published one between transactions.
+    pub catalog: TxBuffer,
     /// The segments values lie in, for a read-only backend (which has no log writer).
     pub segments: SegmentSet,
     /// Freed index node buffers, lent to the thread of each `BatchTx` (see `index::pool`).
@@ -153,7 +155,7 @@ impl<'a> BatchTx<'a> {
 
     pub(crate) fn reader(&self) -> Reader<'_> {
         match self.writer() {
-            Ok(w) => Reader { catalog: &w.catalog, values: w },
+            Ok(w) => Reader { catalog: w.catalog.read(), values: w },
             // An unusable transaction reads as an empty database rather than panicking; its
             // write methods report why it is unusable.
             Err(_) => Reader { catalog: &EMPTY_CATALOG, values: &NoValues },
@@ -167,14 +169,15 @@ impl<'a> BatchTx<'a> {
         let name = name.as_ref();
         check_key(name)?;
         let w = self.writable()?;
-        if w.catalog.get(name).is_some() {
+        if w.catalog.bucket(name).is_some() {
             return Ok(());
         }
-        let id = w.catalog.unused_id().ok_or_else(|| Error::InvalidArgument("every bucket id is in use".into()))?;
+        let id =
+            w.catalog.read().unused_id().ok_or_else(|| Error::InvalidArgument("every bucket id is in use".into()))?;
         let r = w.log.as_mut().map_or(Err(Error::ReadOnly), |log| log.create_bucket(id, name));
         match r {
             Ok(()) => {
-                w.catalog.create(name, id);
+                w.catalog.write().create(name, id);
                 self.ops += 1;
                 Ok(())
             }
@@ -186,11 +189,11 @@ impl<'a> BatchTx<'a> {
     pub fn delete_bucket(&mut self, name: impl AsRef<[u8]>) -> Result<()> {
         let name = name.as_ref();
         let w = self.writable()?;
-        let Some(id) = w.catalog.get(name).map(|b| b.id) else { return Ok(()) };
+        let Some((_, id)) = w.catalog.bucket(name) else { return Ok(()) };
         let r = w.log.as_mut().map_or(Err(Error::ReadOnly), |log| log.delete_bucket(id));
         match r {
             Ok(()) => {
-                w.catalog.remove(name);
+                w.catalog.write().remove(name);
                 self.ops += 1;
                 Ok(())
             }
@@ -211,11 +214,12 @@ impl<'a> BatchTx<'a> {
         let backend = self.backend;
         let w = self.writable()?;
         let Writer { log, catalog, .. } = w;
-        let b = catalog.get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
-        let r = log.as_mut().map_or(Err(Error::ReadOnly), |log| log.put(b.id, key, value));
+        let (index, id) = catalog.bucket(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
+        let r = log.as_mut().map_or(Err(Error::ReadOnly), |log| log.put(id, key, value));
         match r {
             Ok(v) => {
-                b.put(key, v);
+                // The index takes it in with the next few puts (see `tx_buffer.rs`).
+                catalog.stage_put(index, key, v);
                 // A large transaction writes its frames as it goes (`FRAME_TX_PART`): their
                 // write-back starts before its commit's fdatasync too.
                 if let Some(log) = log.as_ref()
@@ -248,7 +252,7 @@ impl<'a> BatchTx<'a> {
         check_key(key)?;
         let w = self.writable()?;
         let Writer { log, catalog, .. } = w;
-        let b = catalog.get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
+        let b = catalog.write().get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
         if b.tree.get(key).is_none() {
             return Ok(());
         }
@@ -333,7 +337,7 @@ impl<'a> BatchTx<'a> {
                 match log.commit_tx() {
                     Ok(Some(seq)) => {
                         let view = View {
-                            catalog: w.catalog.snapshot(),
+                            catalog: w.catalog.write().snapshot(),
                             segments: log.segments().clone(),
                             seq,
                             end: log.end(),
@@ -362,7 +366,7 @@ impl<'a> BatchTx<'a> {
                     self.backend.poison(&e);
                     result = Err(e);
                 }
-                w.catalog = self.backend.published_catalog();
+                w.catalog.reset(self.backend.published_catalog());
             }
         }
         if let Some((old, seq)) = replaced {

@@ -294,7 +294,7 @@ impl Backend {
             self.switched(log.active(), seq);
             let view = View { catalog: catalog.snapshot(), segments: log.segments().clone(), seq, end: log.end() };
             leftovers.push(Box::new(guard.log.replace(log)));
-            leftovers.push(Box::new(std::mem::replace(&mut guard.catalog, catalog)));
+            leftovers.push(Box::new(guard.catalog.reset(catalog)));
             leftovers.push(Box::new(self.publish(view)));
             for s in old_segments.iter() {
                 s.mark_obsolete();

@@ -9,6 +9,7 @@ mod defrag;
 mod hash;
 mod read_tx;
 mod snapshot;
+mod tx_buffer;
 
 pub use backend::{Backend, RecoveryStats, Stats, TornAt};
 pub use batch_tx::BatchTx;

@@ -88,6 +88,16 @@ impl Catalog {
         self.position(name).ok().map(|i| &mut self.buckets[i])
     }
 
+    /// The index of the bucket named `name`.
+    pub fn index_of_name(&self, name: &[u8]) -> Option<usize> {
+        self.position(name).ok()
+    }
+
+    /// The bucket at `index` (from [`Catalog::index_of_name`] or [`Catalog::index_of_id`]).
+    pub fn at(&self, index: usize) -> &Bucket {
+        &self.buckets[index]
+    }
+
     /// The index of the bucket with id `id` (a linear scan: buckets are few).
     pub fn index_of_id(&self, id: u32) -> Option<usize> {
         self.buckets.iter().position(|b| b.id == id)

@@ -131,6 +131,14 @@ impl NodeRef {
     }
 }
 
+impl NodeRef {
+    /// Asks for the node's allocation (generation and node: what a descent reads first).
+    #[inline]
+    pub(super) fn prefetch_allocation(&self) {
+        crate::prefetch::prefetch_range(self.0.as_ptr() as usize, std::mem::size_of::<NodeBox>());
+    }
+}
+
 impl Deref for NodeRef {
     type Target = Node;
 
@@ -671,6 +679,23 @@ impl Node {
                 inner.keys.prefetch_for_search();
                 crate::prefetch::prefetch_all(as_bytes(&inner.children));
             }
+        }
+    }
+}
+
+impl Node {
+    /// As [`prefetch_for_search`](Self::prefetch_for_search), and for a leaf all of it: an
+    /// insert into a leaf shared with readers copies every byte of it.
+    #[inline]
+    pub(super) fn prefetch_for_insert(&self) {
+        match self {
+            Node::Leaf(leaf) => {
+                crate::prefetch::prefetch_all(as_bytes(&leaf.keys.heads));
+                crate::prefetch::prefetch_all(as_bytes(&leaf.keys.ends));
+                crate::prefetch::prefetch_all(&leaf.keys.data);
+                crate::prefetch::prefetch_all(as_bytes(&leaf.vals));
+            }
+            Node::Inner(_) => self.prefetch_for_search(),
         }
     }
 }

@@ -1555,3 +1555,40 @@ fn snapshots_dropped_on_reader_threads_while_the_writer_publishes() {
     made.fetch_add(node::live::count() - base, Ordering::Relaxed);
     assert_eq!(made.load(Ordering::Relaxed), 0, "nodes leaked (or freed twice)");
 }
+
+/// `warm_paths` only reads: on trees of one to four levels, for keys present, absent, empty,
+/// past either end and longer than a node's key bytes, in groups shorter and longer than
+/// `WARM_GROUP`, the tree is unchanged, no node is made or copied, and inserts that follow
+/// give what they give without it.
+#[test]
+fn warming_paths_changes_nothing() {
+    let mut rng = Rng(17);
+    for n in [0usize, 1, 40, 3_000, 200_000] {
+        let mut t = BTree::new();
+        let mut m = Model::new();
+        for i in 0..n {
+            let k = rng.var_bytes(1, 24);
+            t.insert(&k, vr(i as u64));
+            m.insert(k, vr(i as u64));
+        }
+        let snap = t.snapshot();
+        let nodes = node::live::count();
+        let mut probes: Vec<Vec<u8>> = m.keys().step_by(97).cloned().collect();
+        probes.extend([vec![], vec![0], vec![0xff; 40], vec![7; 20_000]]);
+        probes.extend((0..50).map(|_| rng.var_bytes(0, 30)));
+        let probe_refs: Vec<&[u8]> = probes.iter().map(Vec::as_slice).collect();
+        for len in [0, 1, WARM_GROUP - 1, WARM_GROUP, WARM_GROUP + 1, probe_refs.len()] {
+            t.warm_paths(&probe_refs[..len.min(probe_refs.len())]);
+        }
+        assert_eq!(node::live::count(), nodes, "n = {n}");
+        t.check_invariants();
+        assert!(t.iter().eq(m.iter().map(|(k, v)| (k.as_slice(), *v))), "n = {n}");
+        for (i, k) in probes.iter().enumerate() {
+            t.warm_paths(&probe_refs[i..(i + 3).min(probes.len())]);
+            assert_eq!(t.insert(k, vr(i as u64)), m.insert(k.clone(), vr(i as u64)));
+        }
+        t.check_invariants();
+        assert!(t.iter().eq(m.iter().map(|(k, v)| (k.as_slice(), *v))), "n = {n}");
+        drop(snap);
+    }
+}

@@ -1,0 +1,216 @@
+//! The writer's catalog, with the puts of the running transaction that the index has not taken
+//! in yet.
+//!
+//! Why puts wait: a put into a large bucket spends most of its time waiting on cache misses,
+//! two per level of the tree below the cached top, each address read from the line before.
+//! One put's misses cannot overlap; several puts' can. So `BatchTx::put` writes the log record
+//! at once (that fixes where the value lies) and stages the index entry here; every
+//! [`WARM_GROUP`] puts, the group's paths are fetched together ([`BTree::warm_paths`]) and
+//! the entries inserted in order. (Measured on 100 durable batches of 1,000 random puts into a
+//! bucket of a million keys and more: the time of the puts fell by about a sixth.)
+//!
+//! Nothing else may see the catalog without them: every way to it — [`TxBuffer::read`] (the
+//! transaction's own reads, which must see its writes), [`TxBuffer::write`] (deletes, bucket
+//! changes, publishing) — applies the staged puts first. Applying them in order is exactly
+//! what inserting them one by one would have done; only the moment differs. A rollback drops
+//! them with the catalog ([`TxBuffer::reset`]).
+//!
+//! [`BTree::warm_paths`]: crate::index::BTree::warm_paths
+
+use std::cell::UnsafeCell;
+
+use crate::index::catalog::Catalog;
+use crate::index::{ValueRef, WARM_GROUP};
+
+/// The catalog and the staged puts. Not `Sync`: see [`TxBuffer::read`].
+pub(crate) struct TxBuffer {
+    catalog: UnsafeCell<Catalog>,
+    staged: UnsafeCell<Staged>,
+}
+
+/// Puts written to the log but not yet to the index, in the order they were made.
+#[derive(Default)]
+struct Staged {
+    puts: Vec<StagedPut>,
+    /// The staged keys, one after another.
+    keys: Vec<u8>,
+}
+
+struct StagedPut {
+    /// The bucket's position in the catalog: stable while puts are staged, since changing the
+    /// buckets goes through [`TxBuffer::write`], which applies them first.
+    bucket: usize,
+    /// Where the key ends in `Staged::keys` (it starts where the previous one ends).
+    key_end: usize,
+    value: ValueRef,
+}
+
+impl TxBuffer {
+    pub(crate) fn new(catalog: Catalog) -> TxBuffer {
+        TxBuffer { catalog: UnsafeCell::new(catalog), staged: UnsafeCell::new(Staged::default()) }
+    }
+
+    /// The catalog with every put applied, for reading.
+    pub(crate) fn read(&self) -> &Catalog {
+        // SAFETY: this writes through a shared reference, and that holds because no reference
+        // into the catalog or the staged puts is alive while it does:
+        // - `TxBuffer` is not `Sync` (its fields are `UnsafeCell`s), so no other thread is in
+        //   here; and nothing called below comes back into this `TxBuffer`.
+        // - Puts are staged only by `stage_put`, which takes `&mut self`: when it returns, no
+        //   borrow of `self` made before it is alive. So when this finds staged puts, no
+        //   reference returned by an earlier `read` is alive either, and applying them writes
+        //   memory nobody else points into.
+        // - Every reference this returns is taken after the staged puts are applied; as long as
+        //   one is alive, `self` is borrowed, so no put can be staged and every later `read`
+        //   finds none and writes nothing.
+        // (`bucket` reads the catalog without applying but returns no reference into it.)
+        unsafe {
+            let staged = &mut *self.staged.get();
+            if !staged.puts.is_empty() {
+                apply(&mut *self.catalog.get(), staged);
+            }
+            &*self.catalog.get()
+        }
+    }
+
+    /// The catalog with every put applied, for changing.
+    pub(crate) fn write(&mut self) -> &mut Catalog {
+        let catalog = self.catalog.get_mut();
+        let staged = self.staged.get_mut();
+        if !staged.puts.is_empty() {
+            apply(catalog, staged);
+        }
+        catalog
+    }
+
+    /// The position in the catalog and the id of bucket `name`, if it exists. Staged puts
+    /// change no bucket, so this need not apply them.
+    pub(crate) fn bucket(&self, name: &[u8]) -> Option<(usize, u32)> {
+        // SAFETY: a shared read that ends before this returns; writes through `self` happen
+        // only in `read` (see there: never while a reference into the catalog is alive, and
+        // not at all during this call, which does not call it) and through `&mut self`.
+        let catalog = unsafe { &*self.catalog.get() };
+        let index = catalog.index_of_name(name)?;
+        Some((index, catalog.at(index).id))
+    }
+
+    /// Stages a put of `key` in the bucket at position `bucket` (from [`TxBuffer::bucket`]),
+    /// whose value lies at `value`; applies the group once it is [`WARM_GROUP`] puts long.
+    pub(crate) fn stage_put(&mut self, bucket: usize, key: &[u8], value: ValueRef) {
+        let staged = self.staged.get_mut();
+        staged.keys.extend_from_slice(key);
+        staged.puts.push(StagedPut { bucket, key_end: staged.keys.len(), value });
+        if staged.puts.len() >= WARM_GROUP {
+            apply(self.catalog.get_mut(), staged);
+        }
+    }
+
+    /// Replaces the catalog, dropping any staged puts (a rollback, a defrag's switch); returns
+    /// the old catalog.
+    pub(crate) fn reset(&mut self, catalog: Catalog) -> Catalog {
+        let staged = self.staged.get_mut();
+        staged.puts.clear();
+        staged.keys.clear();
+        std::mem::replace(self.catalog.get_mut(), catalog)
+    }
+}
+
+/// Inserts the staged puts into the catalog in the order they were made, fetching each run of
+/// one bucket's paths together first; leaves none staged.
+fn apply(catalog: &mut Catalog, staged: &mut Staged) {
+    // Taken out first, so that a panic part way leaves nothing staged to apply twice (the
+    // transaction is rolled back then anyway).
+    let puts = std::mem::take(&mut staged.puts);
+    let keys = std::mem::take(&mut staged.keys);
+    let mut start = 0; // of the current put's key in `keys`
+    for run in puts.chunk_by(|a, b| a.bucket == b.bucket) {
+        let bucket = catalog.at_mut(run[0].bucket);
+        for group in run.chunks(WARM_GROUP) {
+            let mut group_keys: [&[u8]; WARM_GROUP] = [&[]; WARM_GROUP];
+            let mut at = start;
+            for (slot, put) in group_keys.iter_mut().zip(group) {
+                *slot = &keys[at..put.key_end];
+                at = put.key_end;
+            }
+            // One path has nothing to overlap with: its insert's own descent fetches it.
+            if group.len() > 1 {
+                bucket.tree.warm_paths(&group_keys[..group.len()]);
+            }
+            for (key, put) in group_keys.iter().zip(group) {
+                bucket.put(key, put.value);
+            }
+            start = at;
+        }
+    }
+    // The buffers go back for the next group.
+    let (mut puts, mut keys) = (puts, keys);
+    puts.clear();
+    keys.clear();
+    staged.puts = puts;
+    staged.keys = keys;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(seg: u32, len: u32) -> ValueRef {
+        ValueRef { seg, off: 0, len }
+    }
+
+    fn catalog() -> TxBuffer {
+        let mut c = Catalog::default();
+        assert!(c.create(b"a", 1));
+        assert!(c.create(b"b", 2));
+        TxBuffer::new(c)
+    }
+
+    #[test]
+    fn staged_puts_are_seen_by_reads_and_writes_in_order() {
+        let mut buf = catalog();
+        let (a, _) = buf.bucket(b"a").unwrap();
+        let (b, id) = buf.bucket(b"b").unwrap();
+        assert_eq!(id, 2);
+        // Fewer than a group: nothing applied yet, but a read applies them.
+        buf.stage_put(a, b"k1", v(1, 10));
+        buf.stage_put(b, b"k1", v(2, 20));
+        buf.stage_put(a, b"k1", v(3, 30)); // overwrites the first
+        let c = buf.read();
+        assert_eq!(c.get(b"a").unwrap().tree.get(b"k1"), Some(v(3, 30)));
+        assert_eq!(c.get(b"b").unwrap().tree.get(b"k1"), Some(v(2, 20)));
+        assert_eq!(c.get(b"a").unwrap().tree.len(), 1);
+        // More than a group, across both buckets, with keys of every length up to a long one.
+        let mut want = std::collections::BTreeMap::new();
+        for i in 0..(3 * WARM_GROUP as u32 + 5) {
+            let key = vec![b'x'; (i as usize * 37) % 300 + 1];
+            let (bucket, name) = if i % 3 == 0 { (b, b"b") } else { (a, b"a") };
+            buf.stage_put(bucket, &key, v(i, i));
+            want.insert((name.to_vec(), key), v(i, i));
+        }
+        let c = buf.write();
+        for ((name, key), value) in &want {
+            assert_eq!(c.get(name).unwrap().tree.get(key), Some(*value), "{key:?}");
+        }
+        // A reset drops what is staged.
+        buf.stage_put(a, b"dropped", v(9, 9));
+        let old = buf.reset(Catalog::default());
+        assert!(old.get(b"a").unwrap().tree.get(b"dropped").is_none());
+        assert_eq!(buf.read().len(), 0);
+    }
+
+    #[test]
+    fn live_bytes_match_puts_made_one_by_one() {
+        let mut buf = catalog();
+        let mut direct = catalog().reset(Catalog::default());
+        let (a, _) = buf.bucket(b"a").unwrap();
+        for i in 0..100u32 {
+            let key = (i % 40).to_be_bytes();
+            buf.stage_put(a, &key, v(i, i % 7));
+            direct.get_mut(b"a").unwrap().put(&key, v(i, i % 7));
+        }
+        let staged = buf.read().get(b"a").unwrap();
+        let one_by_one = direct.get(b"a").unwrap();
+        assert_eq!(staged.live_bytes, one_by_one.live_bytes);
+        assert_eq!(staged.tree.iter().collect::<Vec<_>>(), one_by_one.tree.iter().collect::<Vec<_>>());
+    }
+}
