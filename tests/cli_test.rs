@@ -1012,6 +1012,47 @@ fn bench_refuses_more_keys_than_memory_holds() {
     assert!(left.is_empty(), "bench left {left:?}");
 }
 
+/// Ctrl-C or SIGTERM during a run on a temporary directory removes the directory and exits
+/// with 130, printing no error from the threads whose files vanish.
+#[test]
+fn an_interrupted_bench_removes_its_temporary_directory() {
+    for signal in ["-INT", "-TERM"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .env("TMPDIR", tmp.path())
+            .args(["bench", "--keys", "200000", "--workload", "mixed", "--duration", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Until the database holds a segment: the run is under way.
+        let started = std::time::Instant::now();
+        let has_segment = || {
+            std::fs::read_dir(tmp.path()).unwrap().flatten().any(|d| {
+                std::fs::read_dir(d.path()).is_ok_and(|mut it| {
+                    it.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with("seg-")))
+                })
+            })
+        };
+        while !has_segment() {
+            assert!(started.elapsed().as_secs() < 60, "no segment appeared");
+            assert!(child.try_wait().unwrap().is_none(), "bench exited early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let kill = Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(130), "{signal}: {status:?}: {err}");
+        assert!(err.contains("interrupted; removing"), "{signal}: {err}");
+        assert!(!err.contains("internal error") && !err.contains("panicked"), "{signal}: {err}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{signal}: bench left {left:?}");
+    }
+}
+
 #[test]
 fn bench_takes_the_largest_op_count_without_overflow() {
     let tmp = tempfile::tempdir().unwrap();

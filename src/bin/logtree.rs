@@ -240,6 +240,9 @@ fn usage_error(e: &clap::Error) -> String {
 fn main() -> ExitCode {
     // A panic is a bug; still, the user gets one line and an exit code, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
+        if bench::interrupted() {
+            return; // the files vanished under a thread: the process is exiting (bench.rs)
+        }
         let what = info
             .payload()
             .downcast_ref::<&str>()
@@ -269,6 +272,11 @@ fn main() -> ExitCode {
     };
     let mut out = util::stdout();
     let result = run(cli, &mut out).and_then(|()| out.flush().map_err(CliError::from));
+    while bench::interrupted() {
+        // An interrupt is removing the run's files (which may be why it failed): its handler
+        // exits with 130 once they are gone.
+        std::thread::park();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::BrokenPipe) => ExitCode::SUCCESS,

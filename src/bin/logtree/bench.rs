@@ -11,7 +11,7 @@
 //! histograms, table and JSON defined here.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
@@ -519,6 +519,7 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
                 .tempdir()
                 .map_err(|e| CliError::io("cannot create a directory in", &std::env::temp_dir(), e))?;
             let p = tmp.path().to_path_buf();
+            remove_on_interrupt(&p);
             (Some(tmp), p)
         }
     };
@@ -1105,6 +1106,42 @@ fn timed_bar(d: Duration, what: &str) -> ProgressBar {
     pb.set_style(style);
     pb.set_message(what.to_string());
     pb
+}
+
+/// Set once an interrupt has begun removing the run's temporary directory: the process is
+/// about to exit, and what its threads report meanwhile (the engine's files vanishing under
+/// them) is not worth printing.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether an interrupt is ending the process (see [`remove_on_interrupt`]).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// On Ctrl-C or SIGTERM, removes the run's temporary directory — a database of up to gigabytes
+/// that nobody asked to keep, which an interrupted run used to leave behind — and exits with
+/// 130, as a shell reports an interrupted command. Only for the temporary directory: a `--dir`
+/// database is the user's, and the engine recovers it after any kill.
+fn remove_on_interrupt(dir: &Path) {
+    let dir = dir.to_path_buf();
+    let handler = move || {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        eprintln!("logtree: interrupted; removing {}", dir.display());
+        // The engine's threads run on and may create a file (a new segment) during the
+        // removal, which then fails on a directory not empty: a few tries.
+        for _ in 0..5 {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => thread::sleep(Duration::from_millis(20)),
+                _ => break,
+            }
+        }
+        std::process::exit(130);
+    };
+    // It fails only if a handler is already set, which this tool does nowhere else; the run
+    // then goes on with the default behaviour (killed, directory left).
+    let _ = ctrlc::set_handler(handler);
 }
 
 #[cfg(test)]
