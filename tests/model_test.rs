@@ -81,7 +81,9 @@ fn tx_op() -> impl Strategy<Value = TxOp> {
 fn op() -> impl Strategy<Value = Op> {
     let end = prop_oneof![4 => Just(TxEnd::Drop), 2 => Just(TxEnd::Commit), 1 => Just(TxEnd::Rollback)];
     prop_oneof![
-        12 => (proptest::collection::vec(tx_op(), 0..10), end).prop_map(|(ops, end)| Op::Tx { ops, end }),
+        10 => (proptest::collection::vec(tx_op(), 0..10), end.clone()).prop_map(|(ops, end)| Op::Tx { ops, end }),
+        // Longer than a group of staged puts (16, src/backend/tx_buffer.rs).
+        2 => (proptest::collection::vec(tx_op(), 10..48), end).prop_map(|(ops, end)| Op::Tx { ops, end }),
         2 => read().prop_map(Op::Read),
         2 => Just(Op::TakeReadTx),
         2 => any::<u8>().prop_map(Op::CheckReadTx),

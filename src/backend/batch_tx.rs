@@ -138,6 +138,9 @@ impl<'a> BatchTx<'a> {
         if self.failed {
             return Err(Error::TxUnusable("an earlier write of this transaction failed".into()));
         }
+        if self.guard.as_ref().is_some_and(|g| g.catalog.interrupted()) {
+            return Err(Error::TxUnusable("a panic interrupted this transaction".into()));
+        }
         self.backend.check_writable()?;
         match &mut self.guard {
             Some(g) if g.log.is_some() => Ok(g),
@@ -315,6 +318,26 @@ impl<'a> BatchTx<'a> {
     /// Writes and publishes (or, if `keep` is false or a write failed, discards) the
     /// transaction, and releases the writer lock.
     fn end(&mut self, keep: bool) -> Result<()> {
+        let asked_to_keep = keep;
+        let mut keep = keep;
+        let mut interrupted = false;
+        if let Some(g) = self.guard.as_mut() {
+            if keep && !self.failed && !g.catalog.interrupted() {
+                // The staged puts go into the index first, while a panic there still finds the
+                // guard in `self` and is rolled back, before anything is written.
+                let catalog = &mut g.catalog;
+                if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    catalog.write();
+                })) {
+                    let _ = self.end(false);
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            // A panic applying staged puts, caught by the caller: some of the transaction's
+            // puts never reached the index, so it is rolled back (see `TxBuffer::interrupted`).
+            interrupted = g.catalog.interrupted();
+            keep &= !interrupted;
+        }
         let Some(mut guard) = self.guard.take() else { return Ok(()) };
         let w = &mut *guard;
         let mut result = Ok(());
@@ -395,6 +418,9 @@ impl<'a> BatchTx<'a> {
                 // after releasing the writer so that the next transaction may start meanwhile.
                 result = self.backend.sync_to(seq);
             }
+        }
+        if interrupted && asked_to_keep && result.is_ok() {
+            result = Err(Error::TxUnusable("a panic interrupted this transaction; it was rolled back".into()));
         }
         result
     }
