@@ -95,23 +95,12 @@ fn a_transaction_sees_its_puts_before_and_after_each_group() {
         tx.put("a", format!("rolled-back-{i}"), "r").unwrap();
     }
     tx.rollback();
-    let content = |db: &Backend| -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
-        let r = db.read_tx();
-        let mut out = BTreeMap::new();
-        for b in ["a", "b"] {
-            for (k, v) in r.range(b, "", "\u{ff}", 0).unwrap() {
-                out.insert((b.to_string(), k), v);
-            }
-        }
-        out
-    };
-    let want: BTreeMap<(String, Vec<u8>), Vec<u8>> =
-        model.iter().map(|((b, k), v)| ((b.to_string(), k.clone()), v.clone())).collect();
-    assert_eq!(content(&db), want);
+    let want: Content = model.iter().map(|((b, k), v)| ((b.as_bytes().to_vec(), k.clone()), v.clone())).collect();
+    assert_eq!(content_of(&db.read_tx()), want);
     assert_eq!(db.read_tx().bucket_len("a").unwrap() + db.read_tx().bucket_len("b").unwrap(), want.len());
     db.close().unwrap();
     let db = open(dir.path());
-    assert_eq!(content(&db), want, "after reopen");
+    assert_eq!(content_of(&db.read_tx()), want, "after reopen");
 }
 
 /// Puts with no read between them fill whole groups in the transaction's buffer; runs of two
@@ -121,14 +110,14 @@ fn a_transaction_sees_its_puts_before_and_after_each_group() {
 fn groups_of_puts_across_buckets_with_no_reads_between() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
-    let mut model: BTreeMap<(String, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    let mut model = Content::new();
     let mut tx = db.batch_tx();
     tx.create_bucket("m").unwrap();
     tx.create_bucket("z").unwrap();
     let mut put = |tx: &mut logtree::BatchTx<'_>, b: &str, i: u32| {
         let (k, v) = (format!("key{:05}", (i * 7919) % 1000).into_bytes(), format!("value{i}").into_bytes());
         tx.put(b, &k, &v).unwrap();
-        model.insert((b.to_string(), k), v);
+        model.insert((b.as_bytes().to_vec(), k), v);
     };
     for i in 0..100u32 {
         put(&mut tx, if (i / 3) % 2 == 0 { "m" } else { "z" }, i);
@@ -138,19 +127,9 @@ fn groups_of_puts_across_buckets_with_no_reads_between() {
         put(&mut tx, ["a", "m", "z"][(i % 3) as usize], i);
     }
     tx.commit().unwrap();
-    let content = |db: &Backend| {
-        let r = db.read_tx();
-        let mut out = BTreeMap::new();
-        for b in ["a", "m", "z"] {
-            for (k, v) in r.range(b, "", "\u{ff}", 0).unwrap() {
-                out.insert((b.to_string(), k), v);
-            }
-        }
-        out
-    };
-    assert_eq!(content(&db), model);
+    assert_eq!(content_of(&db.read_tx()), model);
     db.close().unwrap();
-    assert_eq!(content(&open(dir.path())), model, "after reopen");
+    assert_eq!(content_of(&open(dir.path()).read_tx()), model, "after reopen");
 }
 
 /// etcd TestBatchTxRange / TestRangeTxn: empty end = single key, limits, missing keys.
