@@ -126,12 +126,23 @@ impl Error {
         Error::Corruption { file: file.into(), offset, reason: reason.into() }
     }
 
+    /// True for the refusal of an open told not to cut a damaged tail
+    /// ([`Config::cut_damaged_tail`](crate::Config::cut_damaged_tail) false): an
+    /// [`Error::Corruption`] at the tail's first frame that does not verify, which a default open
+    /// would cut. A tool can then offer to cut it, as `logtree defrag --cut-damaged-tail` does.
+    pub fn is_uncut_damaged_tail(&self) -> bool {
+        matches!(self, Error::Corruption { reason, .. } if reason.ends_with(UNCUT_TAIL))
+    }
+
     /// True for [`Error::Corruption`], [`Error::NotLogtree`] and [`Error::UnsupportedVersion`]:
     /// the files on disk are not what this build can trust.
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Corruption { .. } | Error::NotLogtree { .. } | Error::UnsupportedVersion { .. })
     }
 }
+
+/// How the reason of an [`Error::is_uncut_damaged_tail`] refusal ends (recovery writes it).
+pub(crate) const UNCUT_TAIL: &str = "not cut (Config::cut_damaged_tail)";
 
 fn fmt_bytes(b: &[u8]) -> String {
     match std::str::from_utf8(b) {

@@ -683,6 +683,7 @@ fn open_err(dir: &Path, read_only: bool, ctx: &str) -> Error {
         }
         Err(e) => {
             assert!(e.is_corruption(), "{ctx} (read_only={read_only}): expected an integrity error, got {e:?}");
+            assert!(!e.is_uncut_damaged_tail(), "{ctx}: a default open's error is no uncut-tail refusal: {e}");
             e
         }
     }
@@ -771,7 +772,11 @@ fn check_recovers(b: &Built, dir: &Path, exp: &Expect, ctx: &str) {
     if exp.damaged == Some(true) || exp.lost_write {
         match Backend::open(Config { cut_damaged_tail: false, ..config(dir) }) {
             Ok(_) => panic!("{ctx}: an open that may not cut a damaged tail cut it"),
-            Err(Error::Corruption { file, .. }) => assert!(file.ends_with(seg_name(b.last)), "{ctx}: {file:?}"),
+            Err(e @ Error::Corruption { .. }) => {
+                assert!(e.is_uncut_damaged_tail(), "{ctx}: {e}");
+                let Error::Corruption { file, .. } = e else { unreachable!() };
+                assert!(file.ends_with(seg_name(b.last)), "{ctx}: {file:?}");
+            }
             Err(e) => panic!("{ctx}: an open that may not cut a damaged tail: {e}"),
         }
         assert_files_unchanged(dir, &damaged, &format!("{ctx}: refused open"));

@@ -361,7 +361,10 @@ pub fn open_segments(data: &[u8]) -> OpenOutcome {
     let strict = Backend::open(Config { cut_damaged_tail: false, ..fuzz_config(&copy_dir, false) });
     match (strict, ro_damaged) {
         (Err(e), Some(true)) => {
-            assert!(matches!(e, Error::Corruption { .. }), "a damaged tail refused with {e}");
+            assert!(
+                matches!(e, Error::Corruption { .. }) && e.is_uncut_damaged_tail(),
+                "a damaged tail refused with {e}"
+            );
             assert_eq!(dir_files(&copy_dir), before, "an open that refused a damaged tail modified the files");
         }
         (Ok(_), Some(true)) => panic!("an open that may not cut a damaged tail opened"),

@@ -146,7 +146,7 @@ pub fn open_log(
         return Err(Error::corruption(
             &segments[si].path,
             off,
-            format!("the log's tail does not verify from here ({what}); not cut (Config::cut_damaged_tail)"),
+            format!("the log's tail does not verify from here ({what}); {}", crate::error::UNCUT_TAIL),
         ));
     }
     // By id: the segments after the end of the last transaction leave the list below.

@@ -386,16 +386,7 @@ pub fn hash(out: &mut Out, dir: &Path) -> CliResult<()> {
 
 /// `logtree defrag DIR`: the one command besides restore that writes.
 pub fn defrag(out: &mut Out, dir: &Path, cut_damaged_tail: bool) -> CliResult<()> {
-    let db = open_read_write(dir, cut_damaged_tail).map_err(|e| match e {
-        CliError::Failed { message, code } if message.contains("Config::cut_damaged_tail") => CliError::Failed {
-            message: message.replace(
-                "(Config::cut_damaged_tail)",
-                "(`logtree check` says more; `defrag --cut-damaged-tail` cuts it, losing what it holds)",
-            ),
-            code,
-        },
-        e => e,
-    })?;
+    let db = open_read_write(dir, cut_damaged_tail)?;
     let d = db.defrag()?;
     db.close()?;
     writeln!(out, "defragmented {}", dir.display())?;

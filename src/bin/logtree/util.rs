@@ -233,7 +233,16 @@ pub fn open_read_write(dir: &Path, cut_damaged_tail: bool) -> CliResult<Backend>
     check_db_dir(dir)?;
     let mut config = Config::new(dir);
     config.cut_damaged_tail = cut_damaged_tail;
-    Ok(Backend::open(config)?)
+    Backend::open(config).map_err(|e| {
+        let uncut = e.is_uncut_damaged_tail();
+        let mut err = CliError::from(e);
+        if uncut && let CliError::Failed { message, .. } = &mut err {
+            message.push_str(
+                "; `logtree check` says more, and `logtree defrag --cut-damaged-tail` cuts it, losing what it holds",
+            );
+        }
+        err
+    })
 }
 
 /// Whether bytes can be shown as text: valid UTF-8 with no control characters (a newline or a
