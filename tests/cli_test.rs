@@ -1097,6 +1097,26 @@ fn bench_json_goes_through_links_and_into_special_files() {
     run(bench(&link)).ok();
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert!(is_results(&std::fs::read_to_string(&target).unwrap()));
+    // Through a chain of links (one relative) to a file not made yet: a failed run makes none,
+    // a run that succeeds makes it where the chain ends; the links stay links.
+    let missing = tmp.path().join("sub").join("made.json");
+    std::fs::create_dir(tmp.path().join("sub")).unwrap();
+    let inner = tmp.path().join("sub").join("inner.json");
+    std::os::unix::fs::symlink("made.json", &inner).unwrap();
+    let outer = tmp.path().join("outer.json");
+    std::os::unix::fs::symlink(&inner, &outer).unwrap();
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("x"), "").unwrap();
+    let mut failing = bench(&outer);
+    failing.arg("--dir").arg(&busy);
+    run(failing).fails(1);
+    assert!(!missing.exists(), "a failed run made the link's target");
+    run(bench(&outer)).ok();
+    assert!(is_results(&std::fs::read_to_string(&missing).unwrap()));
+    for l in [&outer, &inner] {
+        assert!(std::fs::symlink_metadata(l).unwrap().file_type().is_symlink());
+    }
     // A directory, or a name ending in a slash: refused before the run.
     let r = run(bench(tmp.path()));
     let line = r.fails(2);

@@ -702,11 +702,11 @@ impl JsonOut {
             }
             Ok(_) => open(false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink()) {
-                    open(true)
-                } else {
-                    Ok(JsonOut::Replace { tmp: file_beside(file)?, file: file.to_path_buf() })
-                }
+                // A link to a file not made yet: the file is made where the link points, at the
+                // end of the run like any new file (so that a failed run leaves none), and the
+                // link stays a link.
+                let target = dangling_link_target(file)?;
+                Ok(JsonOut::Replace { tmp: file_beside(&target)?, file: target })
             }
             Err(e) => Err(CliError::io("cannot read", file, e)),
         }
@@ -730,6 +730,20 @@ impl JsonOut {
         }
         Ok(())
     }
+}
+
+/// Where `file`, missing, would be: itself, or if it is a symbolic link (of a chain) that points
+/// nowhere yet, the path the last link names.
+fn dangling_link_target(file: &Path) -> CliResult<PathBuf> {
+    let mut at = file.to_path_buf();
+    // Linux follows at most 40 links in a path; a chain longer than that cannot be opened.
+    for _ in 0..40 {
+        match std::fs::read_link(&at) {
+            Ok(next) => at = if next.is_absolute() { next } else { crate::util::parent_dir(&at).join(next) },
+            Err(_) => return Ok(at),
+        }
+    }
+    Err(CliError::new(format!("--json {}: too many levels of symbolic links", file.display())))
 }
 
 /// Refuses a `--keys` the index cannot hold in this machine's memory: every key lives in the
