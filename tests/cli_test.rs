@@ -1148,6 +1148,26 @@ fn bench_json_goes_through_links_and_into_special_files() {
     };
     run(bench(&fifo)).ok();
     assert!(is_results(&reader.join().unwrap()));
+    // With no reader yet, the run does not wait for one before it starts: its first line comes;
+    // a reader that comes later gets the results.
+    let mut child = bench(&fifo).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let mut lines = std::io::BufReader::new(stdout);
+        std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+        tx.send(first).unwrap();
+        std::io::copy(&mut lines, &mut std::io::sink()).unwrap();
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(60));
+    if first.is_err() {
+        let _ = std::fs::OpenOptions::new().read(true).open(&fifo); // unblock it
+        child.kill().unwrap();
+    }
+    assert!(first.as_ref().is_ok_and(|l| l.starts_with("logtree bench")), "the run waited for a reader: {first:?}");
+    assert!(is_results(&std::fs::read_to_string(&fifo).unwrap()));
+    assert!(child.wait().unwrap().success());
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::metadata(&fifo).unwrap().file_type()));
     // /dev/stdout, which is a file: the report, then the results after it.
     let report = tmp.path().join("report.txt");

@@ -664,19 +664,21 @@ enum JsonOut {
     /// over it when the run succeeds, so a run that fails leaves it as it was (an earlier run's
     /// results stay). Through a symbolic link, the file it names is the one replaced.
     Replace { file: PathBuf, tmp: tempfile::NamedTempFile },
-    /// Anything else a path names (a FIFO, a device, `/dev/stdout`, a dangling link): opened
-    /// before the run and written at its end; renaming over it would replace the node itself.
+    /// Anything else a path names (a device, `/dev/stdout`): opened before the run and
+    /// written at its end; renaming over it would replace the node itself.
     Direct(std::fs::File),
+    /// A FIFO: opened only at the end, since opening it for writing waits for a reader, and
+    /// the run should not wait for one before it starts.
+    Fifo(PathBuf),
 }
 
 impl JsonOut {
     fn new(file: &std::path::Path) -> CliResult<JsonOut> {
-        let open = |create: bool| {
+        let open = || {
             // Appended: `--json /dev/stdout > out.txt` opens out.txt anew, at offset 0, where
             // the rest of the output already is.
             std::fs::OpenOptions::new()
                 .append(true)
-                .create(create)
                 .open(file)
                 .map(JsonOut::Direct)
                 .map_err(|e| CliError::io("cannot create", file, e))
@@ -700,7 +702,14 @@ impl JsonOut {
                     .map_err(|e| CliError::io("cannot set the mode of", tmp.path(), e))?;
                 Ok(JsonOut::Replace { tmp, file: real })
             }
-            Ok(_) => open(false),
+            Ok(m) if std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()) && !special => {
+                // What opening it would check, without waiting for a reader.
+                if m.permissions().readonly() {
+                    return Err(CliError::new(format!("--json {}: the FIFO is not writable", file.display())));
+                }
+                Ok(JsonOut::Fifo(file.to_path_buf()))
+            }
+            Ok(_) => open(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // A link to a file not made yet: the file is made where the link points, at the
                 // end of the run like any new file (so that a failed run leaves none), and the
@@ -719,6 +728,15 @@ impl JsonOut {
                 tmp.write_all(bytes).map_err(|e| CliError::io("cannot write", tmp.path(), e))?;
                 tmp.persist(&file).map_err(|e| CliError::io("cannot rename the results to", &file, e.error))?;
                 writeln!(out, "results written to {}", shown.display())?;
+            }
+            JsonOut::Fifo(path) => {
+                writeln!(out, "results follow in {}", shown.display())?;
+                out.flush()?;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| CliError::io("cannot open", &path, e))?;
+                f.write_all(bytes).map_err(|e| CliError::io("cannot write", shown, e))?;
             }
             JsonOut::Direct(mut f) => {
                 // Printed, and all of stdout flushed, first: FILE may be stdout by another
