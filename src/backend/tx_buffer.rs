@@ -136,8 +136,8 @@ fn apply(catalog: &mut Catalog, staged: &mut Staged) {
     // stays set then, so that the transaction is rolled back rather than published without
     // the rest (`BatchTx` checks `interrupted`).
     staged.applying = true;
-    let puts = std::mem::take(&mut staged.puts);
-    let keys = std::mem::take(&mut staged.keys);
+    let mut puts = std::mem::take(&mut staged.puts);
+    let mut keys = std::mem::take(&mut staged.keys);
     let mut start = 0; // of the current put's key in `keys`
     for run in puts.chunk_by(|a, b| a.bucket == b.bucket) {
         let bucket = catalog.at_mut(run[0].bucket);
@@ -161,7 +161,6 @@ fn apply(catalog: &mut Catalog, staged: &mut Staged) {
         }
     }
     // The buffers go back for the next group.
-    let (mut puts, mut keys) = (puts, keys);
     puts.clear();
     keys.clear();
     staged.puts = puts;

@@ -77,6 +77,12 @@ impl NodeRef {
         NodeRef(NonNull::from(Box::leak(b)))
     }
 
+    /// Asks for the node's allocation (generation and node: what a descent reads first).
+    #[inline]
+    pub(super) fn prefetch_allocation(&self) {
+        crate::prefetch::prefetch_range(self.0.as_ptr() as usize, std::mem::size_of::<NodeBox>());
+    }
+
     #[inline]
     pub(super) fn generation(&self) -> u64 {
         // SAFETY: see `Deref`: a stored `NodeRef` points to a live node.
@@ -128,14 +134,6 @@ impl NodeRef {
             }
             self.free();
         }
-    }
-}
-
-impl NodeRef {
-    /// Asks for the node's allocation (generation and node: what a descent reads first).
-    #[inline]
-    pub(super) fn prefetch_allocation(&self) {
-        crate::prefetch::prefetch_range(self.0.as_ptr() as usize, std::mem::size_of::<NodeBox>());
     }
 }
 
@@ -681,9 +679,7 @@ impl Node {
             }
         }
     }
-}
 
-impl Node {
     /// As [`prefetch_for_search`](Self::prefetch_for_search), and for a leaf all of it: an
     /// insert into a leaf shared with readers copies every byte of it.
     #[inline]

@@ -674,15 +674,7 @@ enum JsonOut {
 
 impl JsonOut {
     fn new(file: &std::path::Path) -> CliResult<JsonOut> {
-        let open = || {
-            // Appended: `--json /dev/stdout > out.txt` opens out.txt anew, at offset 0, where
-            // the rest of the output already is.
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(file)
-                .map(JsonOut::Direct)
-                .map_err(|e| CliError::io("cannot create", file, e))
-        };
+        let open = || open_appending(file).map(JsonOut::Direct).map_err(|e| CliError::io("cannot create", file, e));
         // `/dev/stdout`, `/proc/self/fd/N`: the file they stand for is already open, as the
         // process's own output; a new file renamed over its name would not be it.
         let special = ["/dev/stdout", "/dev/stderr", "/dev/fd", "/proc/self/fd"].iter().any(|p| file.starts_with(p))
@@ -732,10 +724,7 @@ impl JsonOut {
             JsonOut::Fifo(path) => {
                 writeln!(out, "results follow in {}", shown.display())?;
                 out.flush()?;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| CliError::io("cannot open", &path, e))?;
+                let mut f = open_appending(&path).map_err(|e| CliError::io("cannot open", &path, e))?;
                 f.write_all(bytes).map_err(|e| CliError::io("cannot write", shown, e))?;
             }
             JsonOut::Direct(mut f) => {
@@ -748,6 +737,12 @@ impl JsonOut {
         }
         Ok(())
     }
+}
+
+/// `file`, existing, opened for writing at its end. Appended: `--json /dev/stdout > out.txt`
+/// opens out.txt anew, at offset 0, where the rest of the output already is.
+fn open_appending(file: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).open(file)
 }
 
 /// Where `file`, missing, would be: itself, or if it is a symbolic link (of a chain) that points
