@@ -68,3 +68,24 @@ pub use error::{Error, Result};
 pub const MAX_KEY_LEN: usize = 32 << 10;
 /// The longest value accepted: 256 MiB.
 pub const MAX_VALUE_LEN: usize = 256 << 20;
+
+/// Whether logtree asks the kernel to back the memory of its in-memory indexes with transparent
+/// huge pages, for the rest of the process (every backend in it). On by default.
+///
+/// Each 2 MiB region of the address space that index nodes are allocated in is handed, once,
+/// to a background thread (`logtree-huge-backing`) that asks Linux (6.1 or later) to back it
+/// with one huge page (`madvise(MADV_COLLAPSE)`): fewer TLB misses for lookups, scans and the
+/// copies a write makes, whatever the program's allocator. It costs one 2 MiB copy per region,
+/// made on that thread, and up to 2 MiB of memory per region that the allocator had reserved
+/// but not yet used. Turn it off where memory is tight or that background copying is
+/// unwelcome; with an allocator that already uses huge pages (mimalloc) it changes nothing.
+/// Elsewhere than Linux, and where the kernel refuses, it is always off. DESIGN.md §3.
+///
+/// ```
+/// logtree::set_index_huge_pages(false);
+/// let (db, _dir) = logtree::Backend::open_temp()?;
+/// # Ok::<(), logtree::Error>(())
+/// ```
+pub fn set_index_huge_pages(enabled: bool) {
+    index::huge_backing::set_enabled(enabled);
+}

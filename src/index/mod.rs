@@ -73,6 +73,7 @@
 //! approaching 1 GiB would overflow the `u32` arena offsets, which panics.
 
 pub mod catalog;
+pub(crate) mod huge_backing;
 mod node;
 pub(crate) mod pool;
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use std::ops::Deref;
 use std::ptr::NonNull;
 
-use super::{MAX_CHILDREN, MAX_LEAF_ENTRIES, MAX_NODE_KEY_BYTES, ValueRef, pool};
+use super::{MAX_CHILDREN, MAX_LEAF_ENTRIES, MAX_NODE_KEY_BYTES, ValueRef, huge_backing, pool};
 
 /// A node is "underfull" (and gets merged with or refilled from a sibling
 /// after a delete) only if it is short on BOTH entries and key bytes: a leaf
@@ -74,7 +74,24 @@ impl NodeRef {
             }
             None => Box::new(node),
         };
-        NodeRef(NonNull::from(Box::leak(b)))
+        let node = NodeRef(NonNull::from(Box::leak(b)));
+        node.note_memory();
+        node
+    }
+
+    /// Reports where this node's memory is (its allocation and its buffers), so that it is
+    /// backed with huge pages (see `huge_backing`).
+    #[inline]
+    fn note_memory(&self) {
+        huge_backing::note(self.0.as_ptr() as usize);
+        let (keys, second) = match &**self {
+            Node::Leaf(leaf) => (&leaf.keys, leaf.vals.as_ptr() as usize),
+            Node::Inner(inner) => (&inner.keys, inner.children.as_ptr() as usize),
+        };
+        huge_backing::note(keys.data.as_ptr() as usize);
+        huge_backing::note(keys.ends.as_ptr() as usize);
+        huge_backing::note(keys.heads.as_ptr() as usize);
+        huge_backing::note(second);
     }
 
     /// Asks for the node's allocation (generation and node: what a descent reads first).
