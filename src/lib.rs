@@ -78,8 +78,9 @@ pub const MAX_VALUE_LEN: usize = 256 << 20;
 /// copies a write makes, whatever the program's allocator. It costs one 2 MiB copy per region,
 /// made on that thread, and up to 2 MiB of memory per region that the allocator had reserved
 /// but not yet used. Turn it off where memory is tight or that background copying is
-/// unwelcome; with an allocator that already uses huge pages (mimalloc) it changes nothing.
-/// Elsewhere than Linux, and where the kernel refuses, it is always off. DESIGN.md §3.
+/// unwelcome; where the allocator's memory is already on huge pages it changes nothing.
+/// Elsewhere than Linux, where the kernel does not know the advice, and where transparent huge
+/// pages are set to `never`, it is always off. DESIGN.md §3.
 ///
 /// ```
 /// logtree::set_index_huge_pages(false);
