@@ -290,8 +290,13 @@ mod tests {
                 .is_ok_and(|s| s.contains("[madvise]"))
     }
 
-    /// A map of two regions with the aligned one's pages written; returns it and that region.
-    fn written_region() -> (memmap2::MmapMut, usize) {
+    /// A map of two regions with the aligned one's pages written, and that region; `None` (and
+    /// a line saying why) where huge pages are not given on request only.
+    fn written_region() -> Option<(memmap2::MmapMut, usize)> {
+        if !only_on_request() {
+            eprintln!("huge pages are not given on request only here: nothing to check");
+            return None;
+        }
         let mut map = memmap2::MmapMut::map_anon(2 * REGION).unwrap();
         let skip = map.as_ptr().align_offset(REGION);
         for (i, b) in map[skip..skip + REGION].iter_mut().enumerate().step_by(4096) {
@@ -299,7 +304,7 @@ mod tests {
         }
         map[skip + 12_345] = 0xab;
         let region = map.as_ptr() as usize + skip;
-        (map, region)
+        Some((map, region))
     }
 
     fn assert_bytes_kept(map: &memmap2::MmapMut, region: usize) {
@@ -313,11 +318,7 @@ mod tests {
 
     #[test]
     fn a_region_is_backed_by_a_huge_page_and_keeps_its_bytes() {
-        if !only_on_request() {
-            eprintln!("huge pages are not given on request only here: nothing to check");
-            return;
-        }
-        let (map, region) = written_region();
+        let Some((map, region)) = written_region() else { return };
         assert_eq!(huge_kib(region), Some(0), "4 KiB pages before");
         // A refusal for want of a free huge page at the moment is the kernel's to make, and
         // passes: asked again.
@@ -336,11 +337,7 @@ mod tests {
 
     #[test]
     fn a_reported_region_is_backed_by_the_background_thread() {
-        if !only_on_request() {
-            eprintln!("huge pages are not given on request only here: nothing to check");
-            return;
-        }
-        let (map, region) = written_region();
+        let Some((map, region)) = written_region() else { return };
         note(region + 100);
         let deadline = Instant::now() + Duration::from_secs(30);
         while huge_kib(region) == Some(0) && Instant::now() < deadline {
