@@ -153,16 +153,21 @@ pub(crate) unsafe fn reread_huge(readers: &Mmap, through: &Mmap, file: &std::fs:
     }
 }
 
-/// A field of the map that starts at `addr` in `/proc/self/smaps`, in KiB (`"Rss:"`,
-/// `"FilePmdMapped:"`, the huge pages of a file it maps); None if unknown. Reading smaps walks
-/// every map of the process: for a rare check only.
+/// A field of the map that holds `addr` (its start, or any address in it) in
+/// `/proc/self/smaps`, in KiB (`"Rss:"`, `"FilePmdMapped:"`, the huge pages of a file it maps,
+/// `"AnonHugePages:"`); None if unknown. Reading smaps walks every map of the process: for a
+/// rare check only.
 pub(crate) fn smaps_kib(addr: usize, field: &str) -> Option<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     // A map's lines start with its address range; its fields follow, up to the next map's.
-    let start = |l: &str| l.split('-').next().and_then(|a| usize::from_str_radix(a, 16).ok());
-    let mut lines = smaps.lines().skip_while(|l| start(l) != Some(addr));
+    let range = |l: &str| {
+        let (from, rest) = l.split_once('-')?;
+        let to = rest.split(' ').next()?;
+        Some(usize::from_str_radix(from, 16).ok()?..usize::from_str_radix(to, 16).ok()?)
+    };
+    let mut lines = smaps.lines().skip_while(|l| !range(l).is_some_and(|r| r.contains(&addr)));
     lines.next()?;
-    let line = lines.take_while(|l| start(l).is_none()).find(|l| l.starts_with(field))?;
+    let line = lines.take_while(|l| range(l).is_none()).find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

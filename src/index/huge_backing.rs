@@ -156,14 +156,14 @@ fn serve(rx: &crossbeam_channel::Receiver<usize>) {
         let on = ENABLED.load(Ordering::Relaxed);
         match next {
             Ok(region) if !on => forget(region),
-            Ok(region) => match back(region) {
-                Backed::Yes => {}
-                _ if refused.is_empty() => {
+            Ok(region) => {
+                if back(region) != Backed::Yes {
+                    if refused.is_empty() {
+                        next_retry = Instant::now() + RETRY;
+                    }
                     refused.push((region, 1));
-                    next_retry = Instant::now() + RETRY;
                 }
-                _ => refused.push((region, 1)),
-            },
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
@@ -264,22 +264,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The huge-page KiB of the mapping containing `addr`, from the process's `smaps`.
+    /// The huge-page KiB of the mapping containing `addr`.
     fn huge_kib(addr: usize) -> Option<u64> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let mut here = false;
-        for line in smaps.lines() {
-            let range = line.split_once(' ').map(|(r, _)| r).and_then(|r| r.split_once('-'));
-            if !line.ends_with(" kB")
-                && let Some((from, to)) = range
-                && let (Ok(from), Ok(to)) = (usize::from_str_radix(from, 16), usize::from_str_radix(to, 16))
-            {
-                here = (from..to).contains(&addr);
-            } else if here && let Some(kib) = line.strip_prefix("AnonHugePages:") {
-                return kib.trim().trim_end_matches("kB").trim().parse().ok();
-            }
-        }
-        None
+        crate::populate::smaps_kib(addr, "AnonHugePages:")
     }
 
     /// Whether huge pages are given only on request here (with `always`, a fresh map may get
