@@ -34,6 +34,7 @@ use memmap2::{Mmap, MmapOptions, MmapRaw};
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
 use super::prefault::Prefaulter;
+use super::settle;
 use crate::error::{Error, Result};
 use crate::huge_pages::HUGE_PAGE;
 use crate::populate;
@@ -375,7 +376,8 @@ impl Segment {
     }
 
     /// Has the kernel read this segment again in 2 MiB pages, a huge page at a time, through a
-    /// second map advised `MADV_HUGEPAGE` made for the purpose, until `stop` is raised or the
+    /// second map advised `MADV_HUGEPAGE` made for the purpose, until `turn` (called before each
+    /// huge page, and which may wait for a good moment: see `settle.rs`) returns false or the
     /// segment leaves the log; returns how many bytes (DESIGN.md §2.3 says why and what it
     /// costs). Only whole huge pages, where both maps start on one, in a backend that syncs;
     /// not at all once the kernel has shown that it makes no huge pages of these files (the
@@ -385,7 +387,7 @@ impl Segment {
     /// (the log writer asks once a roll-over has moved it to the next segment): its bytes no
     /// longer change and, synced, its pages are clean. A huge page that appends went on
     /// dirtying would be written back whole at every sync.
-    pub fn settle(&self, stop: &AtomicBool) -> u64 {
+    pub fn settle(&self, mut turn: impl FnMut() -> bool) -> u64 {
         let end = (self.len() as usize).min(self.map.len()) / HUGE_PAGE * HUGE_PAGE;
         let aligned = |p: *const u8| (p as usize).is_multiple_of(HUGE_PAGE);
         let can = populate::supported() && HUGE_FILE_PAGES.load(Ordering::Relaxed) != NO;
@@ -400,7 +402,7 @@ impl Segment {
             return 0;
         }
         let mut at = 0;
-        while at < end && !stop.load(Ordering::Relaxed) && !self.obsolete.load(Ordering::Acquire) {
+        while at < end && !self.obsolete.load(Ordering::Acquire) && turn() {
             // SAFETY: both maps are read-only shared maps of this segment's file from its first
             // byte, and `at + HUGE_PAGE <= end`, inside both and inside the file.
             if !unsafe { populate::reread_huge(&self.map, &through, self.file.as_file(), at, HUGE_PAGE) } {
@@ -483,7 +485,11 @@ impl Segment {
     pub fn sync(&self) -> Result<()> {
         if self.sync {
             self.unmap_for_writeback();
-            self.file.sync_data().map_err(|e| Error::io(SYNC_CONTEXT, Some(self.path.clone()), e))?;
+            // Around the fdatasync, so that the settle thread leaves the disk to it.
+            settle::note_sync();
+            let synced = self.file.sync_data();
+            settle::note_sync();
+            synced.map_err(|e| Error::io(SYNC_CONTEXT, Some(self.path.clone()), e))?;
         }
         Ok(())
     }
@@ -526,6 +532,11 @@ impl Segment {
     /// The segment has left the log: remove its file once nothing uses it.
     pub fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::Release);
+    }
+
+    /// Whether the segment has left the log ([`mark_obsolete`](Self::mark_obsolete)).
+    pub fn is_obsolete(&self) -> bool {
+        self.obsolete.load(Ordering::Acquire)
     }
 }
 
@@ -687,8 +698,8 @@ mod tests {
         }
         seg.sync().unwrap();
         seg.seal().unwrap();
-        assert_eq!(seg.settle(&AtomicBool::new(true)), 0, "stopped before the first huge page");
-        let settled = seg.settle(&AtomicBool::new(false));
+        assert_eq!(seg.settle(|| false), 0, "stopped before the first huge page");
+        let settled = seg.settle(|| true);
         if populate::supported() && (seg.map.as_ptr() as usize).is_multiple_of(HUGE_PAGE) {
             assert_eq!(settled, 3 * HUGE_PAGE as u64, "the whole huge pages below the end ({} bytes)", seg.len());
             if huge_file_pages_expected(&seg.path) {
@@ -702,7 +713,7 @@ mod tests {
         let unsynced = Segment::create(dir.path(), &vfs, 2, 8 << 20, false).unwrap();
         unsynced.append(&expect[..5 << 20], unsynced.len(), None).unwrap();
         unsynced.seal().unwrap();
-        assert_eq!(unsynced.settle(&AtomicBool::new(false)), 0, "a backend that does not sync: left alone");
+        assert_eq!(unsynced.settle(|| true), 0, "a backend that does not sync: left alone");
     }
 
     /// Whether the kernel makes huge pages of the files of `path`'s file system when read
