@@ -49,6 +49,7 @@ mod index;
 pub mod kv;
 mod log;
 pub mod mvcc;
+mod pacing;
 mod parallel;
 mod populate;
 mod prefetch;

@@ -22,7 +22,9 @@
 //! A region is asked for once, unless it was given up or found the queue full (then a later
 //! node in it asks again); the cost is one copy of at most 2 MiB per region, on the
 //! background thread, and at most 2 MiB of memory per region that the allocator had left
-//! unused (or given back to the system). Where the administrator turned transparent huge pages
+//! unused (or given back to the system). During that copy the kernel holds the process's
+//! memory-map lock for writing, and a page fault of the writer waits for it, so requests give
+//! way to commits (`crate::pacing`). Where the administrator turned transparent huge pages
 //! off (`never`, which the advice would not respect by itself), or the kernel does not know the
 //! advice, the first request finds out and nothing more is asked, in the whole process. With an
 //! allocator whose memory is already on huge pages (mimalloc on this project's machine: its
@@ -32,7 +34,9 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::pacing::Pacer;
 
 /// The size and alignment of a transparent huge page on x86-64 (and common aarch64).
 pub(crate) const REGION: usize = crate::huge_pages::HUGE_PAGE;
@@ -46,7 +50,16 @@ const QUEUE: usize = 4096;
 const MAX_ATTEMPTS: u32 = 50;
 
 /// How long the background thread waits before it tries the refused regions again.
-const RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY: Duration = Duration::from_millis(100);
+
+/// How long no segment must have been synced before a request is made (`crate::pacing`), and
+/// the longest wait for such a moment. The kernel's copy of a 2 MiB region takes 1–6 ms on this
+/// project's machine, during which the writer's page faults in the heap wait.
+const QUIET: Duration = Duration::from_millis(20);
+const PACE: Duration = Duration::from_millis(250);
+/// A request answered faster than this (a refusal, a region already backed) does not count
+/// as a turn.
+const CHEAP: Duration = Duration::from_micros(300);
 
 /// Off once the kernel turned the advice down as unknown, on other platforms, and when the
 /// program turned it off ([`crate::set_index_huge_pages`]).
@@ -147,6 +160,22 @@ fn serve(rx: &crossbeam_channel::Receiver<usize>) {
     }
     let mut refused: Vec<(usize, u32)> = Vec::new();
     let mut next_retry = Instant::now() + RETRY;
+    // Each request waits for its turn (see `crate::pacing`): a collapse holds the process's
+    // memory-map lock for writing, so a fault of a committing writer waits for it.
+    let mut pacer = Pacer::new(QUIET, PACE);
+    // A refusal, or a region already on a huge page (an allocator that asks for them itself),
+    // costs the kernel little and holds the lock briefly: its turn is given back.
+    let mut paced_back = |region| {
+        if !pacer.wait_turn(|| !ENABLED.load(Ordering::Relaxed)) {
+            return Backed::NotNow;
+        }
+        let started = Instant::now();
+        let backed = back(region);
+        if backed != Backed::Yes || started.elapsed() < CHEAP {
+            pacer.return_turn();
+        }
+        backed
+    };
     loop {
         let next = if refused.is_empty() {
             rx.recv().map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected)
@@ -157,7 +186,7 @@ fn serve(rx: &crossbeam_channel::Receiver<usize>) {
         match next {
             Ok(region) if !on => forget(region),
             Ok(region) => {
-                if back(region) != Backed::Yes {
+                if paced_back(region) != Backed::Yes {
                     if refused.is_empty() {
                         next_retry = Instant::now() + RETRY;
                     }
@@ -172,7 +201,7 @@ fn serve(rx: &crossbeam_channel::Receiver<usize>) {
         if !refused.is_empty() && Instant::now() >= next_retry {
             refused.retain_mut(|(region, attempts)| {
                 *attempts += 1;
-                let backed = on && back(*region) == Backed::Yes;
+                let backed = on && paced_back(*region) == Backed::Yes;
                 let give_up = !on || *attempts >= MAX_ATTEMPTS;
                 if !backed && give_up {
                     forget(*region); // a later node in it may ask again
@@ -326,7 +355,8 @@ mod tests {
     fn a_reported_region_is_backed_by_the_background_thread() {
         let Some((map, region)) = written_region() else { return };
         note(region + 100);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Long: requests are paced while other tests commit (`crate::pacing`).
+        let deadline = Instant::now() + Duration::from_secs(120);
         while huge_kib(region) == Some(0) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

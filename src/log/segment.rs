@@ -34,7 +34,6 @@ use memmap2::{Mmap, MmapOptions, MmapRaw};
 
 use super::format::{self, HeaderError, KIND_SEGMENT, SEGMENT_HEADER_LEN};
 use super::prefault::Prefaulter;
-use super::settle;
 use crate::error::{Error, Result};
 use crate::huge_pages::HUGE_PAGE;
 use crate::populate;
@@ -486,9 +485,9 @@ impl Segment {
         if self.sync {
             self.unmap_for_writeback();
             // Around the fdatasync, so that the settle thread leaves the disk to it.
-            settle::note_sync();
+            crate::pacing::note_sync();
             let synced = self.file.sync_data();
-            settle::note_sync();
+            crate::pacing::note_sync();
             synced.map_err(|e| Error::io(SYNC_CONTEXT, Some(self.path.clone()), e))?;
         }
         Ok(())

@@ -1,0 +1,147 @@
+//! Background work that gives way to commits: the settle thread's disk reads (DESIGN.md §2.3)
+//! and the huge-backing thread's collapses (§3).
+//!
+//! Both are optional work that a writer busy committing pays for: a commit's fdatasync that
+//! reaches the device behind a settle's 2 MiB read waits for it, and while the kernel copies a
+//! 2 MiB region into a huge page it holds the process's memory-map lock for writing, so a
+//! page fault of the writer in the heap waits for the copy (2–6 ms here each). So every sync of
+//! a segment notes the time ([`note_sync`]), and each such thread, before each piece of work,
+//! waits for a quiet moment ([`Pacer::wait_turn`]): until no segment has been synced for its
+//! `quiet`, or at most its `pace` since its last turn, so that a stream of commits that never
+//! leaves a gap still lets the work go on, a piece per `pace`. Group commit's own rhythm (a
+//! sync every `batch_interval`, 100 ms by default) leaves gaps enough; a bulk load (one long
+//! transaction) and reads leave the time wholly to it.
+//!
+//! The clock is process-wide, not per log: two backends in one process most likely share a
+//! disk, and either thread's work delays the other backend's commits as much as its own.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often a waiting thread looks at the clock and at its stop condition.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Microseconds since the clock's first reading.
+fn now_micros() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// When a segment was last synced (its fdatasync began or ended), on [`now_micros`]'s clock;
+/// 0 for never.
+static LAST_SYNC: AtomicU64 = AtomicU64::new(0);
+
+/// Records that a segment's fdatasync begins or has ended (`Segment::sync`).
+pub(crate) fn note_sync() {
+    LAST_SYNC.store(now_micros().max(1), Ordering::Relaxed);
+}
+
+/// One background thread's turns.
+pub(crate) struct Pacer {
+    quiet: Duration,
+    pace: Duration,
+    /// When the last turn began (0: none yet), and the one before it.
+    last_turn: u64,
+    previous_turn: u64,
+}
+
+impl Pacer {
+    /// Turns that wait for `quiet` without a sync, or at most `pace` since the last turn.
+    pub(crate) const fn new(quiet: Duration, pace: Duration) -> Pacer {
+        Pacer { quiet, pace, last_turn: 0, previous_turn: 0 }
+    }
+
+    /// Waits for the next turn (see the module docs); false, at once, if `stop()` says so
+    /// before it comes.
+    pub(crate) fn wait_turn(&mut self, stop: impl Fn() -> bool) -> bool {
+        loop {
+            if stop() {
+                return false;
+            }
+            let now = now_micros();
+            let wait = self.wait_before_turn(now, LAST_SYNC.load(Ordering::Relaxed));
+            if wait.is_zero() {
+                self.previous_turn = self.last_turn;
+                self.last_turn = now.max(1);
+                return true;
+            }
+            std::thread::sleep(wait.min(POLL));
+        }
+    }
+
+    /// Gives the last turn back, for work that turned out to cost nothing worth pacing (a
+    /// request the kernel refused at once): the next turn is paced from the one before.
+    pub(crate) fn return_turn(&mut self) {
+        self.last_turn = self.previous_turn;
+    }
+
+    /// How long to wait, `now` microseconds into the clock, if the last sync was at
+    /// `last_sync` (0 for never): zero once nothing has been synced for `quiet`, or `pace` has
+    /// passed since the last turn (or there was none).
+    fn wait_before_turn(&self, now: u64, last_sync: u64) -> Duration {
+        let quiet_at = if last_sync == 0 { 0 } else { last_sync + self.quiet.as_micros() as u64 };
+        let paced_at = if self.last_turn == 0 { 0 } else { self.last_turn + self.pace.as_micros() as u64 };
+        Duration::from_micros(quiet_at.min(paced_at).saturating_sub(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1000;
+
+    /// A turn waits for `quiet` without a sync or for `pace` since the last turn, whichever
+    /// comes first; with no sync or no turn before, that side holds nothing back.
+    #[test]
+    fn a_turn_waits_for_a_quiet_moment_or_its_pace() {
+        let (quiet, pace) = (20 * MS, 250 * MS);
+        let mut p = Pacer::new(Duration::from_micros(quiet), Duration::from_micros(pace));
+        assert_eq!(p.wait_before_turn(1_000 * MS, 0), Duration::ZERO, "nothing synced, no turn yet");
+        assert_eq!(p.wait_before_turn(1_000 * MS, 995 * MS), Duration::ZERO, "no turn yet: the pace allows one");
+        let now = 10_000 * MS;
+        p.last_turn = now - 10 * MS;
+        assert_eq!(p.wait_before_turn(now, now - 5 * MS), Duration::from_micros(15 * MS), "until quiet");
+        p.last_turn = now - pace + 3 * MS;
+        assert_eq!(p.wait_before_turn(now, now - MS), Duration::from_micros(3 * MS), "until the pace, sooner");
+        assert_eq!(p.wait_before_turn(now, now - quiet), Duration::ZERO, "quiet for `quiet`: at once");
+        p.last_turn = now - pace;
+        assert_eq!(p.wait_before_turn(now, now), Duration::ZERO, "a turn per `pace` under syncs");
+    }
+
+    /// `wait_turn` takes its turn once the time has come, and gives up at once when stopped.
+    #[test]
+    fn wait_turn_takes_a_due_turn_and_stops_when_asked() {
+        let mut p = Pacer::new(Duration::from_millis(20), Duration::from_secs(3600));
+        assert!(!p.wait_turn(|| true), "stopped");
+        assert_eq!(p.last_turn, 0, "a stopped wait takes no turn");
+        assert!(p.wait_turn(|| false), "the first turn is due at once");
+        assert!(p.last_turn > 0);
+        note_sync();
+        let started = Instant::now();
+        let stop_after = started + Duration::from_millis(50);
+        // Syncs go on: the next turn is an hour away, so only the stop ends the wait.
+        let keep_syncing = || {
+            note_sync();
+            Instant::now() >= stop_after
+        };
+        assert!(!p.wait_turn(keep_syncing), "no quiet moment and no pace: stopped");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    /// A turn given back does not count: the next is paced from the one before it.
+    #[test]
+    fn a_returned_turn_does_not_count() {
+        let mut p = Pacer::new(Duration::from_secs(3600), Duration::from_millis(250));
+        assert!(p.wait_turn(|| false));
+        let first = p.last_turn;
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(p.wait_turn(|| false), "a pace after the first");
+        assert!(p.last_turn > first);
+        p.return_turn();
+        assert_eq!(p.last_turn, first, "given back: the first is the last again");
+        let now = first + 260 * MS;
+        assert_eq!(p.wait_before_turn(now, now), Duration::ZERO, "so the next is due a pace after the first");
+    }
+}
