@@ -2,13 +2,15 @@
 //! and the huge-backing thread's collapses (§3).
 //!
 //! Both are optional work that a writer busy committing pays for: a commit's fdatasync that
-//! reaches the device behind a settle's 2 MiB read waits for it, and while the kernel copies a
-//! 2 MiB region into a huge page it holds the process's memory-map lock for writing, so a
-//! page fault of the writer in the heap waits for the copy (2–6 ms here each). So every sync of
-//! a segment notes the time ([`note_sync`]), and each such thread, before each piece of work,
-//! waits for a quiet moment ([`Pacer::wait_turn`]): until no segment has been synced for its
-//! `quiet`, or at most its `pace` since its last turn, so that a stream of commits that never
-//! leaves a gap still lets the work go on, a piece per `pace`. Group commit's own rhythm (a
+//! reaches the device behind a settle's 2 MiB read waits for it (2–4 ms here), and while the
+//! kernel copies a 2 MiB region into a huge page it holds the process's memory-map lock for
+//! writing, so a page fault of the writer in the heap waits for the copy (1–6 ms here). So
+//! each fdatasync of a segment through `Segment::sync` (a commit's, a roll-over's, a defrag's)
+//! is marked while it runs and stamps the clock when it ends ([`syncing`]), and each such
+//! thread, before each piece of work, waits for a quiet moment ([`Pacer::wait_turn`]): no sync
+//! running and none for [`QUIET`], or at most [`PACE`] since the start of its last turn, so
+//! that a stream of commits that never leaves a gap still lets the work go on, a piece per
+//! `PACE`. Group commit's own rhythm (a
 //! sync every `batch_interval`, 100 ms by default) leaves gaps enough; a bulk load (one long
 //! transaction) and reads leave the time wholly to it.
 //!
@@ -16,8 +18,15 @@
 //! disk, and either thread's work delays the other backend's commits as much as its own.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// How long no segment must have been synced before a piece of work begins: longer than the
+/// gap between the commits of a writer that is busy committing, much shorter than a default
+/// `batch_interval`.
+pub(crate) const QUIET: Duration = Duration::from_millis(20);
+/// The longest wait for a quiet moment, from the start of the last turn.
+pub(crate) const PACE: Duration = Duration::from_millis(250);
 
 /// How often a waiting thread looks at the clock and at its stop condition.
 const POLL: Duration = Duration::from_millis(5);
@@ -28,13 +37,27 @@ fn now_micros() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-/// When a segment was last synced (its fdatasync began or ended), on [`now_micros`]'s clock;
-/// 0 for never.
+/// When a segment's fdatasync last ended, on [`now_micros`]'s clock; 0 for never.
 static LAST_SYNC: AtomicU64 = AtomicU64::new(0);
+/// How many segment fdatasyncs are running.
+static SYNCING: AtomicUsize = AtomicUsize::new(0);
 
-/// Records that a segment's fdatasync begins or has ended (`Segment::sync`).
-pub(crate) fn note_sync() {
-    LAST_SYNC.store(now_micros().max(1), Ordering::Relaxed);
+/// Marks a segment's fdatasync as running until the guard is dropped, which stamps the clock
+/// (`Segment::sync`).
+pub(crate) fn syncing() -> Syncing {
+    SYNCING.fetch_add(1, Ordering::Relaxed);
+    Syncing(())
+}
+
+/// See [`syncing`].
+pub(crate) struct Syncing(());
+
+impl Drop for Syncing {
+    fn drop(&mut self) {
+        // `fetch_max`: two syncs ending together must not move the clock back.
+        LAST_SYNC.fetch_max(now_micros().max(1), Ordering::Relaxed);
+        SYNCING.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One background thread's turns.
@@ -47,7 +70,8 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    /// Turns that wait for `quiet` without a sync, or at most `pace` since the last turn.
+    /// Turns that wait for `quiet` without a sync, or at most `pace` since the last turn
+    /// ([`QUIET`] and [`PACE`] but in tests).
     pub(crate) const fn new(quiet: Duration, pace: Duration) -> Pacer {
         Pacer { quiet, pace, last_turn: 0, previous_turn: 0 }
     }
@@ -60,7 +84,9 @@ impl Pacer {
                 return false;
             }
             let now = now_micros();
-            let wait = self.wait_before_turn(now, LAST_SYNC.load(Ordering::Relaxed));
+            // A sync running counts as one that has just ended.
+            let last_sync = if SYNCING.load(Ordering::Relaxed) > 0 { now } else { LAST_SYNC.load(Ordering::Relaxed) };
+            let wait = self.wait_before_turn(now, last_sync);
             if wait.is_zero() {
                 self.previous_turn = self.last_turn;
                 self.last_turn = now.max(1);
@@ -110,24 +136,25 @@ mod tests {
         assert_eq!(p.wait_before_turn(now, now), Duration::ZERO, "a turn per `pace` under syncs");
     }
 
-    /// `wait_turn` takes its turn once the time has come, and gives up at once when stopped.
+    /// `wait_turn` takes its turn once the time has come, gives up at once when stopped, and
+    /// finds no quiet moment while a sync runs.
     #[test]
     fn wait_turn_takes_a_due_turn_and_stops_when_asked() {
-        let mut p = Pacer::new(Duration::from_millis(20), Duration::from_secs(3600));
+        let mut p = Pacer::new(Duration::from_millis(1), Duration::from_secs(3600));
         assert!(!p.wait_turn(|| true), "stopped");
         assert_eq!(p.last_turn, 0, "a stopped wait takes no turn");
         assert!(p.wait_turn(|| false), "the first turn is due at once");
         assert!(p.last_turn > 0);
-        note_sync();
+        // A sync runs throughout and the next pace is an hour away: only the stop ends the wait
+        // (another test's syncs could only lengthen it).
+        let guard = syncing();
         let started = Instant::now();
         let stop_after = started + Duration::from_millis(50);
-        // Syncs go on: the next turn is an hour away, so only the stop ends the wait.
-        let keep_syncing = || {
-            note_sync();
-            Instant::now() >= stop_after
-        };
-        assert!(!p.wait_turn(keep_syncing), "no quiet moment and no pace: stopped");
+        assert!(!p.wait_turn(|| Instant::now() >= stop_after), "no quiet moment while a sync runs");
         assert!(started.elapsed() >= Duration::from_millis(50));
+        let before_end = now_micros();
+        drop(guard);
+        assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the end of the sync stamps the clock");
     }
 
     /// A turn given back does not count: the next is paced from the one before it.

@@ -484,10 +484,10 @@ impl Segment {
     pub fn sync(&self) -> Result<()> {
         if self.sync {
             self.unmap_for_writeback();
-            // Around the fdatasync, so that the settle thread leaves the disk to it.
-            crate::pacing::note_sync();
+            // Marked, so that background work leaves the disk and the memory map to it.
+            let syncing = crate::pacing::syncing();
             let synced = self.file.sync_data();
-            crate::pacing::note_sync();
+            drop(syncing);
             synced.map_err(|e| Error::io(SYNC_CONTEXT, Some(self.path.clone()), e))?;
         }
         Ok(())

@@ -9,23 +9,15 @@
 //! read takes 2–4 ms and a commit's fdatasync 0.5 ms, so 100 durable batches of 1,000 puts that
 //! crossed a roll-over took some 20–50 ms longer while the sealed segment was read, whatever
 //! the thread's CPU or I/O priority (neither changed it). So before each 2 MiB the thread waits
-//! until no segment has been synced for [`QUIET`], or at most [`PACE`] since its last read
-//! (`crate::pacing`).
+//! for a quiet moment (`crate::pacing`): no sync running and none for 20 ms, or at most 250 ms
+//! since the start of its last turn.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use super::background::Background;
 use super::segment::Segment;
-use crate::pacing::Pacer;
-
-/// How long no segment must have been synced before a 2 MiB read begins: longer than the gap
-/// between the commits of a writer that is busy committing, much shorter than a default
-/// `batch_interval`.
-pub const QUIET: Duration = Duration::from_millis(20);
-/// The longest wait for a quiet moment before a 2 MiB read begins anyway.
-pub const PACE: Duration = Duration::from_millis(250);
+use crate::pacing::{PACE, Pacer, QUIET};
 
 /// The thread that settles the segments one log writer seals. Started at the first request;
 /// stopped (within one huge page's read, or a few milliseconds while it waits) and joined when dropped.
