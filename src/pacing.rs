@@ -10,9 +10,8 @@
 //! thread, before each piece of work, waits for a quiet moment ([`Pacer::wait_turn`]): no sync
 //! running and none for [`QUIET`], or at most [`PACE`] since the start of its last turn, so
 //! that a stream of commits that never leaves a gap still lets the work go on, a piece per
-//! `PACE`. Group commit's own rhythm (a
-//! sync every `batch_interval`, 100 ms by default) leaves gaps enough; a bulk load (one long
-//! transaction) and reads leave the time wholly to it.
+//! `PACE`. Group commit's own rhythm (a sync every `batch_interval`, 100 ms by default) leaves
+//! gaps enough; a bulk load (one long transaction) and reads leave the time wholly to it.
 //!
 //! The clock is process-wide, not per log: two backends in one process most likely share a
 //! disk, and either thread's work delays the other backend's commits as much as its own.

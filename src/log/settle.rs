@@ -20,7 +20,8 @@ use super::segment::Segment;
 use crate::pacing::{PACE, Pacer, QUIET};
 
 /// The thread that settles the segments one log writer seals. Started at the first request;
-/// stopped (within one huge page's read, or a few milliseconds while it waits) and joined when dropped.
+/// stopped (within one huge page's read, or a few milliseconds while it waits) and joined
+/// when dropped.
 pub struct Settler {
     worker: Background<Arc<Segment>>,
     stop: Arc<AtomicBool>,
