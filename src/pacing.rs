@@ -13,6 +13,11 @@
 //! `PACE`. Group commit's own rhythm (a sync every `batch_interval`, 100 ms by default) leaves
 //! gaps enough; a bulk load (one long transaction) and reads leave the time wholly to it.
 //!
+//! An open in progress counts as a sync that never ends ([`busy`]): its replay builds the
+//! index on memory the allocator hands out fresh, and the build's page faults waited for the
+//! collapses of the regions the replay had just filled (`perf sched timehist`: the build
+//! threads 4–6 ms at a time in `rwsem_down_read_slowpath`).
+//!
 //! The clock is process-wide, not per log: two backends in one process most likely share a
 //! disk, and either thread's work delays the other backend's commits as much as its own.
 
@@ -59,6 +64,26 @@ impl Drop for Syncing {
     }
 }
 
+/// How many opens are in progress ([`busy`]).
+static BUSY: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks foreground work other than syncs (an open's replay) until the guard is dropped:
+/// meanwhile no moment is quiet, and the quiet time counts from its end.
+pub(crate) fn busy() -> Busy {
+    BUSY.fetch_add(1, Ordering::Relaxed);
+    Busy(())
+}
+
+/// See [`busy`].
+pub(crate) struct Busy(());
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        LAST_SYNC.fetch_max(now_micros().max(1), Ordering::Relaxed);
+        BUSY.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One background thread's turns.
 pub(crate) struct Pacer {
     quiet: Duration,
@@ -83,8 +108,9 @@ impl Pacer {
                 return false;
             }
             let now = now_micros();
-            // A sync running counts as one that has just ended.
-            let last_sync = if SYNCING.load(Ordering::Relaxed) > 0 { now } else { LAST_SYNC.load(Ordering::Relaxed) };
+            // A sync or an open running counts as a sync that has just ended.
+            let running = SYNCING.load(Ordering::Relaxed) + BUSY.load(Ordering::Relaxed);
+            let last_sync = if running > 0 { now } else { LAST_SYNC.load(Ordering::Relaxed) };
             let wait = self.wait_before_turn(now, last_sync);
             if wait.is_zero() {
                 self.previous_turn = self.last_turn;
@@ -154,6 +180,21 @@ mod tests {
         let before_end = now_micros();
         drop(guard);
         assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the end of the sync stamps the clock");
+    }
+
+    /// While an open is in progress no moment is quiet: only the pace gives a turn; once it
+    /// ends, the quiet time counts from its end.
+    #[test]
+    fn an_open_in_progress_is_never_quiet() {
+        let mut p = Pacer::new(Duration::from_millis(1), Duration::from_secs(3600));
+        assert!(p.wait_turn(|| false), "the first turn is due at once");
+        let guard = busy();
+        let started = Instant::now();
+        let stop_after = started + Duration::from_millis(50);
+        assert!(!p.wait_turn(|| Instant::now() >= stop_after), "busy for 50 ms: no quiet moment");
+        let before_end = now_micros();
+        drop(guard);
+        assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the quiet time counts from the end");
     }
 
     /// A turn given back does not count: the next is paced from the one before it.

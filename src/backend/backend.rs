@@ -164,7 +164,10 @@ impl Backend {
             segment_size: config.segment_size,
             replay_batch_ops: recovery::REPLAY_BATCH_OPS,
         };
+        // The replay builds the index: background work that would stall it waits (`pacing`).
+        let busy = crate::pacing::busy();
         let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, ops))?;
+        drop(busy);
 
         let last_seq = rec.next_seq - 1;
         // Saturating: a log that already names segment u32::MAX opens (and reads), but cannot
