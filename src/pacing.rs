@@ -41,46 +41,39 @@ fn now_micros() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
-/// When a segment's fdatasync last ended, on [`now_micros`]'s clock; 0 for never.
+/// When the last foreground work (a segment's fdatasync, an open) ended, on [`now_micros`]'s
+/// clock; 0 for never.
 static LAST_SYNC: AtomicU64 = AtomicU64::new(0);
-/// How many segment fdatasyncs are running.
-static SYNCING: AtomicUsize = AtomicUsize::new(0);
+/// How many pieces of foreground work are running.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
-/// Marks a segment's fdatasync as running until the guard is dropped, which stamps the clock
-/// (`Segment::sync`).
-pub(crate) fn syncing() -> Syncing {
-    SYNCING.fetch_add(1, Ordering::Relaxed);
-    Syncing(())
+/// Marks a segment's fdatasync as running until the guard is dropped (`Segment::sync`).
+pub(crate) fn syncing() -> Foreground {
+    Foreground::start()
 }
 
-/// See [`syncing`].
-pub(crate) struct Syncing(());
+/// Marks foreground work other than syncs (an open's replay) as running until the guard is
+/// dropped.
+pub(crate) fn busy() -> Foreground {
+    Foreground::start()
+}
 
-impl Drop for Syncing {
-    fn drop(&mut self) {
-        // `fetch_max`: two syncs ending together must not move the clock back.
-        LAST_SYNC.fetch_max(now_micros().max(1), Ordering::Relaxed);
-        SYNCING.fetch_sub(1, Ordering::Relaxed);
+/// Foreground work running ([`syncing`], [`busy`]): meanwhile no moment is quiet, and when
+/// it is dropped the quiet time starts.
+pub(crate) struct Foreground(());
+
+impl Foreground {
+    fn start() -> Foreground {
+        RUNNING.fetch_add(1, Ordering::Relaxed);
+        Foreground(())
     }
 }
 
-/// How many opens are in progress ([`busy`]).
-static BUSY: AtomicUsize = AtomicUsize::new(0);
-
-/// Marks foreground work other than syncs (an open's replay) until the guard is dropped:
-/// meanwhile no moment is quiet, and the quiet time counts from its end.
-pub(crate) fn busy() -> Busy {
-    BUSY.fetch_add(1, Ordering::Relaxed);
-    Busy(())
-}
-
-/// See [`busy`].
-pub(crate) struct Busy(());
-
-impl Drop for Busy {
+impl Drop for Foreground {
     fn drop(&mut self) {
+        // `fetch_max`: two ending together must not move the clock back.
         LAST_SYNC.fetch_max(now_micros().max(1), Ordering::Relaxed);
-        BUSY.fetch_sub(1, Ordering::Relaxed);
+        RUNNING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -109,8 +102,7 @@ impl Pacer {
             }
             let now = now_micros();
             // A sync or an open running counts as a sync that has just ended.
-            let running = SYNCING.load(Ordering::Relaxed) + BUSY.load(Ordering::Relaxed);
-            let last_sync = if running > 0 { now } else { LAST_SYNC.load(Ordering::Relaxed) };
+            let last_sync = if RUNNING.load(Ordering::Relaxed) > 0 { now } else { LAST_SYNC.load(Ordering::Relaxed) };
             let wait = self.wait_before_turn(now, last_sync);
             if wait.is_zero() {
                 self.previous_turn = self.last_turn;
@@ -162,7 +154,8 @@ mod tests {
     }
 
     /// `wait_turn` takes its turn once the time has come, gives up at once when stopped, and
-    /// finds no quiet moment while a sync runs.
+    /// finds no quiet moment while a sync runs or an open is in progress; the end of either
+    /// stamps the clock.
     #[test]
     fn wait_turn_takes_a_due_turn_and_stops_when_asked() {
         let mut p = Pacer::new(Duration::from_millis(1), Duration::from_secs(3600));
@@ -170,31 +163,19 @@ mod tests {
         assert_eq!(p.last_turn, 0, "a stopped wait takes no turn");
         assert!(p.wait_turn(|| false), "the first turn is due at once");
         assert!(p.last_turn > 0);
-        // A sync runs throughout and the next pace is an hour away: only the stop ends the wait
-        // (another test's syncs could only lengthen it).
-        let guard = syncing();
-        let started = Instant::now();
-        let stop_after = started + Duration::from_millis(50);
-        assert!(!p.wait_turn(|| Instant::now() >= stop_after), "no quiet moment while a sync runs");
-        assert!(started.elapsed() >= Duration::from_millis(50));
-        let before_end = now_micros();
-        drop(guard);
-        assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the end of the sync stamps the clock");
-    }
-
-    /// While an open is in progress no moment is quiet: only the pace gives a turn; once it
-    /// ends, the quiet time counts from its end.
-    #[test]
-    fn an_open_in_progress_is_never_quiet() {
-        let mut p = Pacer::new(Duration::from_millis(1), Duration::from_secs(3600));
-        assert!(p.wait_turn(|| false), "the first turn is due at once");
-        let guard = busy();
-        let started = Instant::now();
-        let stop_after = started + Duration::from_millis(50);
-        assert!(!p.wait_turn(|| Instant::now() >= stop_after), "busy for 50 ms: no quiet moment");
-        let before_end = now_micros();
-        drop(guard);
-        assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the quiet time counts from the end");
+        let starts: [fn() -> Foreground; 2] = [syncing, busy];
+        for (what, start) in ["a sync", "an open"].into_iter().zip(starts) {
+            // It runs throughout and the next pace is an hour away: only the stop ends the
+            // wait (another test's syncs could only lengthen it).
+            let guard = start();
+            let started = Instant::now();
+            let stop_after = started + Duration::from_millis(50);
+            assert!(!p.wait_turn(|| Instant::now() >= stop_after), "no quiet moment while {what} runs");
+            assert!(started.elapsed() >= Duration::from_millis(50));
+            let before_end = now_micros();
+            drop(guard);
+            assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the end of {what} stamps the clock");
+        }
     }
 
     /// A turn given back does not count: the next is paced from the one before it.
