@@ -6,14 +6,14 @@
 //! kernel copies a 2 MiB region into a huge page it holds the process's memory-map lock for
 //! writing, so a page fault of the writer in the heap waits for the copy (1–6 ms here). So
 //! each fdatasync of a segment through `Segment::sync` (a commit's, a roll-over's, a defrag's)
-//! is marked while it runs and stamps the clock when it ends ([`syncing`]), and each such
+//! is marked while it runs and stamps the clock when it ends ([`foreground`]), and each such
 //! thread, before each piece of work, waits for a quiet moment ([`Pacer::wait_turn`]): no sync
 //! running and none for [`QUIET`], or at most [`PACE`] since the start of its last turn, so
 //! that a stream of commits that never leaves a gap still lets the work go on, a piece per
 //! `PACE`. Group commit's own rhythm (a sync every `batch_interval`, 100 ms by default) leaves
 //! gaps enough; a bulk load (one long transaction) and reads leave the time wholly to it.
 //!
-//! An open in progress counts as a sync that never ends ([`busy`]): its replay builds the
+//! An open in progress counts as a running sync too: its replay builds the
 //! index on memory the allocator hands out fresh, and the build's page faults waited for the
 //! collapses of the regions the replay had just filled (`perf sched timehist`: the build
 //! threads 4–6 ms at a time in `rwsem_down_read_slowpath`).
@@ -47,27 +47,15 @@ static LAST_SYNC: AtomicU64 = AtomicU64::new(0);
 /// How many pieces of foreground work are running.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
-/// Marks a segment's fdatasync as running until the guard is dropped (`Segment::sync`).
-pub(crate) fn syncing() -> Foreground {
-    Foreground::start()
+/// Marks foreground work (a segment's fdatasync, an open's replay) as running until the guard
+/// is dropped: meanwhile no moment is quiet, and when it ends the quiet time starts.
+pub(crate) fn foreground() -> Foreground {
+    RUNNING.fetch_add(1, Ordering::Relaxed);
+    Foreground(())
 }
 
-/// Marks foreground work other than syncs (an open's replay) as running until the guard is
-/// dropped.
-pub(crate) fn busy() -> Foreground {
-    Foreground::start()
-}
-
-/// Foreground work running ([`syncing`], [`busy`]): meanwhile no moment is quiet, and when
-/// it is dropped the quiet time starts.
+/// See [`foreground`].
 pub(crate) struct Foreground(());
-
-impl Foreground {
-    fn start() -> Foreground {
-        RUNNING.fetch_add(1, Ordering::Relaxed);
-        Foreground(())
-    }
-}
 
 impl Drop for Foreground {
     fn drop(&mut self) {
@@ -154,8 +142,8 @@ mod tests {
     }
 
     /// `wait_turn` takes its turn once the time has come, gives up at once when stopped, and
-    /// finds no quiet moment while a sync runs or an open is in progress; the end of either
-    /// stamps the clock.
+    /// finds no quiet moment while foreground work (a sync, an open) runs; its end stamps the
+    /// clock.
     #[test]
     fn wait_turn_takes_a_due_turn_and_stops_when_asked() {
         let mut p = Pacer::new(Duration::from_millis(1), Duration::from_secs(3600));
@@ -163,19 +151,16 @@ mod tests {
         assert_eq!(p.last_turn, 0, "a stopped wait takes no turn");
         assert!(p.wait_turn(|| false), "the first turn is due at once");
         assert!(p.last_turn > 0);
-        let starts: [fn() -> Foreground; 2] = [syncing, busy];
-        for (what, start) in ["a sync", "an open"].into_iter().zip(starts) {
-            // It runs throughout and the next pace is an hour away: only the stop ends the
-            // wait (another test's syncs could only lengthen it).
-            let guard = start();
-            let started = Instant::now();
-            let stop_after = started + Duration::from_millis(50);
-            assert!(!p.wait_turn(|| Instant::now() >= stop_after), "no quiet moment while {what} runs");
-            assert!(started.elapsed() >= Duration::from_millis(50));
-            let before_end = now_micros();
-            drop(guard);
-            assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "the end of {what} stamps the clock");
-        }
+        // Foreground work runs throughout and the next pace is an hour away: only the stop ends
+        // the wait (another test's syncs could only lengthen it).
+        let guard = foreground();
+        let started = Instant::now();
+        let stop_after = started + Duration::from_millis(50);
+        assert!(!p.wait_turn(|| Instant::now() >= stop_after), "no quiet moment while work runs");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let before_end = now_micros();
+        drop(guard);
+        assert!(LAST_SYNC.load(Ordering::Relaxed) >= before_end, "its end stamps the clock");
     }
 
     /// A turn given back does not count: the next is paced from the one before it.

@@ -165,7 +165,7 @@ impl Backend {
             replay_batch_ops: recovery::REPLAY_BATCH_OPS,
         };
         // The replay builds the index: background work that would stall it waits (`pacing`).
-        let busy = crate::pacing::busy();
+        let busy = crate::pacing::foreground();
         let rec = recovery::open_log(&opts, |_, ops| replay(&mut catalog, ops))?;
         drop(busy);
 

@@ -485,7 +485,7 @@ impl Segment {
         if self.sync {
             self.unmap_for_writeback();
             // Marked, so that background work leaves the disk and the memory map to it.
-            let syncing = crate::pacing::syncing();
+            let syncing = crate::pacing::foreground();
             let synced = self.file.sync_data();
             drop(syncing);
             synced.map_err(|e| Error::io(SYNC_CONTEXT, Some(self.path.clone()), e))?;
