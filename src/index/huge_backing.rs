@@ -86,23 +86,23 @@ fn region_of(addr: usize) -> usize {
     addr & !(REGION - 1)
 }
 
-/// Reports that `addr` (a new node's memory, or one of its buffers) is in use by the index.
+/// Reports that the memory at each of `addrs` (a new node's allocation and its buffers) is in
+/// use by the index.
 #[inline]
-pub(super) fn note(addr: usize) {
-    // Below the first region: an empty vector's dangling pointer, not memory.
-    if !ENABLED.load(Ordering::Relaxed) || addr < REGION {
+pub(super) fn note(addrs: &[usize]) {
+    if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let region = region_of(addr);
-    let Ok(fresh) = RECENT.try_with(|recent| {
-        let slot = &recent[(region / REGION) % RECENT_SLOTS];
-        slot.replace(region) != region
-    }) else {
-        return;
-    };
-    if fresh {
-        request(region);
-    }
+    // Gone only while the thread exits: nothing to report then.
+    let _ = RECENT.try_with(|recent| {
+        // Below the first region: an empty vector's dangling pointer, not memory.
+        for region in addrs.iter().filter(|&&addr| addr >= REGION).map(|&addr| region_of(addr)) {
+            let slot = &recent[(region / REGION) % RECENT_SLOTS];
+            if slot.replace(region) != region {
+                request(region);
+            }
+        }
+    });
 }
 
 /// Hands `region` to the background thread unless it was already.
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn a_reported_region_is_backed_by_the_background_thread() {
         let Some((map, region)) = written_region() else { return };
-        note(region + 100);
+        note(&[region + 100]);
         // Long: requests are paced while other tests commit (`crate::pacing`).
         let deadline = Instant::now() + Duration::from_secs(120);
         while huge_kib(region) == Some(0) && Instant::now() < deadline {

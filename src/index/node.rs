@@ -83,15 +83,17 @@ impl NodeRef {
     /// backed with huge pages (see `huge_backing`).
     #[inline]
     fn note_memory(&self) {
-        huge_backing::note(self.0.as_ptr() as usize);
         let (keys, second) = match &**self {
             Node::Leaf(leaf) => (&leaf.keys, leaf.vals.as_ptr() as usize),
             Node::Inner(inner) => (&inner.keys, inner.children.as_ptr() as usize),
         };
-        huge_backing::note(keys.data.as_ptr() as usize);
-        huge_backing::note(keys.ends.as_ptr() as usize);
-        huge_backing::note(keys.heads.as_ptr() as usize);
-        huge_backing::note(second);
+        huge_backing::note(&[
+            self.0.as_ptr() as usize,
+            keys.data.as_ptr() as usize,
+            keys.ends.as_ptr() as usize,
+            keys.heads.as_ptr() as usize,
+            second,
+        ]);
     }
 
     /// Asks for the node's allocation (generation and node: what a descent reads first).
