@@ -301,21 +301,30 @@ mod tests {
                 .is_ok_and(|s| s.contains("[madvise]"))
     }
 
-    /// A map of two regions with the aligned one's pages written, and that region; `None` (and
-    /// a line saying why) where huge pages are not given on request only.
-    fn written_region() -> Option<(memmap2::MmapMut, usize)> {
+    /// A map of two regions with the aligned one's pages written, and that region, held by the
+    /// test alone (the guard); `None` (and a line saying why) where huge pages are not given on
+    /// request only.
+    ///
+    /// smaps counts huge pages per kernel map, and the kernel merges neighbouring anonymous maps
+    /// of the same kind into one: another test's map beside this one, backed meanwhile, would
+    /// count as this one's. So the map is advised `MADV_DONTDUMP`, which no other map of the
+    /// process has, to keep it a kernel map of its own, and the tests that make one take turns.
+    fn written_region() -> Option<(std::sync::MutexGuard<'static, ()>, memmap2::MmapMut, usize)> {
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
         if !only_on_request() {
             eprintln!("huge pages are not given on request only here: nothing to check");
             return None;
         }
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut map = memmap2::MmapMut::map_anon(2 * REGION).unwrap();
+        map.advise(memmap2::Advice::DontDump).unwrap();
         let skip = map.as_ptr().align_offset(REGION);
         for (i, b) in map[skip..skip + REGION].iter_mut().enumerate().step_by(4096) {
             *b = (i / 4096) as u8 | 1;
         }
         map[skip + 12_345] = 0xab;
         let region = map.as_ptr() as usize + skip;
-        Some((map, region))
+        Some((turn, map, region))
     }
 
     fn assert_bytes_kept(map: &memmap2::MmapMut, region: usize) {
@@ -329,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_region_is_backed_by_a_huge_page_and_keeps_its_bytes() {
-        let Some((map, region)) = written_region() else { return };
+        let Some((_turn, map, region)) = written_region() else { return };
         assert_eq!(huge_kib(region), Some(0), "4 KiB pages before");
         // A refusal for want of a free huge page at the moment is the kernel's to make, and
         // passes: asked again.
@@ -348,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_reported_region_is_backed_by_the_background_thread() {
-        let Some((map, region)) = written_region() else { return };
+        let Some((_turn, map, region)) = written_region() else { return };
         note(&[region + 100]);
         // Long: requests are paced while other tests commit (`crate::pacing`).
         let deadline = Instant::now() + Duration::from_secs(120);
