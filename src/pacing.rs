@@ -13,10 +13,10 @@
 //! `PACE`. Group commit's own rhythm (a sync every `batch_interval`, 100 ms by default) leaves
 //! gaps enough; a bulk load (one long transaction) and reads leave the time wholly to it.
 //!
-//! An open in progress counts as a running sync too: its replay builds the
-//! index on memory the allocator hands out fresh, and the build's page faults waited for the
-//! collapses of the regions the replay had just filled (`perf sched timehist`: the build
-//! threads 4–6 ms at a time in `rwsem_down_read_slowpath`).
+//! An open in progress counts as a running sync too: its replay builds the index on memory the
+//! allocator hands out fresh, and the build's page faults waited for the collapses of the
+//! regions the replay had just filled (`perf sched timehist`: the build threads 4–6 ms at a
+//! time in `rwsem_down_read_slowpath`).
 //!
 //! The clock is process-wide, not per log: two backends in one process most likely share a
 //! disk, and either thread's work delays the other backend's commits as much as its own.
