@@ -202,6 +202,12 @@ pub(super) fn take<T: Pooled>(n: usize) -> Vec<T> {
                 let bins = T::bins(p);
                 bins.demand[c] = bins.demand[c].saturating_add(1);
                 let v = bins.classes[c].pop()?;
+                // The buffer the next take of this class gets is asked for now: it was last
+                // touched when the node it belonged to was made, transactions ago, and a copy
+                // into it waited on a miss at every line (see DESIGN.md §3).
+                if let Some(next) = bins.classes[c].last() {
+                    crate::prefetch::prefetch_range(next.as_ptr() as usize, next.capacity() * size);
+                }
                 p.bytes -= v.capacity() * size;
                 Some(v)
             });
