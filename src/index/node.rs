@@ -699,6 +699,17 @@ impl Node {
         }
     }
 
+    /// For a leaf, asks for what a scan through it reads: its key offsets, keys and values.
+    /// Nothing for an inner node.
+    #[inline]
+    pub(super) fn prefetch_for_scan(&self) {
+        if let Node::Leaf(leaf) = self {
+            crate::prefetch::prefetch_all(as_bytes(&leaf.keys.ends));
+            crate::prefetch::prefetch_all(&leaf.keys.data);
+            crate::prefetch::prefetch_all(as_bytes(&leaf.vals));
+        }
+    }
+
     /// As [`prefetch_for_search`](Self::prefetch_for_search), and for a leaf all of it: an
     /// insert into a leaf shared with readers copies every byte of it.
     #[inline]
