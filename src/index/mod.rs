@@ -152,6 +152,13 @@ enum Garbage {
     Subtree(NodeRef),
 }
 
+/// How many retired nodes ahead of the one being freed `LineageState::collect` asks for.
+///
+/// Why: publishing a transaction of 1,000 random puts over 1M keys frees the 1,400 or so nodes
+/// the one before it replaced, and each free reads the node's allocation (its generation and
+/// its buffers' places), which nothing has touched since that transaction copied it.
+const FREE_AHEAD: usize = 8;
+
 impl LineageState {
     /// Frees what of `items` no held version at or below `upto` reaches (none reaches a node
     /// made after the newest of them, and a node is never older than its children), and
@@ -160,7 +167,15 @@ impl LineageState {
         let keeper = self.held.range(..=upto).next_back().copied();
         let mut kept = Vec::new();
         let mut stack = Vec::new();
-        for item in items {
+        let mut items = items.into_iter();
+        loop {
+            // Retired nodes were last touched a transaction or more ago, and freeing one reads
+            // its allocation: asked for this many items ahead, those misses overlap instead of
+            // following one another (see `FREE_AHEAD`).
+            if let Some(Garbage::Node(ahead)) = items.as_slice().get(FREE_AHEAD) {
+                ahead.prefetch_allocation();
+            }
+            let Some(item) = items.next() else { break };
             match item {
                 Garbage::Node(node) => {
                     if keeper.is_some_and(|k| node.generation() <= k) {
