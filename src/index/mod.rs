@@ -667,10 +667,17 @@ impl<'a> Iter<'a> {
         }
     }
 
-    /// The node after the current leaf, if the same parent holds both: its pointer is in the
-    /// parent's child list, which the descent has read, so finding it costs no cache miss.
+    /// The node after the current leaf, if the same parent holds both and the iteration does
+    /// not end in the current leaf (a short bounded range must not pay for a leaf it never
+    /// reads): its pointer is in the parent's child list, which the descent has read, so
+    /// finding it costs no cache miss.
     #[inline]
     fn sibling(&self) -> Option<&'a NodeRef> {
+        if let (Some(leaf), Some((end_leaf, _))) = (self.leaf, self.end)
+            && std::ptr::eq(leaf, end_leaf)
+        {
+            return None;
+        }
         let &(parent, i) = self.stack.last()?;
         parent.children.get(i + 1)
     }
