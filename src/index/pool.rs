@@ -202,11 +202,14 @@ pub(super) fn take<T: Pooled>(n: usize) -> Vec<T> {
                 let bins = T::bins(p);
                 bins.demand[c] = bins.demand[c].saturating_add(1);
                 let v = bins.classes[c].pop()?;
-                // The buffer the next take of this class gets is asked for now: it was last
-                // touched when the node it belonged to was made, transactions ago, and a copy
-                // into it waited on a miss at every line (see DESIGN.md §3).
-                if let Some(next) = bins.classes[c].last() {
-                    crate::prefetch::prefetch_range(next.as_ptr() as usize, next.capacity() * size);
+                // The buffer the take after next of this class gets is asked for now: it was
+                // last touched when the node it belonged to was made, transactions ago, and a
+                // copy into it waited on a miss at every line. Not the next one: a leaf copy
+                // takes its key ends and heads from the same class one after the other, so
+                // the next one's lines would not have come yet (see DESIGN.md §3).
+                let bufs = &bins.classes[c];
+                if let Some(ahead) = bufs.len().checked_sub(2).map(|i| &bufs[i]) {
+                    crate::prefetch::prefetch_range(ahead.as_ptr() as usize, ahead.capacity() * size);
                 }
                 p.bytes -= v.capacity() * size;
                 Some(v)
