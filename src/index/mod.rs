@@ -684,12 +684,13 @@ impl<'a> Iter<'a> {
 
     /// On arriving at a leaf: asks for the next leaf's allocation, so that it is in the cache
     /// when [`prefetch_next_leaf`](Self::prefetch_next_leaf) reads where that leaf's buffers
-    /// are. If the scan starts too close to this leaf's end for that to come, asks for the
-    /// buffers now.
+    /// are. If the scan starts past the point where `next` asks for the buffers
+    /// (`NEXT_LEAF_LEAD` entries before the end), too close to the end for the allocation to
+    /// come first, asks for them now.
     #[inline]
     fn entered_leaf(&self) {
         let Some(leaf) = self.leaf else { return };
-        if self.idx + NEXT_LEAF_LEAD >= leaf.len() {
+        if self.idx + NEXT_LEAF_LEAD > leaf.len() {
             self.prefetch_next_leaf();
         } else if let Some(next) = self.sibling() {
             next.prefetch_allocation();

@@ -699,8 +699,9 @@ impl Node {
         }
     }
 
-    /// For a leaf, asks for what a scan through it reads: its key offsets, keys and values.
-    /// Nothing for an inner node.
+    /// For a leaf, asks for what a scan through it reads: its key offsets, keys and values
+    /// (an insert's copy reads these and the heads: `prefetch_for_insert`). Nothing for an
+    /// inner node.
     #[inline]
     pub(super) fn prefetch_for_scan(&self) {
         if let Node::Leaf(leaf) = self {
@@ -717,9 +718,7 @@ impl Node {
         match self {
             Node::Leaf(leaf) => {
                 crate::prefetch::prefetch_all(as_bytes(&leaf.keys.heads));
-                crate::prefetch::prefetch_all(as_bytes(&leaf.keys.ends));
-                crate::prefetch::prefetch_all(&leaf.keys.data);
-                crate::prefetch::prefetch_all(as_bytes(&leaf.vals));
+                self.prefetch_for_scan();
             }
             Node::Inner(_) => self.prefetch_for_search(),
         }
