@@ -9,8 +9,8 @@
 //! read takes 2–4 ms and a commit's fdatasync 0.5 ms, so 100 durable batches of 1,000 puts that
 //! crossed a roll-over took some 20–50 ms longer while the sealed segment was read, whatever
 //! the thread's CPU or I/O priority (neither changed it). So before each 2 MiB the thread waits
-//! for a quiet moment (`crate::pacing`): no sync running and none for 20 ms, or at most 250 ms
-//! since the start of its last turn.
+//! for a quiet moment (`crate::pacing`): no sync running and none for `QUIET`, or at most
+//! `PACE` since the start of its last turn.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
