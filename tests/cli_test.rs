@@ -617,6 +617,29 @@ fn bench_mvcc_long_range_reports_puts_beside_the_range() {
     assert!(ops.iter().all(|&(_, n)| n >= 1), "both ran: {ops:?}");
 }
 
+/// `mvcc-reopen` (not part of `mvcc`): the puts, then the store closed and opened again; the
+/// reopened store holds every revision the load and the puts wrote.
+#[test]
+fn bench_mvcc_reopen_times_the_open_of_every_revision_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let args = ["bench", "--workload", "mvcc-reopen", "--keys", "2000", "--ops", "3000", "--json"];
+    let text = logtree(args.iter().map(OsStr::new).chain([json.as_os_str()])).ok();
+    assert!(text.contains("mvcc-reopen: 5,000 revisions opened in"), "{text}");
+    assert!(text.contains("the goal is for 1,000,000 revisions"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let names: Vec<&str> = v["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mvcc-load", "mvcc-put", "mvcc-reopen"]);
+    let reopen = phase(&v, "mvcc-reopen");
+    assert_eq!(reopen["reopen"]["revisions"], 5000, "{reopen}");
+    let open = phase_op(reopen, "open");
+    let backend = phase_op(reopen, "backend_open");
+    assert_eq!((open["count"].as_u64(), backend["count"].as_u64()), (Some(1), Some(1)));
+    let (b, k) =
+        (reopen["reopen"]["backend_open_ns"].as_u64().unwrap(), reopen["reopen"]["key_index_ns"].as_u64().unwrap());
+    assert!(b > 0 && k > 0, "both parts timed: {reopen}");
+}
+
 #[test]
 fn bench_mvcc_runs_the_four_workloads_by_time() {
     let tmp = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@ use logtree::{Backend, Config, DEFAULT_BATCH_LIMIT, MAX_KEY_LEN, MAX_SEGMENT_SIZ
 use serde::Serialize;
 
 use crate::inspect::progress_bar;
-use crate::mvcc_bench::{self, TxnReport, WatchReport};
+use crate::mvcc_bench::{self, ReopenReport, TxnReport, WatchReport};
 use crate::util::{
     CliError, CliResult, Out, file_beside, grouped, human_bytes, human_duration, human_ns, interactive, parse_count,
     path_text,
@@ -85,6 +85,10 @@ pub enum Workload {
     /// MVCC puts from --writers threads beside one thread ranging over every key in a loop
     /// (not part of `mvcc`): how long a long range holds writers up.
     MvccLongRange,
+    /// mvcc-put, then the store closed and reopened, timed: the backend's open and the key
+    /// index's rebuild (not part of `mvcc`). `--ops 900000` over the default 100,000 keys gives
+    /// the 1M revisions of the MVCC issue's goal.
+    MvccReopen,
 }
 
 impl Workload {
@@ -98,6 +102,7 @@ impl Workload {
                 | Workload::MvccTxnPut
                 | Workload::MvccWatch
                 | Workload::MvccLongRange
+                | Workload::MvccReopen
         )
     }
 
@@ -105,7 +110,8 @@ impl Workload {
     pub fn runs(self, w: Workload) -> bool {
         self == w
             || (self == Workload::All && !w.is_mvcc())
-            || (self == Workload::Mvcc && w.is_mvcc() && w != Workload::MvccLongRange)
+            || (self == Workload::Mvcc && w.is_mvcc() && !matches!(w, Workload::MvccLongRange | Workload::MvccReopen))
+            || (self == Workload::MvccReopen && w == Workload::MvccPut)
     }
 }
 
@@ -341,6 +347,9 @@ pub struct PhaseReport {
     /// mvcc-watch: throughput with and without watchers, and the deliveries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchReport>,
+    /// mvcc-reopen: what was opened, and how long each part took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reopen: Option<ReopenReport>,
 }
 
 /// The settings, as the JSON records them.
@@ -475,6 +484,13 @@ pub struct Bench<'a> {
     pub phases: Vec<PhaseReport>,
 }
 
+impl<'a> Bench<'a> {
+    /// A benchmark on `db`, going on from `phases` (mvcc-reopen's, on the reopened database).
+    pub fn new(db: &'a Backend, args: &'a BenchArgs, out: &'a mut Out, phases: Vec<PhaseReport>) -> Bench<'a> {
+        Bench { ctx: Ctx { db, args }, out, phases }
+    }
+}
+
 /// `logtree bench`.
 pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     if args.keys() == 0 {
@@ -530,6 +546,8 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     config.sync = !args.no_sync;
     // In an `Arc` because the MVCC store holds its backend that way; it is unwrapped again to
     // be closed.
+    // mvcc-reopen opens the same database again after closing it.
+    let reopen_config = config.clone();
     let db = Arc::new(Backend::open(config)?);
 
     writeln!(
@@ -571,7 +589,7 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     out.flush()?;
 
     let started = Instant::now();
-    let mut b = Bench { ctx: Ctx { db: &db, args }, out, phases: Vec::new() };
+    let mut b = Bench::new(&db, args, out, Vec::new());
     let w = args.workload;
     if w.is_mvcc() {
         mvcc_bench::run(&mut b, &db)?;
@@ -596,6 +614,8 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     let db = Arc::try_unwrap(db)
         .map_err(|_| CliError::new("the database is still in use after the benchmark (a bug in the tool)"))?;
     db.close()?;
+    let phases =
+        if w.runs(Workload::MvccReopen) { mvcc_bench::reopen(out, args, reopen_config, phases)? } else { phases };
     let total = started.elapsed();
 
     writeln!(out)?;
@@ -1022,6 +1042,7 @@ impl Bench<'_> {
             defrag: None,
             txn: None,
             watch: None,
+            reopen: None,
         });
         Ok(())
     }

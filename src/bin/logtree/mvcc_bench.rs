@@ -14,8 +14,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use logtree::Backend;
 use logtree::mvcc::{Compare, CompareOp, KvStore, Op, OpResponse, RangeOptions, WatchOptions, Watcher};
+use logtree::{Backend, Config};
 use serde::Serialize;
 
 use crate::bench::{
@@ -30,6 +30,10 @@ const RANGE_GOAL_NS: u64 = 2_000;
 const PUT_GOAL_PER_SEC: f64 = 200_000.0;
 /// The goal for watch: puts with the watchers at least 80% as fast as without.
 const WATCH_GOAL_RATIO: f64 = 0.8;
+/// The goal for opening a store of [`REOPEN_GOAL_REVISIONS`] revisions (the MVCC issue): under 1 s.
+const REOPEN_GOAL: Duration = Duration::from_secs(1);
+/// How many revisions the reopen goal is for.
+const REOPEN_GOAL_REVISIONS: i64 = 1_000_000;
 /// How long watchers may take, after the writer stops, to receive the last event before the
 /// phase fails. Watchers that fell behind catch up from the store's history; this bounds that.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
@@ -57,6 +61,17 @@ pub struct TxnReport {
     /// Txns whose compare failed (another writer put the key after its revision was read);
     /// each was retried after reading the key, and the retries are in the txn's latency.
     pub failed_compares: u64,
+}
+
+/// What mvcc-reopen opened, and how long its parts took.
+#[derive(Serialize)]
+pub struct ReopenReport {
+    /// Revisions in the store (its current revision less the 1 of a fresh store).
+    pub revisions: i64,
+    /// `Backend::open`: the log's recovery and the engine's index.
+    pub backend_open_ns: u64,
+    /// `KvStore::open` after it: the key index rebuilt from the `key` bucket.
+    pub key_index_ns: u64,
 }
 
 /// What mvcc-watch measured beyond its latencies.
@@ -193,6 +208,29 @@ pub fn summary(out: &mut Out, phases: &[PhaseReport], writers: u64) -> CliResult
         };
         let txns = op("mvcc-txn-put", "txn").map_or(0, |o| o.count);
         writeln!(out, "mvcc-txn-put: compare {cmp}; {} of {} txns retried", grouped(t.failed_compares), grouped(txns))?;
+    }
+    if let Some(r) = phases.iter().find_map(|p| p.reopen.as_ref()) {
+        let total = Duration::from_nanos(r.backend_open_ns + r.key_index_ns);
+        let goal = if r.revisions < REOPEN_GOAL_REVISIONS {
+            format!(
+                "the goal is for {} revisions (--ops 900000 over 100,000 keys)",
+                grouped(REOPEN_GOAL_REVISIONS as u64)
+            )
+        } else if total < REOPEN_GOAL {
+            "met".to_string()
+        } else {
+            "NOT met".to_string()
+        };
+        writeln!(
+            out,
+            "mvcc-reopen: {} revisions opened in {} (backend {}, key index {}); goal < {} for {} revisions: {goal}",
+            grouped(r.revisions.max(0) as u64),
+            human_duration(total),
+            human_ns(r.backend_open_ns),
+            human_ns(r.key_index_ns),
+            human_duration(REOPEN_GOAL),
+            grouped(REOPEN_GOAL_REVISIONS as u64),
+        )?;
     }
     if let Some(w) = phases.iter().find_map(|p| p.watch.as_ref()) {
         writeln!(
@@ -336,6 +374,45 @@ impl<'a> Mvcc<'a> {
             })
         }
     }
+}
+
+/// mvcc-reopen, after the other phases closed the database: opens it again with `config`, as
+/// a restarting server would (the backend, then the store's key index), times both, and closes
+/// it. Returns `phases` with its own added.
+pub fn reopen(
+    out: &mut Out,
+    args: &BenchArgs,
+    config: Config,
+    phases: Vec<PhaseReport>,
+) -> CliResult<Vec<PhaseReport>> {
+    let started = Instant::now();
+    let db = Arc::new(Backend::open(config)?);
+    let backend_open = started.elapsed();
+    let store = KvStore::open(db.clone())?;
+    let elapsed = started.elapsed();
+    let report = ReopenReport {
+        revisions: store.current_revision() - 1,
+        backend_open_ns: ns(backend_open),
+        key_index_ns: ns(elapsed - backend_open),
+    };
+    let mut b = Bench::new(&db, args, out, phases);
+    let (mut open, mut backend) = (Sample::new()?, Sample::new()?);
+    open.record(elapsed);
+    backend.record(backend_open);
+    let ops = vec![
+        open.report("open", "open (backend, key index)".into(), None, elapsed),
+        backend.report("backend_open", "backend open".into(), None, backend_open),
+    ];
+    b.finish("mvcc-reopen", elapsed, ops)?;
+    if let Some(p) = b.phases.last_mut() {
+        p.reopen = Some(report);
+    }
+    let phases = std::mem::take(&mut b.phases);
+    drop(store);
+    let db =
+        Arc::try_unwrap(db).map_err(|_| CliError::new("the reopened database is still in use (a bug in the tool)"))?;
+    db.close()?;
+    Ok(phases)
 }
 
 /// Puts every key once, in key-number order (random places in the key space), from one thread,
