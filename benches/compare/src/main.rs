@@ -59,12 +59,15 @@ struct Args {
     child: Option<String>,
     /// Redraw the table and chart from a results JSON instead of running.
     replot: Option<PathBuf>,
+    /// Measure the batch row's floor for a memtable design instead (`baselines::memtable_floor`).
+    floor: bool,
 }
 
 const USAGE: &str = "usage: logtree-compare [--elements N (1000000)] [--runs R (1)] [--engines a,b,..] \
-[--median] [--dir TMPDIR] [--out RESULTS_DIR] [--chart PNG | --no-chart]
+[--median] [--dir TMPDIR] [--out RESULTS_DIR] [--chart PNG | --no-chart] [--floor]
 With several runs the table shows each cell's best (lowest) run, or with --median the median;
-the JSON keeps every run.
+the JSON keeps every run. --floor measures only the batch row's floor for an engine with a
+memtable in front of its index, against the raw file, --runs times.
 engines: logtree redb lmdb fjall jammdb sled btreemap rawfile";
 
 fn parse_args() -> Result<Args, String> {
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         median: false,
         child: None,
         replot: None,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
             "--median" => a.median = true,
             "--child" => a.child = Some(val()?),
             "--replot" => a.replot = Some(val()?.into()),
+            "--floor" => a.floor = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             _ => return Err(format!("unknown argument {arg:?}\n{USAGE}")),
         }
@@ -117,10 +122,27 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.floor {
+        return floor(&args);
+    }
     match (&args.child, &args.replot) {
         (Some(name), _) => child(name, &args),
         (None, Some(json)) => replot(json, &args),
         (None, None) => parent(&args),
+    }
+}
+
+/// `--floor`: the batch row written plainly and with a memtable's foreground work, each run
+/// in a fresh directory, both in the same process one after the other.
+fn floor(args: &Args) {
+    let data = Data::generate(args.elements);
+    for run in 1..=args.runs {
+        let dir = tempfile::Builder::new().prefix("compare-floor-").tempdir_in(&args.dir).expect("temp dir");
+        let (raw, framed) = baselines::memtable_floor(dir.path(), &data);
+        println!(
+            "run {run}: batch row, append+fdatasync {raw:.1} ms; framed, with a memtable {framed:.1} ms ({:.2}× the raw file)",
+            framed / raw
+        );
     }
 }
 
