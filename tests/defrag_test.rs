@@ -485,6 +485,51 @@ fn a_commit_during_the_defrag_switch_waits_and_needs_no_sync() {
     assert_eq!(r.get("b", "pending").unwrap(), Some(b"written, not yet durable".to_vec()));
 }
 
+/// A defrag of a database whose buckets were all deleted copies an empty image. The new log
+/// must still begin with the image's number, so that a `SYNC-FAILED` left by a failed fdatasync
+/// after the defrag (naming the image as the last durable transaction) is obeyed: taken for a
+/// stale one, it was ignored, and the next open kept a transaction the disk may have lost, for
+/// later commits to build on (found by review). A mark from before the image stays stale.
+#[test]
+fn a_sync_failed_after_defragging_an_empty_database_is_obeyed() {
+    for (mark, cut) in [(0, true), (1, false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        let db = Backend::open(Config::new(&dir)).unwrap();
+        let mut tx = db.batch_tx();
+        tx.create_bucket("b").unwrap();
+        tx.commit().unwrap();
+        let mut tx = db.batch_tx();
+        tx.delete_bucket("b").unwrap();
+        tx.commit().unwrap();
+        let image_seq = db.read_tx().seq();
+        db.defrag().unwrap();
+        let mut tx = db.batch_tx();
+        tx.create_bucket("c").unwrap();
+        tx.put("c", "k", "v").unwrap();
+        tx.commit().unwrap();
+        db.close().unwrap();
+        // As a failed fdatasync of the transaction after the image leaves it (`mark` 0), or a
+        // failure in the log the defrag replaced (`mark` 1).
+        std::fs::write(dir.join("SYNC-FAILED"), logtree::fuzzing::sync_failed_file(Some(image_seq - mark))).unwrap();
+        let db = Backend::open(Config::new(&dir)).unwrap();
+        let buckets = db.read_tx().buckets();
+        if cut {
+            assert!(buckets.is_empty(), "the transaction after the image is cut: {buckets:?}");
+        } else {
+            assert_eq!(buckets, [b"c".to_vec()], "a stale mark is ignored");
+        }
+        assert!(!dir.join("SYNC-FAILED").exists(), "removed");
+        // The log opens again, and goes on.
+        let mut tx = db.batch_tx();
+        tx.create_bucket("d").unwrap();
+        tx.commit().unwrap();
+        db.close().unwrap();
+        let db = Backend::open(Config::new(&dir)).unwrap();
+        assert_eq!(db.read_tx().buckets().len(), if cut { 1 } else { 2 });
+    }
+}
+
 /// A `SYNC-FAILED` that would cut a log's first transaction comes from the log a defrag
 /// replaced (the new one begins with an image synced before it was used) and is ignored, not
 /// obeyed by cutting every key; in a new database, whose first transaction may never have

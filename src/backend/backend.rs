@@ -777,6 +777,45 @@ mod tests {
 
     use super::*;
 
+    /// A commit waiting for durability that finds `failed` raised but not yet explained — a
+    /// roll-over's fdatasync of the segment it sealed failed, and the `poison` that leaves
+    /// `SYNC-FAILED` has not run yet — learns of the failure only once the mark is on the disk:
+    /// a process that exits on the waiter's error must not leave the log without it (found by
+    /// review: the waiter returned at once).
+    #[test]
+    fn a_waiter_learns_of_a_roll_over_sync_failure_only_after_the_mark() {
+        use std::io;
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::new(tmp.path());
+        config.batch_interval = Duration::from_secs(3600); // no group commit meanwhile
+        let db = Backend::open(config).unwrap();
+        let mut tx = db.batch_tx();
+        tx.create_bucket("b").unwrap();
+        tx.finish().unwrap(); // written, not yet durable
+        let d = db.durability.clone().unwrap();
+        let (written, durable) = d.seqs();
+        assert!(written > durable);
+        let mark = tmp.path().join(manifest::SYNC_FAILED_NAME);
+        // What a roll-over does when the sync of the segment it seals fails, before it returns
+        // the error to its transaction, which then poisons the engine.
+        d.raise_failed();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let r = d.sync_to(written);
+                (r, mark.exists())
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!waiter.is_finished(), "the waiter returned before the failure was explained");
+            let failure = io::Error::other("injected fdatasync failure");
+            d.poison(&Error::io(crate::log::segment::SYNC_CONTEXT, None, failure));
+            let (r, marked) = waiter.join().unwrap();
+            assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
+            assert!(marked, "SYNC-FAILED was not there when the waiter learned of the failure");
+        });
+        assert!(db.batch_tx().create_bucket("c").is_err(), "poisoned");
+    }
+
     /// Replay leaves what applying the operations one by one in log order leaves, for runs
     /// long enough to be sorted (into empty buckets and into full ones), with keys that share
     /// their first 8 bytes, keys shorter than 8 bytes that differ only by trailing zeros, and

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, never, select, tick};
 
@@ -89,6 +89,10 @@ impl FailedSync {
 
 /// The cause `Error::Poisoned` gives while the failure's own has not been recorded yet.
 const EARLIER_FAILURE: &str = "an earlier write or fdatasync of the log failed";
+
+/// How long a sync that finds the log failed waits for the failure to be explained (and, for a
+/// roll-over's failed sync, marked) before it leaves `SYNC-FAILED` itself (`Durability::sync_as`).
+const UNEXPLAINED_FAILURE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Durability {
     st: Mutex<DurState>,
@@ -168,6 +172,13 @@ impl Durability {
         st.durable_seq = seq;
         st.durable_ops = st.written_ops;
         self.cond.notify_all();
+    }
+
+    /// Raises `failed` alone, as a roll-over whose sync failed does before its transaction
+    /// calls [`poison`](Self::poison).
+    #[cfg(test)]
+    pub fn raise_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     /// Refuses writes from now on; the first cause is kept.
@@ -273,6 +284,27 @@ impl Durability {
             st.syncing = false;
             match r {
                 None => {
+                    // `failed` is raised and, until `poisoned` is set, not yet explained: a
+                    // roll-over's sync of the segment it sealed failed, and the `poison` its
+                    // transaction calls next leaves `SYNC-FAILED` before it explains. No one may
+                    // learn of the failure from here before the mark is on the disk: a process
+                    // that exits on this error would leave the log without it, and the next open
+                    // would build on pages the disk lost (found by review). Should the
+                    // explanation never come (its thread died), the mark is left here after
+                    // `UNEXPLAINED_FAILURE_WAIT`: no sync can move `durable_seq` once `failed`
+                    // is raised, so it still names the last transaction known durable.
+                    let deadline = Instant::now() + UNEXPLAINED_FAILURE_WAIT;
+                    while st.poisoned.is_none() {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            let durable = st.durable_seq;
+                            drop(st);
+                            self.leave_mark(durable);
+                            st = self.lock();
+                            break;
+                        }
+                        st = self.cond.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+                    }
                     self.cond.notify_all();
                     let cause = st.poisoned.clone().unwrap_or_else(|| EARLIER_FAILURE.into());
                     return Err(Error::Poisoned { cause });

@@ -91,7 +91,14 @@ impl NewLog {
                 }
             }
         }
-        self.log.commit_tx()?;
+        // An image with no bucket writes no frame, and the new log would begin after the
+        // image's number: a `SYNC-FAILED` naming the image as the last durable transaction
+        // would then look older than the log and be ignored as stale, keeping what a failed
+        // fdatasync lost (found by review). An abort frame gives the number a place. (Number 0,
+        // a database never written, needs none: a new log's first number is 1.)
+        if self.log.commit_tx()?.is_none() && view.seq >= 1 {
+            self.log.write_abort(view.seq)?;
+        }
         Ok(())
     }
 
