@@ -55,6 +55,16 @@ fn revisions_and_range_at_revision() {
     assert!(r.kvs.iter().all(|k| k.value.is_empty()) && r.kvs.len() == 2);
     // future revision
     assert!(matches!(s.range(b"foo", b"", at(5)), Err(Error::FutureRev { requested: 5, current: 4 })));
+    // a negative revision reads at the current one, as etcd's rangeKeys does (it was refused
+    // as compacted), alone and in a txn, also once history is compacted
+    s.compact(3).unwrap();
+    for rev in [-1, i64::MIN] {
+        let r = s.range(b"a", b"\0", at(rev)).unwrap();
+        assert_eq!((r.count, r.rev, r.kvs[0].value.as_slice()), (2, 4, b"baz".as_slice()), "rev {rev}");
+        let t = s.txn(&[], &[Op::range(b"foo", b"", at(rev))], &[]).unwrap();
+        let [OpResponse::Range(r)] = t.responses.as_slice() else { panic!("{:?}", t.responses) };
+        assert_eq!(r.kvs, vec![KeyValue { lease: 7, ..kv("foo", "baz", 2, 4, 2) }], "rev {rev} in a txn");
+    }
 }
 
 #[test]

@@ -102,7 +102,7 @@ pub struct WatchOptions {
 /// Options of a range read.
 #[derive(Clone, Debug, Default)]
 pub struct RangeOptions {
-    /// The revision to read at; 0 for the current one.
+    /// The revision to read at; 0 for the current one (as in etcd, so is any negative one).
     pub rev: i64,
     /// At most this many key-values in the result; 0 for all. `count` still counts all.
     pub limit: usize,

@@ -347,7 +347,7 @@ impl KvStore {
             drop(st);
             st = self.inner.read_state();
             if at < st.compacted {
-                if opts.rev != 0 {
+                if opts.rev > 0 {
                     return Err(Error::Compacted { requested: at, compacted: st.compacted });
                 }
                 // Under the lock just taken: the new snapshot holds every revision it names.
@@ -827,7 +827,7 @@ impl State {
         }
     }
 
-    /// Reads `[key, end)` at `opts.rev` (0: `current`) in one piece, the keys of `overlay` (a
+    /// Reads `[key, end)` at `opts.rev` (≤ 0: `current`) in one piece, the keys of `overlay` (a
     /// transaction's own writes) taking the place of the index's.
     fn range(
         &self,
@@ -860,7 +860,8 @@ impl State {
         opts: &RangeOptions,
         current: i64,
     ) -> Result<RangeStart> {
-        let at = if opts.rev == 0 { current } else { opts.rev };
+        // As etcd's `rangeKeys`: any revision ≤ 0 reads at the current one.
+        let at = if opts.rev <= 0 { current } else { opts.rev };
         if at > current {
             return Err(Error::FutureRev { requested: at, current });
         }
