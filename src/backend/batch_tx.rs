@@ -321,8 +321,12 @@ impl<'a> BatchTx<'a> {
         let asked_to_keep = keep;
         let mut keep = keep;
         let mut interrupted = false;
+        // A large transaction's `commit` hands its fdatasync to the committer thread, and its
+        // staged puts go into the index after that, while the disk works, rather than before
+        // the commit frame is written (DESIGN.md §3, "Puts reach the index a group at a time").
+        let overlap = self.sync_on_publish && self.ops > SYNC_ON_COMMITTER_FROM_OPS;
         if let Some(g) = self.guard.as_mut() {
-            if keep && !self.failed && !g.catalog.interrupted() {
+            if keep && !self.failed && !g.catalog.interrupted() && !overlap {
                 // The staged puts go into the index first, while a panic there still finds the
                 // guard in `self` and is rolled back, before anything is written.
                 let catalog = &mut g.catalog;
@@ -344,6 +348,7 @@ impl<'a> BatchTx<'a> {
         let mut limit_reached = None;
         let mut old_view = None;
         let mut replaced = None;
+        let mut apply_panic = None;
         if let Some(log) = w.log.as_mut() {
             // Once a write or fdatasync has failed (here or in another thread) nothing more may
             // be written: a frame written after a failed fdatasync could survive a power cut
@@ -358,6 +363,37 @@ impl<'a> BatchTx<'a> {
             }
             if keep && !self.failed {
                 match log.commit_tx() {
+                    Ok(Some(seq)) if overlap => {
+                        // The commit frame is written: the fdatasync can start while the staged
+                        // puts go into the index.
+                        if self.backend.wrote(seq, self.ops, log.active()) {
+                            limit_reached = Some(seq);
+                        }
+                        self.backend.start_sync(seq);
+                        let catalog = &mut w.catalog;
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| catalog.write().snapshot())) {
+                            Ok(catalog) => {
+                                let view = View { catalog, segments: log.segments().clone(), seq, end: log.end() };
+                                if log.active().wants_writeback() {
+                                    self.backend.start_writeback(log.active());
+                                }
+                                replaced = Some(self.backend.publish(view));
+                            }
+                            Err(panic) => {
+                                // Too late to roll back: the commit frame is in the log, and
+                                // the index lacks part of the transaction. Nothing more may be
+                                // written over that; readers keep the published view, and a
+                                // reopen rebuilds the index from the log, this transaction
+                                // included. (No panic here is known.)
+                                let cause = Error::TxUnusable(
+                                    "a panic while a committed transaction went into the index".into(),
+                                );
+                                self.backend.poison(&cause);
+                                w.catalog.reset(self.backend.published_catalog());
+                                apply_panic = Some(panic);
+                            }
+                        }
+                    }
                     Ok(Some(seq)) => {
                         let view = View {
                             catalog: w.catalog.write().snapshot(),
@@ -372,7 +408,7 @@ impl<'a> BatchTx<'a> {
                         if log.active().wants_writeback() {
                             self.backend.start_writeback(log.active());
                         }
-                        replaced = Some((old, seq));
+                        replaced = Some(old);
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -392,14 +428,11 @@ impl<'a> BatchTx<'a> {
                 w.catalog.reset(self.backend.published_catalog());
             }
         }
-        if let Some((old, seq)) = replaced {
-            // A large transaction's commit leaves the nodes of the view it replaced to free,
-            // which this thread does while the committer thread runs the fdatasync. A small
-            // one leaves a few nodes per bucket it changed, so `commit` runs the fdatasync on
-            // this thread, sparing a wake-up of each thread per commit.
-            if self.sync_on_publish && self.ops > SYNC_ON_COMMITTER_FROM_OPS {
-                self.backend.start_sync(seq);
-            }
+        if let Some(old) = replaced {
+            // A large transaction's commit started its fdatasync on the committer thread
+            // (above) and leaves the nodes of the view it replaced to free, which this thread
+            // does meanwhile. A small one leaves a few nodes per bucket it changed, so `commit`
+            // runs the fdatasync on this thread, sparing a wake-up of each thread per commit.
             old_view = Some(old);
         }
         // The replaced view's nodes, if nobody else holds them, go to the pool while it is
@@ -410,6 +443,9 @@ impl<'a> BatchTx<'a> {
         }
         self.backend.release_writer();
         drop(guard);
+        if let Some(panic) = apply_panic {
+            std::panic::resume_unwind(panic);
+        }
         if let Some(seq) = limit_reached {
             if self.defer_limit_sync {
                 self.limit_sync_due = true;

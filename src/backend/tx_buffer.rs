@@ -4,10 +4,15 @@
 //! Why puts wait: a put into a large bucket spends most of its time waiting on cache misses,
 //! two per level of the tree below the cached top, each address read from the line before.
 //! One put's misses cannot overlap; several puts' can. So `BatchTx::put` writes the log record
-//! at once (that fixes where the value lies) and stages the index entry here; every
-//! [`WARM_GROUP`] puts, the group's paths are fetched together ([`BTree::warm_paths`]) and
+//! at once (that fixes where the value lies) and stages the index entry here; when they are
+//! applied, each [`WARM_GROUP`] puts' paths are fetched together ([`BTree::warm_paths`]) and
 //! the entries inserted in order. (Measured on 100 durable batches of 1,000 random puts into a
 //! bucket of a million keys and more: the time of the puts fell by about a sixth.)
+//!
+//! Puts stay staged until something needs the catalog, or [`STAGE_PUTS`] puts or
+//! [`STAGE_KEY_BYTES`] bytes of keys are staged: a `commit` of a large transaction applies them
+//! only once it has handed its fdatasync to the committer thread, so that the index's work
+//! overlaps the disk's (`BatchTx::end`).
 //!
 //! Nothing else may see the catalog without them: every way to it — [`TxBuffer::read`] (the
 //! transaction's own reads, which must see its writes), [`TxBuffer::write`] (deletes, bucket
@@ -21,6 +26,12 @@ use std::cell::UnsafeCell;
 
 use crate::index::catalog::Catalog;
 use crate::index::{ValueRef, WARM_GROUP};
+
+/// Staged puts are applied once this many are staged, whatever reads the catalog or not.
+pub(crate) const STAGE_PUTS: usize = 4096;
+/// ... or once their keys take this many bytes, so that a transaction of long keys holds at
+/// most this much more memory.
+const STAGE_KEY_BYTES: usize = 1 << 20;
 
 /// The catalog and the staged puts. Not `Sync`: see [`TxBuffer::read`].
 pub(crate) struct TxBuffer {
@@ -98,12 +109,13 @@ impl TxBuffer {
     }
 
     /// Stages a put of `key` in the bucket at position `bucket` (from [`TxBuffer::bucket`]),
-    /// whose value lies at `value`; applies the group once it is [`WARM_GROUP`] puts long.
+    /// whose value lies at `value`; applies what is staged once it is [`STAGE_PUTS`] puts or
+    /// [`STAGE_KEY_BYTES`] bytes of keys.
     pub(crate) fn stage_put(&mut self, bucket: usize, key: &[u8], value: ValueRef) {
         let staged = self.staged.get_mut();
         staged.keys.extend_from_slice(key);
         staged.puts.push(StagedPut { bucket, key_end: staged.keys.len(), value });
-        if staged.puts.len() >= WARM_GROUP {
+        if staged.puts.len() >= STAGE_PUTS || staged.keys.len() >= STAGE_KEY_BYTES {
             apply(self.catalog.get_mut(), staged);
         }
     }
@@ -236,6 +248,33 @@ mod tests {
             db.close().unwrap();
             assert_eq!(open().read_tx().bucket_len("b").unwrap(), 2, "{how}: after reopen");
         }
+    }
+
+    /// A large transaction's `commit` applies its staged puts only after its commit frame is
+    /// written (they overlap the fdatasync), so a panic there can no longer roll it back: the
+    /// backend refuses writes from then on, readers keep the view from before it, and a
+    /// reopen finds the transaction whole, as the log has it.
+    #[test]
+    fn a_panic_applying_staged_puts_after_the_commit_frame_poisons() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Backend::open(Config::new(dir.path())).unwrap();
+        let db = open();
+        let mut tx = db.batch_tx();
+        tx.create_bucket("b").unwrap();
+        tx.commit().unwrap();
+        let mut tx = db.batch_tx();
+        for i in 0..100 {
+            tx.put("b", format!("k{i:03}"), "v").unwrap(); // all staged: fewer than STAGE_PUTS
+        }
+        PANIC_IN_APPLY.with(|p| p.set(true));
+        assert!(catch_unwind(AssertUnwindSafe(move || tx.commit())).is_err(), "no panic");
+        PANIC_IN_APPLY.with(|p| p.set(false));
+        assert_eq!(db.read_tx().bucket_len("b").unwrap(), 0, "readers keep the view before it");
+        let mut tx = db.batch_tx();
+        assert!(matches!(tx.put("b", "x", "y"), Err(crate::Error::Poisoned { .. })), "writes refused");
+        drop(tx);
+        drop(db);
+        assert_eq!(open().read_tx().bucket_len("b").unwrap(), 100, "reopened: the transaction whole");
     }
 
     fn v(seg: u32, len: u32) -> ValueRef {
