@@ -83,7 +83,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (proptest::collection::vec(tx_op(), 0..10), end.clone()).prop_map(|(ops, end)| Op::Tx { ops, end }),
         // Longer than a group of staged puts (16, src/backend/tx_buffer.rs).
-        2 => (proptest::collection::vec(tx_op(), 10..48), end).prop_map(|(ops, end)| Op::Tx { ops, end }),
+        2 => (proptest::collection::vec(tx_op(), 10..48), end.clone()).prop_map(|(ops, end)| Op::Tx { ops, end }),
+        // Past 64 writes, where a commit hands its fdatasync to the committer thread and
+        // applies its staged puts after its commit frame (src/backend/batch_tx.rs).
+        1 => (proptest::collection::vec(tx_op(), 150..260), end).prop_map(|(ops, end)| Op::Tx { ops, end }),
         2 => read().prop_map(Op::Read),
         2 => Just(Op::TakeReadTx),
         2 => any::<u8>().prop_map(Op::CheckReadTx),

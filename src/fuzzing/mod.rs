@@ -1358,11 +1358,13 @@ impl Bytes<'_> {
     fn op(&mut self) -> Op {
         match self.u8() % 20 {
             0..=6 => {
-                // Mostly short transactions; a length byte of 240 or more makes one of 16–46
+                // Mostly short transactions; a length byte of 240 or more makes one of 16–256
                 // operations, past a group of staged puts (`index::WARM_GROUP`), so that
-                // groups applied whole, and several per transaction, are fuzzed too.
+                // groups applied whole, and several per transaction, are fuzzed too, and past
+                // 64 writes, where a commit applies its staged puts after its commit frame,
+                // while the committer thread syncs (`BatchTx::end`).
                 let n = match self.u8() {
-                    b @ 240.. => 16 + 2 * usize::from(b - 240),
+                    b @ 240.. => 16 + 16 * usize::from(b - 240),
                     b => usize::from(b % 12),
                 };
                 let ops = (0..n).map(|_| self.tx_op()).collect();
