@@ -211,13 +211,10 @@ mod tests {
         for how in ["commit", "finish", "drop", "caught read then commit"] {
             let dir = tempfile::tempdir().unwrap();
             let open = || Backend::open(Config::new(dir.path())).unwrap();
-            let db = open();
-            let mut tx = db.batch_tx();
-            tx.create_bucket("b").unwrap();
-            tx.commit().unwrap();
+            let db = with_bucket_b(dir.path());
             let mut tx = db.batch_tx();
             for k in ["k1", "k2", "k3"] {
-                tx.put("b", k, "v").unwrap(); // staged: fewer than a group
+                tx.put("b", k, "v").unwrap(); // staged
             }
             PANIC_IN_APPLY.with(|p| p.set(true));
             if how == "caught read then commit" {
@@ -257,11 +254,7 @@ mod tests {
     #[test]
     fn a_panic_applying_staged_puts_after_the_commit_frame_poisons() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || Backend::open(Config::new(dir.path())).unwrap();
-        let db = open();
-        let mut tx = db.batch_tx();
-        tx.create_bucket("b").unwrap();
-        tx.commit().unwrap();
+        let db = with_bucket_b(dir.path());
         let mut tx = db.batch_tx();
         for i in 0..100 {
             tx.put("b", format!("k{i:03}"), "v").unwrap(); // all staged: fewer than STAGE_PUTS
@@ -274,7 +267,17 @@ mod tests {
         assert!(matches!(tx.put("b", "x", "y"), Err(crate::Error::Poisoned { .. })), "writes refused");
         drop(tx);
         drop(db);
-        assert_eq!(open().read_tx().bucket_len("b").unwrap(), 100, "reopened: the transaction whole");
+        let db = Backend::open(Config::new(dir.path())).unwrap();
+        assert_eq!(db.read_tx().bucket_len("b").unwrap(), 100, "reopened: the transaction whole");
+    }
+
+    /// A backend in `dir` holding the empty bucket `b`, committed.
+    fn with_bucket_b(dir: &std::path::Path) -> Backend {
+        let db = Backend::open(Config::new(dir)).unwrap();
+        let mut tx = db.batch_tx();
+        tx.create_bucket("b").unwrap();
+        tx.commit().unwrap();
+        db
     }
 
     fn v(seg: u32, len: u32) -> ValueRef {
