@@ -391,6 +391,14 @@ impl Backend {
         }
     }
 
+    /// Records that transaction `seq`'s frames are in the log before it is published (a large
+    /// commit, which starts its sync before it applies its puts to the index).
+    pub(crate) fn framed(&self, seq: u64, active: &Arc<Segment>) {
+        if let Some(d) = &self.durability {
+            d.framed(seq, active);
+        }
+    }
+
     /// Records a written transaction; true if the batch limit is reached.
     pub(crate) fn wrote(&self, seq: u64, ops: u64, active: &Arc<Segment>) -> bool {
         self.durability.as_ref().is_some_and(|d| d.wrote(seq, ops, active))

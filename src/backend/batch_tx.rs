@@ -81,8 +81,9 @@ pub struct BatchTx<'a> {
     guard: Option<MutexGuard<'a, Writer>>,
     /// The writer's node buffer pool is lent to this thread until the transaction ends.
     pool_lent: bool,
-    /// Set by `commit`: once published, the transaction's fdatasync starts on the committer
-    /// thread, and the replaced view is freed while it runs.
+    /// Set by `commit`. A transaction of more than [`SYNC_ON_COMMITTER_FROM_OPS`] operations
+    /// starts its fdatasync on the committer thread once its commit frame is written, applies
+    /// its staged puts and frees the replaced view while it runs; a smaller one runs it itself.
     sync_on_publish: bool,
     /// Operations written by this transaction.
     ops: u64,
@@ -323,7 +324,8 @@ impl<'a> BatchTx<'a> {
         let mut interrupted = false;
         // A large transaction's `commit` hands its fdatasync to the committer thread, and its
         // staged puts go into the index after that, while the disk works, rather than before
-        // the commit frame is written (DESIGN.md §3, "Puts reach the index a group at a time").
+        // the commit frame is written (DESIGN.md §3, "A large commit's puts go in while the disk
+        // syncs").
         let overlap = self.sync_on_publish && self.ops > SYNC_ON_COMMITTER_FROM_OPS;
         if let Some(g) = self.guard.as_mut() {
             if keep && !self.failed && !g.catalog.interrupted() && !overlap {
@@ -365,19 +367,22 @@ impl<'a> BatchTx<'a> {
                 match log.commit_tx() {
                     Ok(Some(seq)) if overlap => {
                         // The commit frame is written: the fdatasync can start while the staged
-                        // puts go into the index.
-                        if self.backend.wrote(seq, self.ops, log.active()) {
-                            limit_reached = Some(seq);
-                        }
+                        // puts go into the index. The transaction counts as written only once
+                        // it is published (`wrote`, below): no other thread may see it durable
+                        // (`stats`, `force_commit`) before a new read transaction shows it.
+                        self.backend.framed(seq, log.active());
                         self.backend.start_sync(seq);
                         let catalog = &mut w.catalog;
                         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| catalog.write().snapshot())) {
                             Ok(catalog) => {
                                 let view = View { catalog, segments: log.segments().clone(), seq, end: log.end() };
+                                replaced = Some(self.backend.publish(view));
+                                if self.backend.wrote(seq, self.ops, log.active()) {
+                                    limit_reached = Some(seq);
+                                }
                                 if log.active().wants_writeback() {
                                     self.backend.start_writeback(log.active());
                                 }
-                                replaced = Some(self.backend.publish(view));
                             }
                             Err(panic) => {
                                 // Too late to roll back: the commit frame is in the log, and

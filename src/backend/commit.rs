@@ -37,6 +37,12 @@ struct DurState {
     /// Last transaction whose frame is written (visible), and last made durable.
     written_seq: u64,
     durable_seq: u64,
+    /// Last transaction whose frames are all in the log: `written_seq`, or, while a large
+    /// commit puts its staged entries into the index before publishing (`BatchTx::end`), that
+    /// commit. It is what a sync covers, so `durable_seq` may pass `written_seq` for that
+    /// moment; [`Durability::seqs`] reports it no higher, and a caller waits for at most
+    /// `written_seq`, so nothing durable is reported that a new read transaction would not show.
+    framed_seq: u64,
     /// Operations written and made durable, to count what is pending against `batch_limit`.
     written_ops: u64,
     durable_ops: u64,
@@ -119,6 +125,7 @@ impl Durability {
             st: Mutex::new(DurState {
                 written_seq: last_seq,
                 durable_seq: last_seq,
+                framed_seq: last_seq,
                 written_ops: 0,
                 durable_ops: 0,
                 active,
@@ -149,6 +156,7 @@ impl Durability {
     pub fn wrote(&self, seq: u64, ops: u64, active: &Arc<Segment>) -> bool {
         let mut st = self.lock();
         st.written_seq = seq;
+        st.framed_seq = st.framed_seq.max(seq);
         st.written_ops += ops;
         if !Arc::ptr_eq(&st.active, active) {
             st.active = active.clone();
@@ -156,11 +164,23 @@ impl Durability {
         st.written_ops - st.durable_ops >= self.batch_limit
     }
 
+    /// Records that transaction `seq`'s frames are all in `active`, before it is published:
+    /// a sync from now on covers it (see `DurState::framed_seq`). [`wrote`](Self::wrote)
+    /// follows once it is published.
+    pub fn framed(&self, seq: u64, active: &Arc<Segment>) {
+        let mut st = self.lock();
+        st.framed_seq = st.framed_seq.max(seq);
+        if !Arc::ptr_eq(&st.active, active) {
+            st.active = active.clone();
+        }
+    }
+
     /// `(written_seq, durable_seq)`, read together: read one after the other, a commit made
-    /// durable in between showed a durable transaction that was not yet written.
+    /// durable in between showed a durable transaction that was not yet written. (The durable
+    /// one no higher than the written one: see `DurState::framed_seq`.)
     pub fn seqs(&self) -> (u64, u64) {
         let st = self.lock();
-        (st.written_seq, st.durable_seq)
+        (st.written_seq, st.durable_seq.min(st.written_seq))
     }
 
     /// A defrag replaced the log: every transaction up to `seq` is durable in the new log,
@@ -170,6 +190,7 @@ impl Durability {
         st.active = active.clone();
         st.written_seq = seq;
         st.durable_seq = seq;
+        st.framed_seq = seq;
         st.durable_ops = st.written_ops;
         self.cond.notify_all();
     }
@@ -254,7 +275,7 @@ impl Durability {
                 continue;
             }
             st.syncing = true;
-            let (seg, upto_seq, upto_ops) = (st.active.clone(), st.written_seq, st.written_ops);
+            let (seg, upto_seq, upto_ops) = (st.active.clone(), st.framed_seq, st.written_ops);
             drop(st);
             let r = {
                 let _no_writes = self.sync_gate.write().unwrap_or_else(|e| e.into_inner());

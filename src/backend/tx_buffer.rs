@@ -167,7 +167,7 @@ fn apply(catalog: &mut Catalog, staged: &mut Staged) {
             for (key, put) in group_keys.iter().zip(group) {
                 bucket.put(key, put.value);
                 #[cfg(test)]
-                tests::maybe_panic();
+                tests::on_apply();
             }
             start = at;
         }
@@ -189,12 +189,18 @@ mod tests {
     use crate::{Backend, Config};
 
     thread_local! {
-        /// Makes the next put applied on this thread panic (see `maybe_panic`).
+        /// Makes the next put applied on this thread panic (see `on_apply`).
         static PANIC_IN_APPLY: Cell<bool> = const { Cell::new(false) };
+        /// Runs once, at the next put applied on this thread (see `on_apply`).
+        static AT_APPLY: std::cell::RefCell<Option<Box<dyn FnOnce()>>> = const { std::cell::RefCell::new(None) };
     }
 
-    /// A panic in the middle of applying staged puts, where an unknown bug would strike.
-    pub(super) fn maybe_panic() {
+    /// Called at each put applied: a panic in the middle of applying staged puts, where an
+    /// unknown bug would strike; or a look at the backend from that moment.
+    pub(super) fn on_apply() {
+        if let Some(f) = AT_APPLY.with(|h| h.borrow_mut().take()) {
+            f();
+        }
         if PANIC_IN_APPLY.with(|p| p.replace(false)) {
             panic!("injected panic while applying staged puts");
         }
@@ -269,6 +275,40 @@ mod tests {
         drop(db);
         let db = Backend::open(Config::new(dir.path())).unwrap();
         assert_eq!(db.read_tx().bucket_len("b").unwrap(), 100, "reopened: the transaction whole");
+    }
+
+    /// While a large commit puts its staged entries into the index (after its commit frame,
+    /// with its fdatasync running), no thread sees it written or durable before a new read
+    /// transaction shows it: `stats` and a `force_commit` stop at the published view (found by
+    /// review: both showed the commit, `force_commit` returning once it was durable, while
+    /// `read_tx` did not).
+    #[test]
+    fn a_large_commit_is_not_reported_written_before_it_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(with_bucket_b(dir.path()));
+        let published = db.read_tx().seq();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (db2, seen2) = (db.clone(), seen.clone());
+        AT_APPLY.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                // On the committing thread, between the kick of its sync and its publish.
+                let s = db2.stats();
+                db2.force_commit().unwrap();
+                let after = db2.stats();
+                *seen2.lock().unwrap() = Some((s.written_seq, s.durable_seq, after.durable_seq, db2.read_tx().seq()));
+            }))
+        });
+        let mut tx = db.batch_tx();
+        for i in 0..100 {
+            tx.put("b", format!("k{i:03}"), "v").unwrap();
+        }
+        tx.commit().unwrap();
+        let (written, durable, durable_after_force, visible) = seen.lock().unwrap().take().expect("the hook ran");
+        assert_eq!(visible, published, "not yet published");
+        assert_eq!((written, durable, durable_after_force), (published, published, published));
+        let s = db.stats();
+        assert_eq!((s.written_seq, s.durable_seq, db.read_tx().seq()), (published + 1, published + 1, published + 1));
+        assert_eq!(db.read_tx().bucket_len("b").unwrap(), 100);
     }
 
     /// A backend in `dir` holding the empty bucket `b`, committed.
