@@ -365,15 +365,22 @@ impl<'a> BatchTx<'a> {
             }
             if keep && !self.failed {
                 match log.commit_tx() {
-                    Ok(Some(seq)) if overlap => {
-                        // The commit frame is written: the fdatasync can start while the staged
-                        // puts go into the index. The transaction counts as written only once
-                        // it is published (`wrote`, below): no other thread may see it durable
-                        // (`stats`, `force_commit`) before a new read transaction shows it.
-                        self.backend.framed(seq, log.active());
-                        self.backend.start_sync(seq);
+                    Ok(Some(seq)) => {
                         let catalog = &mut w.catalog;
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| catalog.write().snapshot())) {
+                        let applied = if overlap {
+                            // The commit frame is written: the fdatasync can start while the
+                            // staged puts go into the index. The transaction counts as written
+                            // only once it is published (`wrote`, below): no other thread may
+                            // see it durable (`stats`, `force_commit`) before a new read
+                            // transaction shows it.
+                            self.backend.framed(seq, log.active());
+                            self.backend.start_sync(seq);
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| catalog.write().snapshot()))
+                        } else {
+                            // Applied above, before anything was written.
+                            Ok(catalog.write().snapshot())
+                        };
+                        match applied {
                             Ok(catalog) => {
                                 let view = View { catalog, segments: log.segments().clone(), seq, end: log.end() };
                                 replaced = Some(self.backend.publish(view));
@@ -398,22 +405,6 @@ impl<'a> BatchTx<'a> {
                                 apply_panic = Some(panic);
                             }
                         }
-                    }
-                    Ok(Some(seq)) => {
-                        let view = View {
-                            catalog: w.catalog.write().snapshot(),
-                            segments: log.segments().clone(),
-                            seq,
-                            end: log.end(),
-                        };
-                        let old = self.backend.publish(view);
-                        if self.backend.wrote(seq, self.ops, log.active()) {
-                            limit_reached = Some(seq);
-                        }
-                        if log.active().wants_writeback() {
-                            self.backend.start_writeback(log.active());
-                        }
-                        replaced = Some(old);
                     }
                     Ok(None) => {}
                     Err(e) => {

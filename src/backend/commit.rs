@@ -61,6 +61,16 @@ struct DurState {
     failed_sync: Option<(u64, FailedSync)>,
 }
 
+impl DurState {
+    /// Transaction `seq`'s frames are all in the log, the last of them in `active`.
+    fn frame(&mut self, seq: u64, active: &Arc<Segment>) {
+        self.framed_seq = self.framed_seq.max(seq);
+        if !Arc::ptr_eq(&self.active, active) {
+            self.active = active.clone();
+        }
+    }
+}
+
 /// What is kept of a failed fdatasync's error (an `io::Error` cannot be cloned).
 struct FailedSync {
     context: String,
@@ -155,12 +165,9 @@ impl Durability {
     /// Returns true when pending operations have reached the batch limit.
     pub fn wrote(&self, seq: u64, ops: u64, active: &Arc<Segment>) -> bool {
         let mut st = self.lock();
+        st.frame(seq, active);
         st.written_seq = seq;
-        st.framed_seq = st.framed_seq.max(seq);
         st.written_ops += ops;
-        if !Arc::ptr_eq(&st.active, active) {
-            st.active = active.clone();
-        }
         st.written_ops - st.durable_ops >= self.batch_limit
     }
 
@@ -168,11 +175,7 @@ impl Durability {
     /// a sync from now on covers it (see `DurState::framed_seq`). [`wrote`](Self::wrote)
     /// follows once it is published.
     pub fn framed(&self, seq: u64, active: &Arc<Segment>) {
-        let mut st = self.lock();
-        st.framed_seq = st.framed_seq.max(seq);
-        if !Arc::ptr_eq(&st.active, active) {
-            st.active = active.clone();
-        }
+        self.lock().frame(seq, active);
     }
 
     /// `(written_seq, durable_seq)`, read together: read one after the other, a commit made

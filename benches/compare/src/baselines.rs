@@ -101,10 +101,7 @@ pub fn raw_file(dir: &Path, data: &Data) -> Results {
     }
     out.push(("individual_writes", Some(ms(t))));
     let t = Instant::now();
-    for b in data.batches.chunks_exact(BATCH_SIZE * PAIR_LEN) {
-        f.write_all(b).unwrap();
-        f.sync_data().unwrap();
-    }
+    append_batches(&mut f, data);
     out.push(("batch_writes", Some(ms(t))));
     out.push(("size_load", Some(size_load as f64 / (1024.0 * 1024.0))));
     for id in [
@@ -123,6 +120,14 @@ pub fn raw_file(dir: &Path, data: &Data) -> Results {
     out
 }
 
+/// The batch row's writes, as they are: each batch one `write` and one `fdatasync`.
+fn append_batches(f: &mut File, data: &Data) {
+    for b in data.batches.chunks_exact(BATCH_SIZE * PAIR_LEN) {
+        f.write_all(b).unwrap();
+        f.sync_data().unwrap();
+    }
+}
+
 /// Records the batch row's floor for an engine with a memtable in front of its index (README,
 /// "Batch writes"): each pair framed as a log record (a CRC32 and a length before it), its key
 /// put into an ordered in-memory table (std's `BTreeMap`, key → offset), then one `write` and
@@ -132,20 +137,16 @@ pub fn raw_file(dir: &Path, data: &Data) -> Results {
 /// framing and the table, in ms, each in a fresh file.
 pub fn memtable_floor(dir: &Path, data: &Data) -> (f64, f64) {
     const MERGE_EVERY: usize = 10;
-    let batches = || data.batches.chunks_exact(BATCH_SIZE * PAIR_LEN);
     let mut raw = File::create(dir.join("raw.log")).unwrap();
     let t = Instant::now();
-    for b in batches() {
-        raw.write_all(b).unwrap();
-        raw.sync_data().unwrap();
-    }
+    append_batches(&mut raw, data);
     let raw_ms = ms(t);
 
     let mut log = File::create(dir.join("framed.log")).unwrap();
     let mut table: BTreeMap<[u8; KEY_LEN], u64> = BTreeMap::new();
     let mut buf = Vec::with_capacity(BATCH_SIZE * (PAIR_LEN + 8));
     let t = Instant::now();
-    for (n, b) in batches().enumerate() {
+    for (n, b) in data.batches.chunks_exact(BATCH_SIZE * PAIR_LEN).enumerate() {
         let at = log.stream_position().unwrap();
         buf.clear();
         for (k, v) in all_pairs(b) {

@@ -544,10 +544,10 @@ pub fn run(out: &mut Out, args: &BenchArgs) -> CliResult<()> {
     config.batch_interval = Duration::from_millis(args.batch_interval);
     config.segment_size = args.segment_size;
     config.sync = !args.no_sync;
-    // In an `Arc` because the MVCC store holds its backend that way; it is unwrapped again to
-    // be closed.
     // mvcc-reopen opens the same database again after closing it.
     let reopen_config = config.clone();
+    // In an `Arc` because the MVCC store holds its backend that way; it is unwrapped again to
+    // be closed.
     let db = Arc::new(Backend::open(config)?);
 
     writeln!(
