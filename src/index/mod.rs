@@ -74,6 +74,7 @@
 
 pub mod catalog;
 pub(crate) mod huge_backing;
+pub mod layers;
 mod node;
 pub(crate) mod pool;
 #[cfg(test)]
