@@ -136,6 +136,9 @@ pub struct Stats {
     pub durable_seq: u64,
     /// Approximate bytes of memory the index takes.
     pub index_bytes: u64,
+    /// Index entries written to the buckets' layers of recent writes and not yet merged into
+    /// their main trees (DESIGN.md §3, "Layers"): zero soon after the writer pauses.
+    pub unmerged: u64,
 }
 
 fn thread_token() -> usize {
@@ -181,7 +184,7 @@ impl Backend {
         if !config.read_only {
             // From here on, writes go to layers that the merger carries into the trees
             // recovery built (`index/layers.rs`).
-            catalog.set_layered();
+            catalog.set_layered(config.layer_entries);
         }
         let view = View { catalog: catalog.snapshot(), segments: Arc::new(rec.segments.clone()), seq: last_seq, end };
         // Only a read-only backend, which has no log writer, reads values through this list.
@@ -296,6 +299,7 @@ impl Backend {
             written_seq,
             durable_seq,
             index_bytes: view.catalog.iter().map(|b| b.heap_bytes() as u64).sum(),
+            unmerged: view.catalog.iter().map(|b| b.unmerged() as u64).sum(),
         }
     }
 
@@ -405,9 +409,11 @@ impl Backend {
         }
     }
 
-    /// Tells the merger that a bucket sealed a layer.
-    pub(crate) fn wake_merger(&self) {
-        if let Some(m) = &self.merger {
+    /// After a publish: wakes the merger if a bucket sealed a layer, or if it sleeps.
+    pub(crate) fn wake_merger(&self, sealed: bool) {
+        if let Some(m) = &self.merger
+            && (sealed || self.shared.published())
+        {
             m.wake();
         }
     }

@@ -434,6 +434,7 @@ impl<'a> BatchTx<'a> {
                 w.catalog.reset(self.backend.published_catalog());
             }
         }
+        let replaced_any = replaced.is_some();
         if let Some(old) = replaced {
             // A large transaction's commit started its fdatasync on the committer thread
             // (above) and leaves the nodes of the view it replaced to free, which this thread
@@ -449,8 +450,8 @@ impl<'a> BatchTx<'a> {
         }
         self.backend.release_writer();
         drop(guard);
-        if sealed {
-            self.backend.wake_merger();
+        if replaced_any {
+            self.backend.wake_merger(sealed);
         }
         if let Some(panic) = apply_panic {
             std::panic::resume_unwind(panic);

@@ -293,7 +293,7 @@ impl Backend {
             let log = std::mem::replace(&mut new.log, empty);
             let mut catalog = std::mem::take(&mut new.catalog);
             if self.is_layered() {
-                catalog.set_layered();
+                catalog.set_layered(self.config().layer_entries);
             }
             let old_segments = old.segments().clone();
             // The view's `seq` and `end` must describe the same point of the log: `end` lies

@@ -3,16 +3,27 @@
 //!
 //! Its loop: take the published view; for a bucket with sealed layers, build the merged base
 //! from the view's base and layers (`Bucket::merge_sealed`) — the long part, with no lock
-//! held; leave the result in [`Shared`]'s outbox; take the writer lock and install it
-//! (`Shared::install_merges`): the writer's catalog takes the new base in place of the layers,
-//! and a view with the same contents (and sequence number) is published.
+//! held; leave the result in [`Shared`]'s outbox; install it (`Shared::install_merges`): the
+//! writer's catalog takes the new base in place of the layers, and a view with the same
+//! contents (and sequence number) is published. The next transaction to start installs it;
+//! the merger does, if the writer lock is free first.
 //!
-//! The writer lock is held by a transaction for its whole life, so the merger may wait for it
-//! a while. A transaction starting meanwhile installs what waits in the outbox itself
-//! (`Backend::settle_layers`), so a stream of transactions never keeps a merge out; and one
-//! that finds a bucket with [`MAX_SEALED`](crate::index::layers::MAX_SEALED) layers waits for
-//! the merger to deliver (the bound on memory). No lock is held while the outbox is filled, so
-//! the two never wait for each other.
+//! When: once a bucket's merge is due (`Bucket::merge_due`: `MERGE_FROM` sealed layers, or as
+//! many entries, or an empty base), or once the writer has been idle for
+//! [`IDLE`] (then what it left in `recent` is sealed first, and every layer merged). A merge
+//! brings to each leaf of the tree every key of its layers that falls there, so merging many
+//! layers at once copies a leaf for several keys rather than one; and a burst of writes leaves
+//! its merge to the pause after it. When nothing is left to merge it sleeps until the writer
+//! publishes again.
+//!
+//! The writer lock is held by a transaction for its whole life, and the merger never waits
+//! for it: it tries it, and stops trying once a transaction has taken the merge
+//! (`install_when_free`). A transaction that finds a bucket with
+//! [`MAX_SEALED`](crate::index::layers::MAX_SEALED) layers waits for the merger to deliver
+//! (the bound on memory); no lock is held while the outbox is filled, so the two never wait
+//! for each other. (Found by this module's test: with a blocking lock, the merger lost every
+//! race for the lock to a writer starting transactions back to back, and that writer then
+//! waited for the merger.)
 //!
 //! Views replaced by an install are dropped on this thread, the writer's or not: dropping the
 //! last view of an old base frees the nodes the merge replaced, thousands of them, which is
@@ -23,15 +34,20 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::batch_tx::Writer;
 use super::read_tx::View;
 use crate::error::{Error, Result};
-use crate::index::catalog::Bucket;
 use crate::index::layers::{MAX_SEALED, Merged};
 use crate::index::pool;
 
+/// The writer counts as idle once it has published nothing for this long: the merger then
+/// seals what it left in `recent` and merges every sealed layer, so that reads after a burst of
+/// writes find each bucket in one tree.
+pub(crate) const IDLE: Duration = Duration::from_millis(10);
+/// How long the merger sleeps between tries of the writer lock, to install a merge.
+const INSTALL_POLL: Duration = Duration::from_micros(200);
 /// How long a transaction waiting for a merge sleeps between looks at the outbox.
 pub(crate) const MERGE_WAIT_STEP: Duration = Duration::from_millis(50);
 /// How long a transaction waits for the merger before it merges itself.
@@ -50,6 +66,10 @@ pub(crate) struct Shared {
     pending: AtomicBool,
     /// Views replaced by installs, for the merger thread to drop.
     replaced: Mutex<Vec<Arc<View>>>,
+    /// The merger sleeps until the writer's next publish (`Shared::published`).
+    asleep: AtomicBool,
+    /// The backend is closing: a merge under way is dropped.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -61,6 +81,8 @@ impl Shared {
             delivered: Condvar::new(),
             pending: AtomicBool::new(false),
             replaced: Mutex::new(Vec::new()),
+            asleep: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -120,8 +142,11 @@ impl Shared {
     /// waiting, and publishes the result. For when the merger does not deliver.
     pub(crate) fn merge_here(&self, w: &mut Writer) {
         let catalog = w.catalog.write();
-        let merges: Vec<Merged> =
-            catalog.iter().filter(|b| b.sealed_layers() >= MAX_SEALED).filter_map(Bucket::merge_sealed).collect();
+        let merges: Vec<Merged> = catalog
+            .iter()
+            .filter(|b| b.sealed_layers() >= MAX_SEALED)
+            .filter_map(|b| b.merge_sealed(&|| false))
+            .collect();
         for m in &merges {
             catalog.install(m);
         }
@@ -138,6 +163,29 @@ impl Shared {
         self.replaced.lock().unwrap_or_else(|e| e.into_inner()).push(old);
     }
 
+    /// Seals every bucket's non-empty `recent` layer, if the writer lock is free (else the
+    /// writer is not idle); returns whether the lock was free.
+    fn seal_leftovers(&self) -> bool {
+        let mut w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        let catalog = w.catalog.write();
+        if catalog.seal_full(1) {
+            self.publish_same(catalog.snapshot());
+        }
+        true
+    }
+
+    /// Whether the writer, having published, must wake the merger from its sleep.
+    pub(crate) fn published(&self) -> bool {
+        // Pairs with the fence in `run`: either this sees the flag, or the merger's look sees
+        // the view just published.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst)
+    }
+
     fn drop_replaced(&self) {
         let old = std::mem::take(&mut *self.replaced.lock().unwrap_or_else(|e| e.into_inner()));
         drop(old);
@@ -146,6 +194,7 @@ impl Shared {
 
 /// The merger thread's handle.
 pub(crate) struct Merger {
+    shared: Arc<Shared>,
     wake: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -153,11 +202,12 @@ pub(crate) struct Merger {
 impl Merger {
     pub(crate) fn start(shared: Arc<Shared>) -> Result<Merger> {
         let (wake, woken) = crossbeam_channel::bounded(1);
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("logtree-merger".into())
-            .spawn(move || run(&shared, &woken))
+            .spawn(move || run(&theirs, &woken))
             .map_err(|e| Error::io("start the merger thread", None, e))?;
-        Ok(Merger { wake: Some(wake), thread: Some(thread) })
+        Ok(Merger { shared, wake: Some(wake), thread: Some(thread) })
     }
 
     /// Has the merger look for sealed layers (a wake-up already pending is enough).
@@ -170,6 +220,7 @@ impl Merger {
     /// Stops the thread, after the merge it is building if any (dropped, not installed: the
     /// layers it would replace read the same).
     pub(crate) fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
         self.wake.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -181,23 +232,78 @@ fn run(shared: &Shared, woken: &Receiver<()>) {
     // Its own node buffer pool: a merge copies thousands of nodes, and the views it drops free
     // as many.
     let _ = pool::lend(Box::default());
-    while woken.recv().is_ok() {
-        loop {
-            let view = shared.current_view();
-            let merged = view.catalog.iter().find_map(Bucket::merge_sealed);
-            drop(view);
-            let Some(merged) = merged else { break };
-            shared.deliver(merged);
-            let mut w = shared.lock_writer();
-            let installed = shared.install_merges(&mut w);
-            drop(w);
-            shared.drop_replaced();
-            if installed == Some(false) {
-                // Overtaken (the bucket deleted, a defrag): the next wake-up looks again.
-                break;
-            }
-        }
+    let mut last_seq = u64::MAX;
+    loop {
+        let woke = match woken.recv_timeout(IDLE) {
+            Ok(()) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let seq = shared.current_view().seq;
+        // Idle: no transaction published for a whole `IDLE` (the merger's own publishes keep
+        // the number).
+        let idle = !woke && seq == last_seq;
+        last_seq = seq;
+        let everything = idle && shared.seal_leftovers();
+        merge_pending(shared, everything);
         shared.drop_replaced();
+        if idle {
+            // Sleep until the writer publishes again (`Shared::published`), unless it did
+            // meanwhile. The flag is raised before the look, so a publish after the look sees
+            // it and wakes this thread.
+            shared.asleep.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if shared.current_view().seq == last_seq && !shared.current_view().catalog.has_layers() {
+                match woken.recv() {
+                    Ok(()) => {}
+                    Err(_) => break,
+                }
+            }
+            shared.asleep.store(false, Ordering::SeqCst);
+        }
     }
     drop(pool::reclaim());
+}
+
+/// Merges and installs, a bucket at a time, the sealed layers of every bucket whose merge is
+/// due (`Bucket::merge_due`), or with `everything`, of every bucket that has any.
+fn merge_pending(shared: &Shared, everything: bool) {
+    loop {
+        let view = shared.current_view();
+        let stop = || shared.stopping.load(Ordering::Relaxed);
+        let merged = view
+            .catalog
+            .iter()
+            .filter(|b| b.merge_due() || (everything && b.sealed_layers() > 0))
+            .find_map(|b| b.merge_sealed(&stop));
+        drop(view);
+        let Some(merged) = merged else { break };
+        shared.deliver(merged);
+        let installed = install_when_free(shared);
+        shared.drop_replaced();
+        if installed == Some(false) {
+            // Overtaken (the bucket deleted, a defrag): the next round looks again.
+            break;
+        }
+    }
+}
+
+/// Installs what is in the outbox once the writer lock is free, unless a transaction takes it
+/// first (`Backend::settle_layers`); returns what `install_merges` did here, `None` if the
+/// writer took it. Never waits on the lock itself: a writer that starts transactions back to
+/// back takes the lock again before a waiting thread wakes up (std's mutex is not fair), and
+/// one that waits for the merger (a bucket with `MAX_SEALED` layers) would then wait forever.
+fn install_when_free(shared: &Shared) -> Option<bool> {
+    loop {
+        match shared.writer.try_lock() {
+            Ok(mut w) => return shared.install_merges(&mut w),
+            Err(std::sync::TryLockError::Poisoned(e)) => return shared.install_merges(&mut e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if !shared.pending.load(Ordering::Acquire) || shared.stopping.load(Ordering::Relaxed) {
+                    return None;
+                }
+                std::thread::sleep(INSTALL_POLL);
+            }
+        }
+    }
 }

@@ -11,9 +11,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::layers::{self, LayeredIter, Merge, Merged, Sealed, TOMBSTONE, entry_bytes};
+use super::filter::{Filter, KeyHash};
+use super::layers::{self, LayeredIter, MERGE_FROM, Merge, Merged, Sealed, TOMBSTONE, entry_bytes};
 use super::{BTree, ValueRef};
 use crate::log::format::create_bucket_len;
+
+/// From this many entries on, `recent` no longer stays in the cache and puts into it fetch
+/// their paths ahead (`Bucket::warm_paths`).
+const WARM_RECENT_FROM: usize = 1 << 16;
 
 /// Incarnations of buckets, unique in the process (see `Bucket::incarnation`).
 static NEXT_INCARNATION: AtomicU64 = AtomicU64::new(1);
@@ -32,6 +37,12 @@ pub struct Bucket {
     recent: BTree,
     /// How many of `recent`'s entries are tombstones.
     recent_tombstones: usize,
+    /// Every key put into `recent` (`filter.rs`), shared with the views of it and then with
+    /// the layer it becomes.
+    recent_filter: Arc<Filter>,
+    /// The keys `recent` holds when sealed (`Config::layer_entries`): what its filter is
+    /// sized for.
+    layer_entries: usize,
     /// Former `recent` layers waiting for the merger, oldest first.
     sealed: Vec<Arc<Sealed>>,
     /// Whether writes go to `recent` (a running backend's buckets) or straight into the base
@@ -43,7 +54,7 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn new(name: &[u8], id: u32, layered: bool) -> Bucket {
+    fn new(name: &[u8], id: u32, layered: bool, layer_entries: usize) -> Bucket {
         Bucket {
             name: name.into(),
             id,
@@ -51,6 +62,8 @@ impl Bucket {
             base_live_bytes: create_bucket_len(name.len()) as u64,
             recent: BTree::new(),
             recent_tombstones: 0,
+            recent_filter: Arc::new(Filter::with_capacity(if layered { layer_entries } else { 0 })),
+            layer_entries,
             sealed: Vec::new(),
             layered,
             incarnation: NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed),
@@ -58,7 +71,7 @@ impl Bucket {
     }
 
     /// Whether any layer lies above the base.
-    fn has_layers(&self) -> bool {
+    pub fn has_layers(&self) -> bool {
         !self.recent.is_empty() || !self.sealed.is_empty()
     }
 
@@ -70,6 +83,7 @@ impl Bucket {
     /// Points `key` at a new value.
     pub fn put(&mut self, key: &[u8], value: ValueRef) {
         if self.layered {
+            self.recent_filter.insert(KeyHash::of(key));
             if self.recent.insert(key, value) == Some(TOMBSTONE) {
                 self.recent_tombstones -= 1;
             }
@@ -99,12 +113,7 @@ impl Bucket {
     pub fn delete(&mut self, key: &[u8]) -> Option<ValueRef> {
         if self.layered {
             let old = self.get(key)?;
-            if self.base.is_empty() && self.sealed.is_empty() {
-                // No older layer to hide it in.
-                self.recent.remove(key);
-            } else if self.recent.insert(key, TOMBSTONE) != Some(TOMBSTONE) {
-                self.recent_tombstones += 1;
-            }
+            self.hide(key);
             return Some(old);
         }
         let old = self.base.remove(key);
@@ -112,12 +121,28 @@ impl Bucket {
     }
 
     /// [`delete`](Self::delete) of a key expected to be there (see [`BTree::remove_expected`]).
+    /// A layered bucket does not look the key up, and returns `None`.
     pub fn delete_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
         if self.layered {
-            return self.delete(key);
+            // The caller found the key: the tombstone needs no second look through the layers.
+            self.hide(key);
+            return None;
         }
         let old = self.base.remove_expected(key);
         self.account_delete(key, old)
+    }
+
+    /// Makes `key`, which is there, absent: a tombstone in `recent`, unless no older layer
+    /// could hold it.
+    fn hide(&mut self, key: &[u8]) {
+        if self.base.is_empty() && self.sealed.is_empty() {
+            self.recent.remove(key);
+        } else {
+            self.recent_filter.insert(KeyHash::of(key));
+            if self.recent.insert(key, TOMBSTONE) != Some(TOMBSTONE) {
+                self.recent_tombstones += 1;
+            }
+        }
     }
 
     fn account_delete(&mut self, key: &[u8], old: Option<ValueRef>) -> Option<ValueRef> {
@@ -134,11 +159,36 @@ impl Bucket {
     /// [`BTree::get_early`] through the layers: `early` sees only the base's candidate.
     pub fn get_early(&self, key: &[u8], early: impl FnOnce(ValueRef)) -> Option<ValueRef> {
         if self.has_layers() {
-            for layer in self.upper() {
-                if let Some(v) = layer.get(key) {
-                    return (v != TOMBSTONE).then_some(v);
+            let h = KeyHash::of(key);
+            // `early` goes to the first tree searched: a layer that turns out not to have the
+            // key has then spent it (the caller checks what it was given).
+            let mut early = Some(early);
+            let mut early_once = |v| {
+                if let Some(e) = early.take() {
+                    e(v)
+                }
+            };
+            if self.recent_filter.may_contain(h)
+                && let Some(v) = self.recent.get_early(key, &mut early_once)
+            {
+                return (v != TOMBSTONE).then_some(v);
+            }
+            // All the filters first, without stopping at a "maybe": their cache misses are
+            // independent and overlap. Then the layers that may hold the key, newest first.
+            for chunk in self.sealed.rchunks(64) {
+                let mut maybe = 0u64;
+                for (i, layer) in chunk.iter().rev().enumerate() {
+                    maybe |= u64::from(layer.filter.may_contain(h)) << i;
+                }
+                while maybe != 0 {
+                    let layer = &chunk[chunk.len() - 1 - maybe.trailing_zeros() as usize];
+                    maybe &= maybe - 1;
+                    if let Some(v) = layer.tree.get_early(key, &mut early_once) {
+                        return (v != TOMBSTONE).then_some(v);
+                    }
                 }
             }
+            return self.base.get_early(key, early_once);
         }
         self.base.get_early(key, early)
     }
@@ -175,19 +225,44 @@ impl Bucket {
         live
     }
 
-    /// The number of keys and the live bytes: the base's, corrected by the layers above it.
+    /// The number of keys and the live bytes: the base's, corrected by each layer above it.
+    /// A sealed layer's correction is worked out once (`Sealed::counts`): what lies below it
+    /// reads the same in every view that has it, merged or not.
     fn counts(&self) -> (usize, u64) {
-        let (mut len, mut live) = (self.base.len(), self.base_live_bytes);
-        if self.has_layers() {
-            for (key, v) in Merge::new(self.upper().map(BTree::iter).collect(), true) {
-                if let Some(o) = self.base.get(key) {
-                    len -= 1;
-                    live -= entry_bytes(key, o);
-                }
-                if v != TOMBSTONE {
-                    len += 1;
-                    live += entry_bytes(key, v);
-                }
+        let (mut len, mut live) = (self.base.len() as i64, self.base_live_bytes as i64);
+        for (i, layer) in self.sealed.iter().enumerate() {
+            let (l, b) = *layer.counts.get_or_init(|| self.change_over(&layer.tree, i));
+            len += l;
+            live += b;
+        }
+        if !self.recent.is_empty() {
+            let (l, b) = self.change_over(&self.recent, self.sealed.len());
+            len += l;
+            live += b;
+        }
+        (len as usize, live as u64)
+    }
+
+    /// The change in keys and live bytes that `layer`'s entries make to the bucket as the base
+    /// and the `below` oldest sealed layers have it.
+    fn change_over(&self, layer: &BTree, below: usize) -> (i64, i64) {
+        let (mut len, mut live) = (0i64, 0i64);
+        for (key, v) in layer.iter() {
+            let h = KeyHash::of(key);
+            let old = self.sealed[..below]
+                .iter()
+                .rev()
+                .filter(|s| s.filter.may_contain(h))
+                .find_map(|s| s.tree.get(key))
+                .or_else(|| self.base.get(key))
+                .filter(|&o| o != TOMBSTONE);
+            if let Some(o) = old {
+                len -= 1;
+                live -= entry_bytes(key, o) as i64;
+            }
+            if v != TOMBSTONE {
+                len += 1;
+                live += entry_bytes(key, v) as i64;
             }
         }
         (len, live)
@@ -195,7 +270,8 @@ impl Bucket {
 
     /// Approximate heap bytes of every layer's nodes.
     pub fn heap_bytes(&self) -> usize {
-        self.upper().chain([&self.base]).map(BTree::heap_bytes).sum()
+        let filters: usize = self.sealed.iter().map(|s| s.filter.heap_bytes()).sum();
+        filters + self.upper().chain([&self.base]).map(BTree::heap_bytes).sum::<usize>()
     }
 
     /// Brings into the cache what putting `keys` will read (see [`BTree::warm_paths`]): the
@@ -204,6 +280,9 @@ impl Bucket {
     pub fn warm_paths(&self, keys: &[&[u8]]) {
         if !self.layered {
             self.base.warm_paths(keys);
+        } else if self.recent.len() >= WARM_RECENT_FROM {
+            // One large transaction (a bulk load) made `recent` too large for the cache.
+            self.recent.warm_paths(keys);
         }
     }
 
@@ -214,17 +293,19 @@ impl Bucket {
         }
         let tree = std::mem::take(&mut self.recent).snapshot();
         let tombstones = std::mem::take(&mut self.recent_tombstones);
-        self.sealed.push(Arc::new(Sealed { tree, tombstones }));
+        let filter = std::mem::replace(&mut self.recent_filter, Arc::new(Filter::with_capacity(self.layer_entries)));
+        self.sealed.push(Arc::new(Sealed::new(tree, tombstones, filter)));
         true
     }
 
     /// Carries this bucket's sealed layers into its base, as the merger does (`layers.rs`):
     /// `None` if it has none.
-    pub fn merge_sealed(&self) -> Option<Merged> {
+    /// `None` too if `stop` says so part way (checked every few thousand entries).
+    pub fn merge_sealed(&self, stop: &dyn Fn() -> bool) -> Option<Merged> {
         if self.sealed.is_empty() {
             return None;
         }
-        let (base, live_bytes) = layers::merge_into(self.base.clone(), self.base_live_bytes, &self.sealed);
+        let (base, live_bytes) = layers::merge_into(self.base.clone(), self.base_live_bytes, &self.sealed, stop)?;
         Some(Merged { incarnation: self.incarnation, layers: self.sealed.clone(), base, live_bytes })
     }
 
@@ -244,9 +325,24 @@ impl Bucket {
         true
     }
 
+    /// Entries in the layers above the base.
+    pub fn unmerged(&self) -> usize {
+        self.upper().map(BTree::len).sum()
+    }
+
     /// How many layers wait for the merger.
     pub fn sealed_layers(&self) -> usize {
         self.sealed.len()
+    }
+
+    /// Whether the merger should merge the sealed layers now rather than wait for more
+    /// (`merger.rs`): there are [`MERGE_FROM`] of them, or as many entries as that many full
+    /// ones, or the base is empty (the merge then costs next to nothing: a lone layer becomes
+    /// the base).
+    pub fn merge_due(&self) -> bool {
+        let entries: usize = self.sealed.iter().map(|s| s.tree.len()).sum();
+        !self.sealed.is_empty()
+            && (self.sealed.len() >= MERGE_FROM || entries >= MERGE_FROM * self.layer_entries || self.base.is_empty())
     }
 }
 
@@ -256,10 +352,12 @@ pub struct Catalog {
     buckets: Vec<Bucket>,
     /// Whether the buckets' writes go to layers (see `Bucket::layered`).
     layered: bool,
+    /// `Bucket::layer_entries` of its buckets.
+    layer_entries: usize,
 }
 
 impl Catalog {
-    pub const EMPTY: Catalog = Catalog { buckets: Vec::new(), layered: false };
+    pub const EMPTY: Catalog = Catalog { buckets: Vec::new(), layered: false, layer_entries: 0 };
 
     pub fn get(&self, name: &[u8]) -> Option<&Bucket> {
         self.position(name).ok().map(|i| &self.buckets[i])
@@ -298,7 +396,7 @@ impl Catalog {
         match self.position(name) {
             Ok(_) => false,
             Err(i) => {
-                self.buckets.insert(i, Bucket::new(name, id, self.layered));
+                self.buckets.insert(i, Bucket::new(name, id, self.layered, self.layer_entries));
                 true
             }
         }
@@ -350,10 +448,14 @@ impl Catalog {
 
     /// Sends the buckets' writes, from now on, to layers that the merger carries into their
     /// bases (`layers.rs`): for the catalog of a running backend.
-    pub fn set_layered(&mut self) {
+    pub fn set_layered(&mut self, layer_entries: usize) {
         self.layered = true;
+        self.layer_entries = layer_entries;
         for b in &mut self.buckets {
+            debug_assert!(!b.has_layers(), "an unlayered bucket has nothing above its base");
             b.layered = true;
+            b.layer_entries = layer_entries;
+            b.recent_filter = Arc::new(Filter::with_capacity(layer_entries));
         }
     }
 
@@ -372,6 +474,11 @@ impl Catalog {
         self.buckets.iter_mut().any(|b| b.install(merged))
     }
 
+    /// Whether any bucket has a layer above its base.
+    pub fn has_layers(&self) -> bool {
+        self.buckets.iter().any(Bucket::has_layers)
+    }
+
     /// The most sealed layers any bucket has.
     pub fn most_sealed(&self) -> usize {
         self.buckets.iter().map(Bucket::sealed_layers).max().unwrap_or(0)
@@ -386,12 +493,13 @@ impl Catalog {
             .map(|b| Bucket {
                 base: b.base.snapshot(),
                 recent: b.recent.snapshot(),
+                recent_filter: Arc::clone(&b.recent_filter),
                 sealed: b.sealed.clone(),
                 name: Arc::clone(&b.name),
                 ..*b
             })
             .collect();
-        Catalog { buckets, layered: self.layered }
+        Catalog { buckets, layered: self.layered, layer_entries: self.layer_entries }
     }
 
     pub fn key_count(&self) -> u64 {

@@ -37,8 +37,11 @@
 //! * Each layer holds at most one entry per key (it is a tree), so a merge of layers gives
 //!   each key the value of its newest layer.
 
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, OnceLock};
 
+use super::filter::{Filter, KeyHash};
 use super::{BTree, Iter, ValueRef, WARM_GROUP};
 use crate::log::format::put_len;
 
@@ -46,6 +49,13 @@ use crate::log::format::put_len;
 /// No value can lie there: offsets and lengths are `u32`s within one segment, and this one
 /// would end 4 GiB past the segment's start.
 pub const TOMBSTONE: ValueRef = ValueRef { seg: u32::MAX, off: u32::MAX, len: u32::MAX };
+
+/// The merger carries a bucket's sealed layers into its tree once it has this many, or once
+/// the writer is idle (`merger.rs`). Why wait: a merge copies each leaf of the tree it brings a
+/// key to, so one of a few thousand random keys into a million copies about a leaf per key —
+/// what the writer's own inserts cost — while one of a hundred thousand brings several keys
+/// to most leaves.
+pub const MERGE_FROM: usize = 16;
 
 /// A bucket with this many sealed layers waits for the merger before its next transaction:
 /// the bound on memory, and on the layers a read looks through.
@@ -57,6 +67,29 @@ pub struct Sealed {
     pub tree: BTree,
     /// How many of its entries are [`TOMBSTONE`]s.
     pub tombstones: usize,
+    /// Every key of `tree`, tombstones' too: a read skips the layer when the filter says the
+    /// key is not there (`filter.rs`).
+    pub filter: Arc<Filter>,
+    /// The change in keys and live bytes its entries make to what lies below it, once worked
+    /// out (`Bucket::counts`).
+    pub counts: OnceLock<(i64, i64)>,
+}
+
+impl Sealed {
+    /// Seals `tree` (published) with `filter`, the one its keys went into as `recent`, or if
+    /// that one took too many to tell anything (a bulk load), a new one of the tree's size.
+    pub fn new(tree: BTree, tombstones: usize, filter: Arc<Filter>) -> Sealed {
+        let filter = if filter.saturated() {
+            let f = Filter::with_capacity(tree.len());
+            for (key, _) in tree.iter() {
+                f.insert(KeyHash::of(key));
+            }
+            Arc::new(f)
+        } else {
+            filter
+        };
+        Sealed { tree, tombstones, filter, counts: OnceLock::new() }
+    }
 }
 
 /// A base built by merging sealed layers into it, for `Bucket::install`.
@@ -77,8 +110,13 @@ pub(crate) fn entry_bytes(key: &[u8], v: ValueRef) -> u64 {
 }
 
 /// Carries `layers` (oldest first) into `base`: the new base, published, and its live bytes
-/// given the old base's.
-pub fn merge_into(mut base: BTree, mut live_bytes: u64, layers: &[Arc<Sealed>]) -> (BTree, u64) {
+/// given the old base's. `None` if `stop` returns true (asked every [`STOP_EVERY`] entries).
+pub fn merge_into(
+    mut base: BTree,
+    mut live_bytes: u64,
+    layers: &[Arc<Sealed>],
+    stop: &dyn Fn() -> bool,
+) -> Option<(BTree, u64)> {
     if let [only] = layers
         && base.is_empty()
         && only.tombstones == 0
@@ -87,11 +125,16 @@ pub fn merge_into(mut base: BTree, mut live_bytes: u64, layers: &[Arc<Sealed>]) 
         // (An empty base's live bytes are the bucket's create-bucket record.)
         let tree = only.tree.clone();
         let live = live_bytes + tree.iter().map(|(k, v)| entry_bytes(k, v)).sum::<u64>();
-        return (tree, live);
+        return Some((tree, live));
     }
     let mut merge = Merge::new(layers.iter().rev().map(|l| l.tree.iter()).collect(), true);
     let mut group: Vec<(&[u8], ValueRef)> = Vec::with_capacity(WARM_GROUP);
+    let mut done = 0usize;
     loop {
+        if done % STOP_EVERY < WARM_GROUP && done > 0 && stop() {
+            return None;
+        }
+        done += WARM_GROUP;
         group.clear();
         group.extend(merge.by_ref().take(WARM_GROUP));
         if group.is_empty() {
@@ -112,21 +155,43 @@ pub fn merge_into(mut base: BTree, mut live_bytes: u64, layers: &[Arc<Sealed>]) 
             }
         }
     }
-    (base.snapshot(), live_bytes)
+    Some((base.snapshot(), live_bytes))
 }
 
+/// How many entries a merge carries between looks at whether to stop.
+const STOP_EVERY: usize = 4096;
+
 /// Ascending entries of several layers, newest first in `iters`: each key once, with its
-/// newest layer's value; tombstones kept or skipped.
+/// newest layer's value; tombstones kept or skipped. A heap orders the layers' next entries,
+/// so an entry costs a few comparisons however many layers there are (a merge may take
+/// dozens).
 pub struct Merge<'a> {
     iters: Vec<Iter<'a>>,
-    heads: Vec<Option<(&'a [u8], ValueRef)>>,
+    /// The value of each layer's next entry (meaningful while the layer is in `heap`).
+    values: Vec<ValueRef>,
+    /// Each layer's next key with the layer's place in `iters`: the smallest key on top, and
+    /// of equal keys the newest layer.
+    heap: BinaryHeap<Reverse<(&'a [u8], usize)>>,
     keep_tombstones: bool,
 }
 
 impl<'a> Merge<'a> {
-    pub fn new(mut iters: Vec<Iter<'a>>, keep_tombstones: bool) -> Merge<'a> {
-        let heads = iters.iter_mut().map(Iterator::next).collect();
-        Merge { iters, heads, keep_tombstones }
+    pub fn new(iters: Vec<Iter<'a>>, keep_tombstones: bool) -> Merge<'a> {
+        let n = iters.len();
+        let mut m =
+            Merge { iters, values: vec![ValueRef::default(); n], heap: BinaryHeap::with_capacity(n), keep_tombstones };
+        for i in 0..n {
+            m.advance(i);
+        }
+        m
+    }
+
+    /// Moves layer `i` on to its next entry, if it has one.
+    fn advance(&mut self, i: usize) {
+        if let Some((key, v)) = self.iters[i].next() {
+            self.values[i] = v;
+            self.heap.push(Reverse((key, i)));
+        }
     }
 }
 
@@ -135,18 +200,16 @@ impl<'a> Iterator for Merge<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            // The smallest key; of equal keys the first layer's, which is the newest.
-            let mut best: Option<(&'a [u8], ValueRef)> = None;
-            for &(key, v) in self.heads.iter().flatten() {
-                if best.is_none_or(|(b, _)| key < b) {
-                    best = Some((key, v));
+            let Reverse((key, i)) = self.heap.pop()?;
+            let v = self.values[i];
+            self.advance(i);
+            // Older layers' entries for the same key are hidden by this one.
+            while let Some(&Reverse((older, j))) = self.heap.peek() {
+                if older != key {
+                    break;
                 }
-            }
-            let (key, v) = best?;
-            for (head, it) in self.heads.iter_mut().zip(&mut self.iters) {
-                if head.is_some_and(|(k, _)| k == key) {
-                    *head = it.next();
-                }
+                self.heap.pop();
+                self.advance(j);
             }
             if v != TOMBSTONE || self.keep_tombstones {
                 return Some((key, v));
@@ -203,7 +266,11 @@ mod tests {
 
     fn sealed(entries: &[(&str, ValueRef)]) -> Arc<Sealed> {
         let tombstones = entries.iter().filter(|(_, x)| *x == TOMBSTONE).count();
-        Arc::new(Sealed { tree: tree(entries), tombstones })
+        let filter = Filter::with_capacity(0);
+        filter.insert(KeyHash::of(b"so many that it is saturated"));
+        filter.insert(KeyHash::of(b"and a new one is built"));
+        filter.insert(KeyHash::of(b"from the tree"));
+        Arc::new(Sealed::new(tree(entries), tombstones, Arc::new(filter)))
     }
 
     #[test]
@@ -224,7 +291,7 @@ mod tests {
         let base = tree(&base_entries);
         let live: u64 = base_entries.iter().map(|(k, x)| entry_bytes(k.as_bytes(), *x)).sum();
         let layers = [sealed(&[("a", v(1)), ("d", TOMBSTONE), ("z", TOMBSTONE)]), sealed(&[("a", v(8)), ("f", v(11))])];
-        let (merged, live) = merge_into(base, live, &layers);
+        let (merged, live) = merge_into(base, live, &layers, &|| false).unwrap();
         let got: Vec<_> = merged.iter().map(|(k, x)| (k.to_vec(), x)).collect();
         let want = vec![(b"a".to_vec(), v(8)), (b"b".to_vec(), v(4)), (b"f".to_vec(), v(11))];
         assert_eq!(got, want);
@@ -234,7 +301,7 @@ mod tests {
     #[test]
     fn a_lone_layer_over_an_empty_base_becomes_the_base() {
         let layer = sealed(&[("a", v(1)), ("b", v(2))]);
-        let (merged, live) = merge_into(BTree::new(), 7, std::slice::from_ref(&layer));
+        let (merged, live) = merge_into(BTree::new(), 7, std::slice::from_ref(&layer), &|| false).unwrap();
         assert_eq!(merged.iter().collect::<Vec<_>>(), layer.tree.iter().collect::<Vec<_>>());
         assert_eq!(live, 7 + entry_bytes(b"a", v(1)) + entry_bytes(b"b", v(2)));
     }
