@@ -48,7 +48,7 @@ pub struct Config {
     /// A bucket's writes go into a small tree of recent writes, handed to a background thread
     /// that merges them into the bucket's main tree once it holds this many entries (default
     /// 8,192; at least 1). Larger: fewer, longer merges and more memory; the default keeps the
-    /// small tree in the CPU cache (DESIGN.md §4, "Layers").
+    /// small tree in the CPU cache (DESIGN.md §3, "Layers").
     pub layer_entries: usize,
     /// Default true: every commit ends with `fdatasync`. Set false only for tests and
     /// benchmarks that do not need durability.
