@@ -136,7 +136,9 @@ impl Bucket {
     /// could hold it.
     fn hide(&mut self, key: &[u8]) {
         if self.base.is_empty() && self.sealed.is_empty() {
-            self.recent.remove(key);
+            if self.recent.remove(key) == Some(TOMBSTONE) {
+                self.recent_tombstones -= 1;
+            }
         } else {
             self.recent_filter.insert(KeyHash::of(key));
             if self.recent.insert(key, TOMBSTONE) != Some(TOMBSTONE) {
