@@ -11,6 +11,8 @@ use crate::vfs::{StdVfs, Vfs};
 pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// Default for [`Config::batch_limit`]: 10,000 pending operations, as etcd's backend.
 pub const DEFAULT_BATCH_LIMIT: usize = 10_000;
+/// Default for [`Config::layer_entries`]: 8,192 entries.
+pub const DEFAULT_LAYER_ENTRIES: usize = 8192;
 /// Default for [`Config::segment_size`]: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// The smallest accepted [`Config::segment_size`].
@@ -43,6 +45,11 @@ pub struct Config {
     /// (default 64 MiB; 4 KiB to 4 GiB − 1). A single operation larger than this gets a segment
     /// of its own.
     pub segment_size: u64,
+    /// A bucket's writes go into a small tree of recent writes, handed to a background thread
+    /// that merges them into the bucket's main tree once it holds this many entries (default
+    /// 8,192; at least 1). Larger: fewer, longer merges and more memory; the default keeps the
+    /// small tree in the CPU cache (DESIGN.md §3, "Layers").
+    pub layer_entries: usize,
     /// Default true: every commit ends with `fdatasync`. Set false only for tests and
     /// benchmarks that do not need durability.
     pub sync: bool,
@@ -71,6 +78,7 @@ impl Config {
             batch_interval: DEFAULT_BATCH_INTERVAL,
             batch_limit: DEFAULT_BATCH_LIMIT,
             segment_size: DEFAULT_SEGMENT_SIZE,
+            layer_entries: DEFAULT_LAYER_ENTRIES,
             sync: true,
             read_only: false,
             cut_damaged_tail: true,
@@ -81,6 +89,9 @@ impl Config {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.batch_limit == 0 {
             return Err(Error::InvalidConfig("batch_limit must be at least 1".into()));
+        }
+        if self.layer_entries == 0 {
+            return Err(Error::InvalidConfig("layer_entries must be at least 1".into()));
         }
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
             return Err(Error::InvalidConfig(format!(

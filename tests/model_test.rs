@@ -104,9 +104,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = ModelConfig> {
-    // A batch limit of 1 or 3 commits inline at the end of (almost) every BatchTx.
-    prop_oneof![Just(1usize), Just(3), Just(10_000)]
-        .prop_map(|batch_limit| ModelConfig { batch_limit, ..ModelConfig::default() })
+    // A batch limit of 1 or 3 commits inline at the end of (almost) every BatchTx. Layers of
+    // 1 or 4 entries are sealed and merged all the time; 8,192 (the default) almost never.
+    (prop_oneof![Just(1usize), Just(3), Just(10_000)], prop_oneof![Just(1usize), Just(4), Just(8192)])
+        .prop_map(|(batch_limit, layer_entries)| ModelConfig { batch_limit, layer_entries, ..ModelConfig::default() })
 }
 
 proptest! {

@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::batch_tx::{BatchTx, Writer};
 use super::commit::{Committer, Durability};
+use super::merger::{MERGE_WAIT_MAX, MERGE_WAIT_STEP, Merger, Shared};
 use super::read_tx::{ReadTx, View};
 use super::tx_buffer::TxBuffer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::index::ValueRef;
 use crate::index::catalog::Catalog;
+use crate::index::layers::MAX_SEALED;
 use crate::log::format::{DecodeStop, Op};
 use crate::log::manifest;
 use crate::log::recovery::{self, OpenOptions};
@@ -41,12 +43,13 @@ const LOCK_NAME: &str = "LOCK";
 /// ```
 pub struct Backend {
     config: Config,
-    /// The published view; swapped (never changed) by the writer.
-    view: RwLock<Arc<View>>,
-    writer: Mutex<Writer>,
+    /// The published view and the writer, shared with the merger thread.
+    shared: Arc<Shared>,
     /// A token of the thread holding the writer lock (0: none), to refuse a second
     /// `batch_tx()` on the same thread instead of deadlocking.
     writer_thread: AtomicUsize,
+    /// Carries the buckets' sealed layers into their bases (`None` when read-only).
+    merger: Option<Merger>,
     /// `None` when read-only.
     durability: Option<Arc<Durability>>,
     committer: Option<Committer>,
@@ -133,6 +136,9 @@ pub struct Stats {
     pub durable_seq: u64,
     /// Approximate bytes of memory the index takes.
     pub index_bytes: u64,
+    /// Index entries written to the buckets' layers of recent writes and not yet merged into
+    /// their main trees (DESIGN.md §3, "Layers"): zero soon after the writer pauses.
+    pub unmerged: u64,
 }
 
 fn thread_token() -> usize {
@@ -175,6 +181,11 @@ impl Backend {
         let next_segment_id = rec.segments.iter().map(|s| s.id).max().unwrap_or(0).saturating_add(1);
         let active = rec.segments.last().cloned().expect("a log has a segment");
         let end = LogPos { seg: active.id, off: active.len() };
+        if !config.read_only {
+            // From here on, writes go to layers that the merger carries into the trees
+            // recovery built (`index/layers.rs`).
+            catalog.set_layered(config.layer_entries);
+        }
         let view = View { catalog: catalog.snapshot(), segments: Arc::new(rec.segments.clone()), seq: last_seq, end };
         // Only a read-only backend, which has no log writer, reads values through this list.
         let segments = if config.read_only { view.segments.clone() } else { Arc::new(Vec::new()) };
@@ -197,10 +208,12 @@ impl Backend {
             (Some(log), Some(dur), Some(committer))
         };
         let writer_config = log.as_ref().map(|l| l.config().clone());
+        let shared = Arc::new(Shared::new(view, Writer { log, catalog: TxBuffer::new(catalog), segments, pool: None }));
+        let merger = if config.read_only { None } else { Some(Merger::start(shared.clone())?) };
         Ok(Backend {
-            view: RwLock::new(Arc::new(view)),
-            writer: Mutex::new(Writer { log, catalog: TxBuffer::new(catalog), segments, pool: None }),
+            shared,
             writer_thread: AtomicUsize::new(0),
+            merger,
             durability,
             committer,
             writer_config,
@@ -285,7 +298,8 @@ impl Backend {
             segments: view.segments.len(),
             written_seq,
             durable_seq,
-            index_bytes: view.catalog.iter().map(|b| b.tree.heap_bytes() as u64).sum(),
+            index_bytes: view.catalog.iter().map(|b| b.heap_bytes() as u64).sum(),
+            unmerged: view.catalog.iter().map(|b| b.unmerged() as u64).sum(),
         }
     }
 
@@ -312,6 +326,9 @@ impl Backend {
     }
 
     fn shutdown(&mut self) -> Result<()> {
+        if let Some(mut m) = self.merger.take() {
+            m.stop();
+        }
         if let Some(mut c) = self.committer.take() {
             c.stop();
         }
@@ -331,7 +348,7 @@ impl Backend {
     // ----- for the transactions -----
 
     pub(crate) fn current_view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared.current_view()
     }
 
     pub(crate) fn published_catalog(&self) -> Catalog {
@@ -343,14 +360,14 @@ impl Backend {
     /// view held must delay neither readers nor the next writer).
     #[must_use = "drop the old view after releasing the writer lock"]
     pub(crate) fn publish(&self, view: View) -> Arc<View> {
-        std::mem::replace(&mut *self.view.write().unwrap_or_else(|e| e.into_inner()), Arc::new(view))
+        self.shared.publish(view)
     }
 
     /// Takes the writer lock, recording this thread as its holder.
     pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while holding the writer rolls its transaction back (see BatchTx's Drop), so
         // the state behind a poisoned mutex is consistent.
-        let guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.shared.lock_writer();
         self.writer_thread.store(thread_token(), Ordering::Release);
         guard
     }
@@ -372,6 +389,37 @@ impl Backend {
         if let Some(d) = &self.durability {
             d.switched(active, seq);
         }
+    }
+
+    /// Before a transaction: installs the merges that wait (`merger.rs`), and if a bucket has
+    /// [`MAX_SEALED`] layers waiting, waits for the merger to take them.
+    pub(crate) fn settle_layers(&self, w: &mut Writer) {
+        let Some(merger) = &self.merger else { return };
+        self.shared.install_merges(w);
+        let started = std::time::Instant::now();
+        while w.catalog.read().most_sealed() >= MAX_SEALED {
+            merger.wake();
+            if self.shared.wait_for_merge(MERGE_WAIT_STEP) {
+                self.shared.install_merges(w);
+            } else if started.elapsed() >= MERGE_WAIT_MAX {
+                // The merger should have delivered long ago (it may have died of a bug): merge
+                // here rather than let the layers grow without bound.
+                self.shared.merge_here(w);
+            }
+        }
+    }
+
+    /// After a publish: wakes the merger if a bucket sealed a layer, or if it sleeps.
+    pub(crate) fn wake_merger(&self, sealed: bool) {
+        if let Some(m) = &self.merger
+            && (sealed || self.shared.published())
+        {
+            m.wake();
+        }
+    }
+
+    pub(crate) fn is_layered(&self) -> bool {
+        self.merger.is_some()
     }
 
     pub(crate) fn release_writer(&self) {
@@ -662,7 +710,7 @@ fn load_empty_bucket(
 ) -> std::result::Result<bool, DecodeStop> {
     let Some(&first) = group.first() else { return Ok(false) };
     let index = catalog.index_of_id(first.bucket()).ok_or(DecodeStop::Rejected("names an unknown bucket"))?;
-    if !catalog.at_mut(index).tree.is_empty() {
+    if !catalog.at_mut(index).is_empty() {
         return Ok(false);
     }
     let entries = if group.len() >= REPLAY_SPLIT_FROM {
@@ -872,10 +920,10 @@ mod tests {
             replay(&mut catalog, &ops).expect("replay");
             // As a list, not a map: a key the tree held twice would show.
             let got: Vec<((u32, Vec<u8>), ValueRef)> =
-                catalog.iter().flat_map(|b| b.tree.iter().map(move |(k, v)| ((b.id, k.to_vec()), v))).collect();
+                catalog.iter().flat_map(|b| b.iter().map(move |(k, v)| ((b.id, k.to_vec()), v))).collect();
             let want: Vec<((u32, Vec<u8>), ValueRef)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
             assert_eq!(got, want, "after round {round}");
-            assert_eq!(catalog.iter().map(|b| b.tree.len()).sum::<usize>(), model.len());
+            assert_eq!(catalog.iter().map(|b| b.len()).sum::<usize>(), model.len());
         }
     }
 }

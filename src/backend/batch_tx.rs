@@ -100,6 +100,7 @@ impl<'a> BatchTx<'a> {
     pub(crate) fn new(backend: &'a Backend, mut guard: MutexGuard<'a, Writer>) -> BatchTx<'a> {
         let pool = guard.pool.take().unwrap_or_default();
         guard.pool = pool::lend(pool);
+        backend.settle_layers(&mut guard);
         BatchTx {
             backend,
             pool_lent: guard.pool.is_none(),
@@ -257,7 +258,7 @@ impl<'a> BatchTx<'a> {
         let w = self.writable()?;
         let Writer { log, catalog, .. } = w;
         let b = catalog.write().get_mut(bucket).ok_or_else(|| Error::BucketNotFound { bucket: bucket.to_vec() })?;
-        if b.tree.get(key).is_none() {
+        if b.get(key).is_none() {
             return Ok(());
         }
         let r = log.as_mut().map_or(Err(Error::ReadOnly), |log| log.delete(b.id, key));
@@ -351,6 +352,9 @@ impl<'a> BatchTx<'a> {
         let mut old_view = None;
         let mut replaced = None;
         let mut apply_panic = None;
+        // Whether a bucket sealed its layer of recent writes, for the merger (`merger.rs`).
+        let mut sealed = false;
+        let layer_entries = self.backend.config().layer_entries;
         if let Some(log) = w.log.as_mut() {
             // Once a write or fdatasync has failed (here or in another thread) nothing more may
             // be written: a frame written after a failed fdatasync could survive a power cut
@@ -375,10 +379,16 @@ impl<'a> BatchTx<'a> {
                             // transaction shows it.
                             self.backend.framed(seq, log.active());
                             self.backend.start_sync(seq);
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| catalog.write().snapshot()))
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                let c = catalog.write();
+                                sealed = c.seal_full(layer_entries);
+                                c.snapshot()
+                            }))
                         } else {
                             // Applied above, before anything was written.
-                            Ok(catalog.write().snapshot())
+                            let c = catalog.write();
+                            sealed = c.seal_full(layer_entries);
+                            Ok(c.snapshot())
                         };
                         match applied {
                             Ok(catalog) => {
@@ -424,6 +434,7 @@ impl<'a> BatchTx<'a> {
                 w.catalog.reset(self.backend.published_catalog());
             }
         }
+        let replaced_any = replaced.is_some();
         if let Some(old) = replaced {
             // A large transaction's commit started its fdatasync on the committer thread
             // (above) and leaves the nodes of the view it replaced to free, which this thread
@@ -439,6 +450,9 @@ impl<'a> BatchTx<'a> {
         }
         self.backend.release_writer();
         drop(guard);
+        if replaced_any {
+            self.backend.wake_merger(sealed);
+        }
         if let Some(panic) = apply_panic {
             std::panic::resume_unwind(panic);
         }

@@ -79,8 +79,8 @@ impl NewLog {
             self.log.create_bucket(b.id, &b.name)?;
             self.catalog.create(&b.name, b.id);
             entries.clear();
-            entries.reserve(b.tree.len());
-            for (key, v) in b.tree.iter() {
+            entries.reserve(b.len());
+            for (key, v) in b.iter() {
                 let value = view.value(v).ok_or_else(|| dangling(view))?;
                 entries.push((key, self.log.put(b.id, key, value)?));
             }
@@ -292,6 +292,9 @@ impl Backend {
             let empty = LogWriter::new(new.log.config().clone(), vec![new.log.active().clone()], 1, None);
             let log = std::mem::replace(&mut new.log, empty);
             let mut catalog = std::mem::take(&mut new.catalog);
+            if self.is_layered() {
+                catalog.set_layered(self.config().layer_entries);
+            }
             let old_segments = old.segments().clone();
             // The view's `seq` and `end` must describe the same point of the log: `end` lies
             // after the abort frames just written, so `seq` is the last number used, not

@@ -29,7 +29,7 @@ pub(crate) fn hash(reader: Reader<'_>, ignores: &[(&[u8], &[u8])]) -> Result<u32
     for bucket in reader.catalog.iter() {
         let name: &[u8] = &bucket.name;
         h.bucket(name);
-        for (key, v) in bucket.tree.iter() {
+        for (key, v) in bucket.iter() {
             if !ignored.is_empty() && ignored.contains(&(name, key)) {
                 continue;
             }

@@ -7,6 +7,7 @@ mod batch_tx;
 mod commit;
 mod defrag;
 mod hash;
+mod merger;
 mod read_tx;
 mod snapshot;
 mod tx_buffer;

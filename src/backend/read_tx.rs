@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::index::ValueRef;
 use crate::index::catalog::{Bucket, Catalog};
-use crate::index::{self, ValueRef};
+use crate::index::layers::LayeredIter;
 use crate::log::segment::segment_file_name;
 use crate::log::writer::{LogPos, SegmentSet, find_segment};
 
@@ -69,7 +70,7 @@ impl<'a> Reader<'a> {
         // miss (and TLB miss: the log is mapped in 4 KiB pages) overlaps the key's; the place
         // found for them then serves the read, unless the key turned out to have another.
         let mut early: Option<(ValueRef, &'a [u8])> = None;
-        let found = self.bucket(bucket)?.tree.get_early(key, |v| {
+        let found = self.bucket(bucket)?.get_early(key, |v| {
             if let Some(bytes) = self.values.value(v) {
                 crate::prefetch::prefetch_all(bytes);
                 early = Some((v, bytes));
@@ -83,8 +84,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn scan(&self, bucket: &[u8], start: &[u8], end: Option<&[u8]>) -> Result<Iter<'a>> {
-        let tree = &self.bucket(bucket)?.tree;
-        let it = Iter { inner: tree.range(start, end), reader: *self };
+        let it = Iter { inner: self.bucket(bucket)?.range(start, end), reader: *self };
         // `next` asks for the value `SCAN_PREFETCH_AHEAD` entries on; the ones before that
         // are asked for here, so that a short scan's first values are not read one miss after
         // another.
@@ -97,7 +97,7 @@ impl<'a> Reader<'a> {
     pub fn range(&self, bucket: &[u8], start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if end.is_empty() {
             let b = self.bucket(bucket)?;
-            return match b.tree.get(start).filter(|_| !start.is_empty()) {
+            return match b.get(start).filter(|_| !start.is_empty()) {
                 Some(v) => Ok(vec![(start.to_vec(), self.value(v)?.to_vec())]),
                 None => Ok(Vec::new()),
             };
@@ -119,14 +119,14 @@ impl<'a> Reader<'a> {
     }
 
     pub fn bucket_len(&self, bucket: &[u8]) -> Result<usize> {
-        Ok(self.bucket(bucket)?.tree.len())
+        Ok(self.bucket(bucket)?.len())
     }
 }
 
 /// Ascending (key, value) pairs of one bucket, borrowed from the transaction's view: no copy.
 /// Yields an error only if the index and the log disagree, which is an engine bug.
 pub struct Iter<'a> {
-    inner: index::Iter<'a>,
+    inner: LayeredIter<'a>,
     reader: Reader<'a>,
 }
 

@@ -126,7 +126,7 @@ impl Snapshot {
             // Values lie in log order, keys are walked in key order: each value read is a
             // likely cache (and TLB) miss. Resolving a batch of values first lets their misses
             // overlap instead of being paid one after another.
-            let mut it = bucket.tree.iter();
+            let mut it = bucket.iter();
             let mut batch: Vec<(&[u8], &[u8])> = Vec::with_capacity(PREFETCH);
             loop {
                 batch.clear();

@@ -721,11 +721,13 @@ pub struct ModelConfig {
     pub batch_limit: usize,
     /// `Config::segment_size`.
     pub segment_size: u64,
+    /// `Config::layer_entries`: small by default, so that runs seal layers and merge them.
+    pub layer_entries: usize,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { batch_limit: 10_000, segment_size: crate::MIN_SEGMENT_SIZE }
+        ModelConfig { batch_limit: 10_000, segment_size: crate::MIN_SEGMENT_SIZE, layer_entries: 4 }
     }
 }
 
@@ -975,6 +977,7 @@ impl Machine {
             sync: false,
             segment_size: self.cfg.segment_size,
             batch_limit: self.cfg.batch_limit,
+            layer_entries: self.cfg.layer_entries,
             batch_interval: std::time::Duration::ZERO,
             ..Config::new(dir)
         }

@@ -73,7 +73,9 @@
 //! approaching 1 GiB would overflow the `u32` arena offsets, which panics.
 
 pub mod catalog;
+pub mod filter;
 pub(crate) mod huge_backing;
+pub mod layers;
 mod node;
 pub(crate) mod pool;
 #[cfg(test)]
