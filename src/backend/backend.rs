@@ -50,6 +50,8 @@ pub struct Backend {
     writer_thread: AtomicUsize,
     /// Carries the buckets' sealed layers into their bases (`None` when read-only).
     merger: Option<Merger>,
+    /// A defrag's catch-up cannot keep up with the writer: each `batch_tx` waits `GIVE_WAY`.
+    writers_held_back: AtomicBool,
     /// `None` when read-only.
     durability: Option<Arc<Durability>>,
     committer: Option<Committer>,
@@ -214,6 +216,7 @@ impl Backend {
             shared,
             writer_thread: AtomicUsize::new(0),
             merger,
+            writers_held_back: AtomicBool::new(false),
             durability,
             committer,
             writer_config,
@@ -251,6 +254,11 @@ impl Backend {
     pub fn batch_tx(&self) -> BatchTx<'_> {
         if self.holds_writer_on_this_thread() {
             return BatchTx::unusable(self, "this thread already holds a BatchTx; end it first");
+        }
+        if self.writers_held_back.load(Ordering::Relaxed) {
+            // A defrag that cannot otherwise catch up (DESIGN.md §9.3): a short wait before
+            // each transaction, without the writer lock, rather than a long one at the switch.
+            std::thread::sleep(GIVE_WAY);
         }
         // A panic while holding the writer rolls its transaction back (see BatchTx's Drop), so
         // the state behind a poisoned mutex is consistent.
@@ -418,6 +426,16 @@ impl Backend {
         }
     }
 
+    /// Holds each new `BatchTx` back by `GIVE_WAY`, or stops (see `writers_held_back`).
+    pub(crate) fn hold_writers_back(&self, yes: bool) {
+        self.writers_held_back.store(yes, Ordering::Relaxed);
+    }
+
+    /// A guard that stops holding writers back when dropped.
+    pub(crate) fn writers_give_way(&self) -> impl Drop + '_ {
+        GiveWay(self)
+    }
+
     pub(crate) fn is_layered(&self) -> bool {
         self.merger.is_some()
     }
@@ -493,6 +511,18 @@ impl Drop for Backend {
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend").field("path", &self.config.path).finish_non_exhaustive()
+    }
+}
+
+/// How long each new `BatchTx` waits while a defrag holds writers back.
+const GIVE_WAY: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Stops holding writers back when a defrag's catch-up ends.
+struct GiveWay<'a>(&'a Backend);
+
+impl Drop for GiveWay<'_> {
+    fn drop(&mut self) {
+        self.0.hold_writers_back(false);
     }
 }
 

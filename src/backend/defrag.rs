@@ -36,6 +36,9 @@ const SMALL_CATCH_UP: u64 = 256 << 10;
 /// At most this many catch-up rounds without the lock (a writer faster than the copy would
 /// otherwise keep the defrag chasing it forever).
 const MAX_ROUNDS: u32 = 16;
+/// From this many rounds on, a round that replays nine tenths of the one before or more holds
+/// the writer back (`Backend::hold_writers_back`) until the defrag ends.
+const GIVE_WAY_AFTER: u32 = 2;
 
 /// What a [`Backend::defrag`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +82,8 @@ impl NewLog {
             self.log.create_bucket(b.id, &b.name)?;
             self.catalog.create(&b.name, b.id);
             entries.clear();
-            entries.reserve(b.len());
+            // At most this many: `len` would look every key of the layers up in the base.
+            entries.reserve(b.len_at_most());
             for (key, v) in b.iter() {
                 let value = view.value(v).ok_or_else(|| dangling(view))?;
                 entries.push((key, self.log.put(b.id, key, value)?));
@@ -222,6 +226,9 @@ impl Backend {
         let (mut done, mut done_seq) = (v0.end, v0.seq);
         drop(v0);
         let mut rounds = 0;
+        let mut last_round = u64::MAX;
+        // Dropped (the writer no longer held back) however this returns.
+        let _give_way = self.writers_give_way();
         while rounds < MAX_ROUNDS {
             self.check_writable()?;
             let v = self.current_view();
@@ -232,9 +239,15 @@ impl Backend {
             new.catch_up(&v, done)?;
             (done, done_seq) = (v.end, v.seq);
             rounds += 1;
-            if new.replayed - before < SMALL_CATCH_UP {
+            let this_round = new.replayed - before;
+            if this_round < SMALL_CATCH_UP {
                 break;
             }
+            if rounds >= GIVE_WAY_AFTER && this_round * 10 >= last_round * 9 {
+                // Not catching up: the writer writes as fast as this replays (DESIGN.md §9.3).
+                self.hold_writers_back(true);
+            }
+            last_round = this_round;
         }
 
         // Sync what the copy wrote now, so that the fdatasync under the lock has only the last

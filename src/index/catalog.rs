@@ -327,6 +327,11 @@ impl Bucket {
         true
     }
 
+    /// An upper bound of [`len`](Self::len), in O(layers).
+    pub fn len_at_most(&self) -> usize {
+        self.base.len() + self.unmerged()
+    }
+
     /// Entries in the layers above the base.
     pub fn unmerged(&self) -> usize {
         self.upper().map(BTree::len).sum()
