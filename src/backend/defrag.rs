@@ -155,8 +155,11 @@ fn dangling(view: &View) -> Error {
 impl Backend {
     /// Rewrites the live records into new segments and drops the old ones, online: readers
     /// never wait, and the writer waits only for the short switch at the end (reported as
-    /// [`DefragStats::longest_writer_pause`]). Content and [`hash`](Backend::hash) are
-    /// unchanged; [`size`](Backend::size) shrinks to about [`size_in_use`](Backend::size_in_use).
+    /// [`DefragStats::longest_writer_pause`]). If writers write faster than the defrag copies
+    /// what they wrote, each new [`BatchTx`](crate::BatchTx) waits 100 µs before it starts
+    /// until the defrag ends, so that it does end (DESIGN.md §9.3). Content and
+    /// [`hash`](Backend::hash) are unchanged; [`size`](Backend::size) shrinks to about
+    /// [`size_in_use`](Backend::size_in_use).
     ///
     /// Crash-safe at every point: before the switch the old log is the database and the new
     /// files are leftovers; after it, the reverse. Open removes leftovers.
