@@ -13,6 +13,9 @@ pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_BATCH_LIMIT: usize = 10_000;
 /// Default for [`Config::layer_entries`]: 8,192 entries.
 pub const DEFAULT_LAYER_ENTRIES: usize = 8192;
+/// The largest accepted [`Config::layer_entries`]: each bucket's layer of recent writes has a
+/// filter of 2 bytes per entry it may hold (2 MiB at this bound).
+pub const MAX_LAYER_ENTRIES: usize = 1 << 20;
 /// Default for [`Config::segment_size`]: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 /// The smallest accepted [`Config::segment_size`].
@@ -47,7 +50,7 @@ pub struct Config {
     pub segment_size: u64,
     /// A bucket's writes go into a small tree of recent writes, handed to a background thread
     /// that merges them into the bucket's main tree once it holds this many entries (default
-    /// 8,192; at least 1). Larger: fewer, longer merges and more memory; the default keeps the
+    /// 8,192; 1 to [`MAX_LAYER_ENTRIES`]). Larger: fewer, longer merges and more memory; the default keeps the
     /// small tree in the CPU cache (DESIGN.md §3, "Layers").
     pub layer_entries: usize,
     /// Default true: every commit ends with `fdatasync`. Set false only for tests and
@@ -90,8 +93,11 @@ impl Config {
         if self.batch_limit == 0 {
             return Err(Error::InvalidConfig("batch_limit must be at least 1".into()));
         }
-        if self.layer_entries == 0 {
-            return Err(Error::InvalidConfig("layer_entries must be at least 1".into()));
+        if !(1..=MAX_LAYER_ENTRIES).contains(&self.layer_entries) {
+            return Err(Error::InvalidConfig(format!(
+                "layer_entries {} is outside 1..={MAX_LAYER_ENTRIES}",
+                self.layer_entries
+            )));
         }
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
             return Err(Error::InvalidConfig(format!(

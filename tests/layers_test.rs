@@ -149,11 +149,21 @@ fn large_layers_are_merged() {
     assert_eq!(db.size_in_use(), size);
 }
 
+/// Layers of no entries, or so large that their filters could not be allocated (found by
+/// review: `usize::MAX` aborted the process at the first put), are refused.
 #[test]
-fn a_layer_of_no_entries_is_refused() {
+fn layer_sizes_out_of_bounds_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    match Backend::open(config(dir.path(), 0)) {
-        Err(Error::InvalidConfig(why)) => assert!(why.contains("layer_entries"), "{why}"),
-        other => panic!("expected InvalidConfig, got {other:?}"),
+    for entries in [0, logtree::MAX_LAYER_ENTRIES + 1, usize::MAX] {
+        match Backend::open(config(dir.path(), entries)) {
+            Err(Error::InvalidConfig(why)) => assert!(why.contains("layer_entries"), "{why}"),
+            other => panic!("{entries}: expected InvalidConfig, got {other:?}"),
+        }
     }
+    let db = Backend::open(config(dir.path(), logtree::MAX_LAYER_ENTRIES)).unwrap();
+    let mut tx = db.batch_tx();
+    tx.create_bucket("b").unwrap();
+    tx.put("b", "k", "v").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(db.read_tx().get("b", "k").unwrap(), Some(b"v".to_vec()));
 }

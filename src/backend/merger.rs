@@ -29,7 +29,7 @@
 //! last view of an old base frees the nodes the merge replaced, thousands of them, which is
 //! work the writer's transactions should not wait for.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -59,11 +59,14 @@ pub(crate) struct Shared {
     view: RwLock<Arc<View>>,
     writer: Mutex<Writer>,
     /// Merges built and not yet installed.
-    outbox: Mutex<Vec<Merged>>,
+    outbox: Mutex<Outbox>,
     /// Signalled when a merge is left in the outbox.
     delivered: Condvar,
     /// Whether the outbox may hold something (read without its lock by every transaction).
     pending: AtomicBool,
+    /// How many merges, counted as `Outbox::delivered` counts them, have been taken and their
+    /// installs published (or found unwanted).
+    installed: AtomicU64,
     /// Views replaced by installs, for the merger thread to drop.
     replaced: Mutex<Vec<Arc<View>>>,
     /// The merger sleeps until the writer's next publish (`Shared::published`).
@@ -77,7 +80,8 @@ impl Shared {
         Shared {
             view: RwLock::new(Arc::new(view)),
             writer: Mutex::new(writer),
-            outbox: Mutex::new(Vec::new()),
+            outbox: Mutex::new(Outbox::default()),
+            installed: AtomicU64::new(0),
             delivered: Condvar::new(),
             pending: AtomicBool::new(false),
             replaced: Mutex::new(Vec::new()),
@@ -101,22 +105,31 @@ impl Shared {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn outbox(&self) -> MutexGuard<'_, Vec<Merged>> {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn deliver(&self, merged: Merged) {
-        self.outbox().push(merged);
+    /// Leaves `merged` in the outbox; returns its number (see `installed`).
+    fn deliver(&self, merged: Merged) -> u64 {
+        let mut outbox = self.outbox();
+        outbox.merges.push(merged);
+        outbox.delivered += 1;
+        let number = outbox.delivered;
+        // Under the outbox's lock, so that whoever clears it takes this merge or sees it set.
         self.pending.store(true, Ordering::Release);
+        drop(outbox);
         self.delivered.notify_all();
+        number
     }
 
     /// Waits up to `timeout` for a merge in the outbox; returns whether there is one.
     pub(crate) fn wait_for_merge(&self, timeout: Duration) -> bool {
         let outbox = self.outbox();
-        let (outbox, _) =
-            self.delivered.wait_timeout_while(outbox, timeout, |o| o.is_empty()).unwrap_or_else(|e| e.into_inner());
-        !outbox.is_empty()
+        let (outbox, _) = self
+            .delivered
+            .wait_timeout_while(outbox, timeout, |o| o.merges.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        !outbox.merges.is_empty()
     }
 
     /// Installs the merges in the outbox into the writer's catalog (`w`, locked, between
@@ -126,7 +139,14 @@ impl Shared {
         if !self.pending.swap(false, Ordering::AcqRel) {
             return None;
         }
-        let merges = std::mem::take(&mut *self.outbox());
+        let (merges, upto) = {
+            let mut outbox = self.outbox();
+            (std::mem::take(&mut outbox.merges), outbox.delivered)
+        };
+        if merges.is_empty() {
+            // Taken with an earlier `pending`.
+            return None;
+        }
         let catalog = w.catalog.write();
         let mut installed = false;
         for m in &merges {
@@ -135,6 +155,7 @@ impl Shared {
         if installed {
             self.publish_same(catalog.snapshot());
         }
+        self.installed.fetch_max(upto, Ordering::Release);
         Some(installed)
     }
 
@@ -186,10 +207,20 @@ impl Shared {
         self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst)
     }
 
-    fn drop_replaced(&self) {
+    /// Drops the views that installs replaced (the merger's job; a transaction's if the merger
+    /// is gone).
+    pub(crate) fn drop_replaced(&self) {
         let old = std::mem::take(&mut *self.replaced.lock().unwrap_or_else(|e| e.into_inner()));
         drop(old);
     }
+}
+
+/// Merges built and not yet installed.
+#[derive(Default)]
+struct Outbox {
+    merges: Vec<Merged>,
+    /// Merges ever delivered: the number of the last one.
+    delivered: u64,
 }
 
 /// The merger thread's handle.
@@ -208,6 +239,11 @@ impl Merger {
             .spawn(move || run(&theirs, &woken))
             .map_err(|e| Error::io("start the merger thread", None, e))?;
         Ok(Merger { shared, wake: Some(wake), thread: Some(thread) })
+    }
+
+    /// Whether the thread still runs (it ends only on `stop`, or by a panic: a bug).
+    pub(crate) fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Has the merger look for sealed layers (a wake-up already pending is enough).
@@ -278,8 +314,8 @@ fn merge_pending(shared: &Shared, everything: bool) {
             .find_map(|b| b.merge_sealed(&stop));
         drop(view);
         let Some(merged) = merged else { break };
-        shared.deliver(merged);
-        let installed = install_when_free(shared);
+        let number = shared.deliver(merged);
+        let installed = install_when_free(shared, number);
         shared.drop_replaced();
         if installed == Some(false) {
             // Overtaken (the bucket deleted, a defrag): the next round looks again.
@@ -293,13 +329,19 @@ fn merge_pending(shared: &Shared, everything: bool) {
 /// writer took it. Never waits on the lock itself: a writer that starts transactions back to
 /// back takes the lock again before a waiting thread wakes up (std's mutex is not fair), and
 /// one that waits for the merger (a bucket with `MAX_SEALED` layers) would then wait forever.
-fn install_when_free(shared: &Shared) -> Option<bool> {
+fn install_when_free(shared: &Shared, number: u64) -> Option<bool> {
     loop {
+        // Taken and published by a transaction: a look at the published view from here on
+        // shows it (a look before the publish would build the same merge again, on a base
+        // already claimed: a deep copy of it, found by review).
+        if shared.installed.load(Ordering::Acquire) >= number {
+            return None;
+        }
         match shared.writer.try_lock() {
             Ok(mut w) => return shared.install_merges(&mut w),
             Err(std::sync::TryLockError::Poisoned(e)) => return shared.install_merges(&mut e.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => {
-                if !shared.pending.load(Ordering::Acquire) || shared.stopping.load(Ordering::Relaxed) {
+                if shared.stopping.load(Ordering::Relaxed) {
                     return None;
                 }
                 std::thread::sleep(INSTALL_POLL);
