@@ -419,8 +419,8 @@ impl Backend {
             if self.shared.wait_for_merge(MERGE_WAIT_STEP) {
                 self.shared.install_merges(w);
             } else if started.elapsed() >= MERGE_WAIT_MAX {
-                // The merger should have delivered long ago (it may have died of a bug): merge
-                // here rather than let the layers grow without bound.
+                // The merger runs but should have delivered long ago (a bug): merge here rather
+                // than let the layers grow without bound.
                 self.shared.merge_here(w);
             }
         }

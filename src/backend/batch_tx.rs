@@ -354,7 +354,6 @@ impl<'a> BatchTx<'a> {
         let mut apply_panic = None;
         // Whether a bucket sealed its layer of recent writes, for the merger (`merger.rs`).
         let mut sealed = false;
-        let layer_entries = self.backend.config().layer_entries;
         if let Some(log) = w.log.as_mut() {
             // Once a write or fdatasync has failed (here or in another thread) nothing more may
             // be written: a frame written after a failed fdatasync could survive a power cut
@@ -381,13 +380,13 @@ impl<'a> BatchTx<'a> {
                             self.backend.start_sync(seq);
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 let c = catalog.write();
-                                sealed = c.seal_full(layer_entries);
+                                sealed = c.seal_full();
                                 c.snapshot()
                             }))
                         } else {
                             // Applied above, before anything was written.
                             let c = catalog.write();
-                            sealed = c.seal_full(layer_entries);
+                            sealed = c.seal_full();
                             Ok(c.snapshot())
                         };
                         match applied {

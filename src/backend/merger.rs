@@ -105,6 +105,15 @@ impl Shared {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The writer lock if it is free (see `lock_writer`).
+    fn try_lock_writer(&self) -> Option<MutexGuard<'_, Writer>> {
+        match self.writer.try_lock() {
+            Ok(w) => Some(w),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -187,13 +196,9 @@ impl Shared {
     /// Seals every bucket's non-empty `recent` layer, if the writer lock is free (else the
     /// writer is not idle); returns whether the lock was free.
     fn seal_leftovers(&self) -> bool {
-        let mut w = match self.writer.try_lock() {
-            Ok(w) => w,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
-        };
+        let Some(mut w) = self.try_lock_writer() else { return false };
         let catalog = w.catalog.write();
-        if catalog.seal_full(1) {
+        if catalog.seal_all() {
             self.publish_same(catalog.snapshot());
         }
         true
@@ -337,15 +342,12 @@ fn install_when_free(shared: &Shared, number: u64) -> Option<bool> {
         if shared.installed.load(Ordering::Acquire) >= number {
             return None;
         }
-        match shared.writer.try_lock() {
-            Ok(mut w) => return shared.install_merges(&mut w),
-            Err(std::sync::TryLockError::Poisoned(e)) => return shared.install_merges(&mut e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if shared.stopping.load(Ordering::Relaxed) {
-                    return None;
-                }
-                std::thread::sleep(INSTALL_POLL);
-            }
+        if let Some(mut w) = shared.try_lock_writer() {
+            return shared.install_merges(&mut w);
         }
+        if shared.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        std::thread::sleep(INSTALL_POLL);
     }
 }

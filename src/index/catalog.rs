@@ -41,20 +41,18 @@ pub struct Bucket {
     /// the layer it becomes.
     recent_filter: Arc<Filter>,
     /// The keys `recent` holds when sealed (`Config::layer_entries`): what its filter is
-    /// sized for.
+    /// sized for. 0: writes go straight into the base, not to `recent` (recovery, a defrag's
+    /// new catalog: nothing merges there); see `layered`.
     layer_entries: usize,
     /// Former `recent` layers waiting for the merger, oldest first.
     sealed: Vec<Arc<Sealed>>,
-    /// Whether writes go to `recent` (a running backend's buckets) or straight into the base
-    /// (recovery, a defrag's new catalog: nothing merges there).
-    layered: bool,
     /// This bucket's identity, for a merge to find the bucket it was made for: distinct for
     /// every bucket created, even one with the name and id of a deleted one.
     incarnation: u64,
 }
 
 impl Bucket {
-    fn new(name: &[u8], id: u32, layered: bool, layer_entries: usize) -> Bucket {
+    fn new(name: &[u8], id: u32, layer_entries: usize) -> Bucket {
         Bucket {
             name: name.into(),
             id,
@@ -62,12 +60,16 @@ impl Bucket {
             base_live_bytes: create_bucket_len(name.len()) as u64,
             recent: BTree::new(),
             recent_tombstones: 0,
-            recent_filter: Arc::new(Filter::with_capacity(if layered { layer_entries } else { 0 })),
+            recent_filter: Arc::new(Filter::with_capacity(layer_entries)),
             layer_entries,
             sealed: Vec::new(),
-            layered,
             incarnation: NEXT_INCARNATION.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Whether writes go to `recent` (a running backend's buckets) or straight into the base.
+    fn layered(&self) -> bool {
+        self.layer_entries > 0
     }
 
     /// Whether any layer lies above the base.
@@ -82,7 +84,7 @@ impl Bucket {
 
     /// Points `key` at a new value.
     pub fn put(&mut self, key: &[u8], value: ValueRef) {
-        if self.layered {
+        if self.layered() {
             self.recent_filter.insert(KeyHash::of(key));
             if self.recent.insert(key, value) == Some(TOMBSTONE) {
                 self.recent_tombstones -= 1;
@@ -111,7 +113,7 @@ impl Bucket {
 
     /// Removes `key`; returns its value if it was there.
     pub fn delete(&mut self, key: &[u8]) -> Option<ValueRef> {
-        if self.layered {
+        if self.layered() {
             let old = self.get(key)?;
             self.hide(key);
             return Some(old);
@@ -123,7 +125,7 @@ impl Bucket {
     /// [`delete`](Self::delete) of a key expected to be there (see [`BTree::remove_expected`]).
     /// A layered bucket does not look the key up, and returns `None`.
     pub fn delete_expected(&mut self, key: &[u8]) -> Option<ValueRef> {
-        if self.layered {
+        if self.layered() {
             // The caller found the key: the tombstone needs no second look through the layers.
             self.hide(key);
             return None;
@@ -158,39 +160,47 @@ impl Bucket {
         self.get_early(key, |_| {})
     }
 
-    /// [`BTree::get_early`] through the layers: `early` sees only the base's candidate.
+    /// [`BTree::get_early`] through the layers: `early` goes to the first tree searched, so a
+    /// layer that turns out not to have the key spends it (the caller checks what it was
+    /// given).
     pub fn get_early(&self, key: &[u8], early: impl FnOnce(ValueRef)) -> Option<ValueRef> {
-        if self.has_layers() {
-            let h = KeyHash::of(key);
-            // `early` goes to the first tree searched: a layer that turns out not to have the
-            // key has then spent it (the caller checks what it was given).
-            let mut early = Some(early);
-            let mut early_once = |v| {
-                if let Some(e) = early.take() {
-                    e(v)
-                }
-            };
-            if self.recent_filter.may_contain(h)
-                && let Some(v) = self.recent.get_early(key, &mut early_once)
-            {
-                return (v != TOMBSTONE).then_some(v);
+        if !self.has_layers() {
+            return self.base.get_early(key, early);
+        }
+        let h = KeyHash::of(key);
+        let mut early = Some(early);
+        let mut early_once = |v| {
+            if let Some(e) = early.take() {
+                e(v)
             }
-            // All the filters first, without stopping at a "maybe": their cache misses are
-            // independent and overlap. Then the layers that may hold the key, newest first.
-            for chunk in self.sealed.rchunks(64) {
-                let mut maybe = 0u64;
-                for (i, layer) in chunk.iter().rev().enumerate() {
-                    maybe |= u64::from(layer.filter.may_contain(h)) << i;
-                }
-                while maybe != 0 {
-                    let layer = &chunk[chunk.len() - 1 - maybe.trailing_zeros() as usize];
-                    maybe &= maybe - 1;
-                    if let Some(v) = layer.tree.get_early(key, &mut early_once) {
-                        return (v != TOMBSTONE).then_some(v);
-                    }
+        };
+        let found = if self.recent_filter.may_contain(h)
+            && let Some(v) = self.recent.get_early(key, &mut early_once)
+        {
+            v
+        } else {
+            self.get_below(key, h, self.sealed.len(), &mut early_once)?
+        };
+        (found != TOMBSTONE).then_some(found)
+    }
+
+    /// `key`'s entry (possibly a tombstone) in the `below` oldest sealed layers, newest first,
+    /// or else in the base; `early` as for [`get_early`](Self::get_early).
+    fn get_below(&self, key: &[u8], h: KeyHash, below: usize, early: &mut impl FnMut(ValueRef)) -> Option<ValueRef> {
+        // All the filters first, without stopping at a "maybe": their cache misses are
+        // independent and overlap. Then the layers that may hold the key, newest first.
+        for chunk in self.sealed[..below].rchunks(64) {
+            let mut maybe = 0u64;
+            for (i, layer) in chunk.iter().rev().enumerate() {
+                maybe |= u64::from(layer.filter.may_contain(h)) << i;
+            }
+            while maybe != 0 {
+                let layer = &chunk[chunk.len() - 1 - maybe.trailing_zeros() as usize];
+                maybe &= maybe - 1;
+                if let Some(v) = layer.tree.get_early(key, &mut *early) {
+                    return Some(v);
                 }
             }
-            return self.base.get_early(key, early_once);
         }
         self.base.get_early(key, early)
     }
@@ -210,7 +220,7 @@ impl Bucket {
     }
 
     /// The number of keys. O(1) without layers above the base; else it looks each key of
-    /// those layers up in the base.
+    /// `recent` up below it, and each sealed layer's once (see `counts`).
     pub fn len(&self) -> usize {
         let (len, _) = self.counts();
         len
@@ -250,14 +260,7 @@ impl Bucket {
     fn change_over(&self, layer: &BTree, below: usize) -> (i64, i64) {
         let (mut len, mut live) = (0i64, 0i64);
         for (key, v) in layer.iter() {
-            let h = KeyHash::of(key);
-            let old = self.sealed[..below]
-                .iter()
-                .rev()
-                .filter(|s| s.filter.may_contain(h))
-                .find_map(|s| s.tree.get(key))
-                .or_else(|| self.base.get(key))
-                .filter(|&o| o != TOMBSTONE);
+            let old = self.get_below(key, KeyHash::of(key), below, &mut |_| {}).filter(|&o| o != TOMBSTONE);
             if let Some(o) = old {
                 len -= 1;
                 live -= entry_bytes(key, o) as i64;
@@ -280,7 +283,7 @@ impl Bucket {
     /// base's paths, where puts go when the bucket is not layered. (Layered puts go to a small
     /// tree that is in the cache already.)
     pub fn warm_paths(&self, keys: &[&[u8]]) {
-        if !self.layered {
+        if !self.layered() {
             self.base.warm_paths(keys);
         } else if self.recent.len() >= WARM_RECENT_FROM {
             // One large transaction (a bulk load) made `recent` too large for the cache.
@@ -288,9 +291,10 @@ impl Bucket {
         }
     }
 
-    /// Seals `recent` if it has grown to `entries` entries; returns whether it did.
-    fn seal_if_full(&mut self, entries: usize) -> bool {
-        if self.recent.len() < entries {
+    /// Seals `recent` if it has grown to `entries` entries (and is not empty); returns
+    /// whether it did.
+    fn seal_if(&mut self, entries: usize) -> bool {
+        if self.recent.is_empty() || self.recent.len() < entries {
             return false;
         }
         let tree = std::mem::take(&mut self.recent).snapshot();
@@ -301,8 +305,7 @@ impl Bucket {
     }
 
     /// Carries this bucket's sealed layers into its base, as the merger does (`layers.rs`):
-    /// `None` if it has none.
-    /// `None` too if `stop` says so part way (checked every few thousand entries).
+    /// `None` if it has none, or if `stop` says so part way (asked every few thousand entries).
     pub fn merge_sealed(&self, stop: &dyn Fn() -> bool) -> Option<Merged> {
         if self.sealed.is_empty() {
             return None;
@@ -357,14 +360,12 @@ impl Bucket {
 pub struct Catalog {
     /// Sorted by name.
     buckets: Vec<Bucket>,
-    /// Whether the buckets' writes go to layers (see `Bucket::layered`).
-    layered: bool,
-    /// `Bucket::layer_entries` of its buckets.
+    /// `Bucket::layer_entries` of its buckets (0: not layered).
     layer_entries: usize,
 }
 
 impl Catalog {
-    pub const EMPTY: Catalog = Catalog { buckets: Vec::new(), layered: false, layer_entries: 0 };
+    pub const EMPTY: Catalog = Catalog { buckets: Vec::new(), layer_entries: 0 };
 
     pub fn get(&self, name: &[u8]) -> Option<&Bucket> {
         self.position(name).ok().map(|i| &self.buckets[i])
@@ -403,7 +404,7 @@ impl Catalog {
         match self.position(name) {
             Ok(_) => false,
             Err(i) => {
-                self.buckets.insert(i, Bucket::new(name, id, self.layered, self.layer_entries));
+                self.buckets.insert(i, Bucket::new(name, id, self.layer_entries));
                 true
             }
         }
@@ -456,22 +457,31 @@ impl Catalog {
     /// Sends the buckets' writes, from now on, to layers that the merger carries into their
     /// bases (`layers.rs`): for the catalog of a running backend.
     pub fn set_layered(&mut self, layer_entries: usize) {
-        self.layered = true;
+        debug_assert!(layer_entries > 0, "0 means not layered");
         self.layer_entries = layer_entries;
         for b in &mut self.buckets {
             debug_assert!(!b.has_layers(), "an unlayered bucket has nothing above its base");
-            b.layered = true;
             b.layer_entries = layer_entries;
             b.recent_filter = Arc::new(Filter::with_capacity(layer_entries));
         }
     }
 
-    /// Seals every bucket's `recent` layer that holds `entries` entries or more; returns
-    /// whether any did.
-    pub fn seal_full(&mut self, entries: usize) -> bool {
+    /// Seals every bucket's `recent` layer that is full (`Config::layer_entries`); returns
+    /// whether any was.
+    pub fn seal_full(&mut self) -> bool {
         let mut any = false;
         for b in &mut self.buckets {
-            any |= b.seal_if_full(entries);
+            any |= b.seal_if(b.layer_entries);
+        }
+        any
+    }
+
+    /// Seals every bucket's `recent` layer that holds anything (the writer is idle); returns
+    /// whether any did.
+    pub fn seal_all(&mut self) -> bool {
+        let mut any = false;
+        for b in &mut self.buckets {
+            any |= b.seal_if(1);
         }
         any
     }
@@ -506,7 +516,7 @@ impl Catalog {
                 ..*b
             })
             .collect();
-        Catalog { buckets, layered: self.layered, layer_entries: self.layer_entries }
+        Catalog { buckets, layer_entries: self.layer_entries }
     }
 
     pub fn key_count(&self) -> u64 {

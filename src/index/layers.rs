@@ -129,9 +129,10 @@ pub fn merge_into(
     }
     let mut merge = Merge::new(layers.iter().rev().map(|l| l.tree.iter()).collect(), true);
     let mut group: Vec<(&[u8], ValueRef)> = Vec::with_capacity(WARM_GROUP);
+    let mut keys: Vec<&[u8]> = Vec::with_capacity(WARM_GROUP);
     let mut done = 0usize;
     loop {
-        if done % STOP_EVERY < WARM_GROUP && done > 0 && stop() {
+        if done > 0 && done.is_multiple_of(STOP_EVERY) && stop() {
             return None;
         }
         done += WARM_GROUP;
@@ -141,7 +142,8 @@ pub fn merge_into(
             break;
         }
         // The keys ascend, so the group's paths share their top; the leaves are the misses.
-        let keys: Vec<&[u8]> = group.iter().map(|&(k, _)| k).collect();
+        keys.clear();
+        keys.extend(group.iter().map(|&(k, _)| k));
         base.warm_paths(&keys);
         for &(key, v) in &group {
             let old = if v == TOMBSTONE {
@@ -158,8 +160,10 @@ pub fn merge_into(
     Some((base.snapshot(), live_bytes))
 }
 
-/// How many entries a merge carries between looks at whether to stop.
+/// How many entries a merge carries between looks at whether to stop (a whole number of
+/// groups).
 const STOP_EVERY: usize = 4096;
+const _: () = assert!(STOP_EVERY.is_multiple_of(WARM_GROUP));
 
 /// Ascending entries of several layers, newest first in `iters`: each key once, with its
 /// newest layer's value; tombstones kept or skipped. A heap orders the layers' next entries,
