@@ -294,7 +294,10 @@ fn run(shared: &Shared, woken: &Receiver<()>) {
             // it and wakes this thread.
             shared.asleep.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
-            if shared.current_view().seq == last_seq && !shared.current_view().catalog.has_layers() {
+            let view = shared.current_view();
+            let nothing_new = view.seq == last_seq && !view.catalog.has_layers();
+            drop(view);
+            if nothing_new {
                 match woken.recv() {
                     Ok(()) => {}
                     Err(_) => break,
